@@ -1,0 +1,144 @@
+//! The simulator's configuration, from the environment.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `ACLSHM_SIM_DIR` | directory of the simulator's shared objects | `/dev/shm/aclshm-<uid>` |
+//! | `ACLSHM_SIM_DEVICES` | number of simulated devices, 1 to 16 | 2 |
+//! | `ACLSHM_SIM_HBM_BYTES` | capacity of each device: bytes, or with a suffix K, M, G, T (powers of 1024) | 32G |
+//! | `ACLSHM_SIM_FAULTS` | faults to inject, see [`crate::fault`] | none |
+//! | `ACLSHM_SIM_LOG` | `1`: print every failing call and why to stderr | off |
+//!
+//! Every process attached to one directory sees the same devices. The first process configures them; a
+//! later one that sets `ACLSHM_SIM_DEVICES` or `ACLSHM_SIM_HBM_BYTES` to something else is refused while
+//! any other process is attached, and one that sets neither adopts what the directory has.
+
+use std::path::PathBuf;
+
+/// Most devices a simulator can have (the `deviceBytesUsed` array of `aclshmSimStats` has this many).
+pub const MAX_DEVICES: u32 = aclshm_sys::ACLSHM_SIM_MAX_DEVICES;
+/// Granularity of device memory: every physical allocation and mapping is a multiple of it.
+pub const GRANULARITY: u64 = 2 << 20;
+/// Granularity of 1 GiB-page device memory.
+pub const GRANULARITY_1G: u64 = 1 << 30;
+/// Default number of devices.
+pub const DEFAULT_DEVICES: u32 = 2;
+/// Default capacity per device.
+pub const DEFAULT_HBM_BYTES: u64 = 32 << 30;
+
+/// How the simulator is set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The directory that holds the registry and the shared-memory objects.
+    pub dir: PathBuf,
+    /// Number of devices.
+    pub devices: u32,
+    /// Capacity of each device in bytes (usable capacity is this rounded down to the granularity).
+    pub hbm_bytes: u64,
+    /// Whether `devices` was given explicitly (and so must match an existing directory's).
+    pub devices_explicit: bool,
+    /// Whether `hbm_bytes` was given explicitly.
+    pub hbm_explicit: bool,
+    /// Print failing calls to stderr.
+    pub log: bool,
+}
+
+impl Config {
+    /// Read the configuration from the environment.
+    pub fn from_env() -> Result<Config, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        let dir = match var("ACLSHM_SIM_DIR") {
+            Some(d) => {
+                let p = PathBuf::from(d.trim());
+                if !p.is_absolute() {
+                    return Err(format!("ACLSHM_SIM_DIR={} is not an absolute path", p.display()));
+                }
+                p
+            }
+            None => default_dir(),
+        };
+        let (devices, devices_explicit) = match var("ACLSHM_SIM_DEVICES") {
+            Some(v) => (parse_devices(&v)?, true),
+            None => (DEFAULT_DEVICES, false),
+        };
+        let (hbm_bytes, hbm_explicit) = match var("ACLSHM_SIM_HBM_BYTES") {
+            Some(v) => (parse_bytes(&v).map_err(|e| format!("ACLSHM_SIM_HBM_BYTES={v}: {e}"))?, true),
+            None => (DEFAULT_HBM_BYTES, false),
+        };
+        if hbm_bytes < GRANULARITY {
+            return Err(format!(
+                "ACLSHM_SIM_HBM_BYTES={hbm_bytes} is below the 2 MiB granularity: a device must hold at least one page"
+            ));
+        }
+        let log = var("ACLSHM_SIM_LOG").is_some_and(|v| v != "0");
+        Ok(Config { dir, devices, hbm_bytes, devices_explicit, hbm_explicit, log })
+    }
+}
+
+/// `/dev/shm/aclshm-<uid>`, or under the temporary directory where `/dev/shm` does not exist.
+pub fn default_dir() -> PathBuf {
+    // SAFETY: geteuid cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    let shm = std::path::Path::new("/dev/shm");
+    let base = if shm.is_dir() { shm.to_path_buf() } else { std::env::temp_dir() };
+    base.join(format!("aclshm-{uid}"))
+}
+
+fn parse_devices(v: &str) -> Result<u32, String> {
+    match v.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_DEVICES).contains(&n) => Ok(n),
+        _ => Err(format!("ACLSHM_SIM_DEVICES={v}: expected a number of devices from 1 to {MAX_DEVICES}")),
+    }
+}
+
+/// Parse a byte count: digits with an optional suffix K, M, G or T (also KiB, MiB, GiB, TiB; any case).
+pub fn parse_bytes(v: &str) -> Result<u64, String> {
+    let s = v.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, suffix) = s.split_at(split);
+    if digits.is_empty() {
+        return Err("expected a number of bytes, optionally with a suffix K, M, G or T".to_string());
+    }
+    let n: u64 = digits.parse().map_err(|_| "the number is too large".to_string())?;
+    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown suffix {other:?}; use K, M, G or T")),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(|| "the size overflows 64 bits".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_counts() {
+        assert_eq!(parse_bytes("4096").unwrap(), 4096);
+        assert_eq!(parse_bytes("64M").unwrap(), 64 << 20);
+        assert_eq!(parse_bytes(" 2 GiB ").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1t").unwrap(), 1 << 40);
+        assert!(parse_bytes("").is_err());
+        assert!(parse_bytes("12Q").is_err());
+        assert!(parse_bytes("-5").is_err());
+        assert!(parse_bytes("99999999999999999999").is_err());
+        assert!(parse_bytes("20000000T").is_err());
+    }
+
+    #[test]
+    fn device_counts() {
+        assert_eq!(parse_devices("1").unwrap(), 1);
+        assert_eq!(parse_devices("16").unwrap(), 16);
+        assert!(parse_devices("0").is_err());
+        assert!(parse_devices("17").is_err());
+        assert!(parse_devices("two").is_err());
+    }
+
+    #[test]
+    fn default_dir_is_per_user() {
+        let d = default_dir();
+        assert!(d.file_name().unwrap().to_string_lossy().starts_with("aclshm-"));
+    }
+}

@@ -1,0 +1,61 @@
+//! # aclshm-sim: the AscendCL runtime, simulated on host shared memory
+//!
+//! An implementation of the ACL C API subset declared in `aclshm-sys` (`aclshm_acl.h`) for machines
+//! without an NPU, faithful enough that code tested on it behaves the same on one. It is aclshm's embedded
+//! default backend ([`fns`] gives its function table) and also builds as a drop-in `libascendcl.so`
+//! (`sim/ascendcl`) that C and C++ programs written against the ACL headers can link or load.
+//!
+//! ## How it is built
+//!
+//! ```text
+//!   process A                                   process B
+//!   +-------------------------------+           +-------------------------------+
+//!   | device VA (PROT_NONE)         |           | device VA (PROT_NONE)         |
+//!   |  [reservation  | map | map ]  |           |  [reservation  | map ]        |
+//!   |                  |                        |                  |            |
+//!   | private RW alias of each object  <--- aclrtMemcpy copies through it ---> |
+//!   +-------------------|-----------+           +------------------|------------+
+//!                       v                                          v
+//!   simulator directory (/dev/shm/aclshm-<uid>, 0700)
+//!     registry         process table, physical objects (holders, export, whitelist),
+//!                      IPC keys, notifies; robust process-shared mutex; notify futex words
+//!     phys-<serial>    one shared-memory object per physical allocation (0600)
+//! ```
+//!
+//! - **Physical memory** is a shared-memory file; **reserving** address space is a `PROT_NONE` mapping;
+//!   **mapping** places the object there, still inaccessible: like device memory, it cannot be
+//!   dereferenced on the host (doing so faults, as on an NPU). Copies and memset reach it through a private
+//!   read-write alias, so a pointer one process writes through is read by another.
+//! - **Cross-process state** lives in the registry (see `registry`): what each process holds, exports and
+//!   whitelists, and how much of each device is used, so capacity is enforced across processes.
+//! - **Lifetime** follows the driver: memory lives until every process that holds it has freed it (or
+//!   exited). A process that dies is noticed by pid and start time the next time any process attaches (or
+//!   finds a device full), and everything it held is released then.
+//! - **Streams** are threads running queued tasks in order; notifies are futex words in the registry.
+//! - **Rules**: every documented rule of the VMM, IPC memory and IPC notify APIs is enforced with the error
+//!   code the runtime or its driver returns (the table is `docs/acl-api-map.md`).
+//!
+//! Configuration is read from the environment (see [`Config`]); [`fault`](crate) injection and call
+//! counters serve tests.
+//!
+//! ## Limits, knowingly
+//! No kernels, events, contexts beyond each device's default, host (DDR) physical memory, V2 or fabric
+//! handles, or `ASCEND_RT_VISIBLE_DEVICES`. A process that forks after using the simulator must exec
+//! before the child uses it, as with CANN.
+
+mod capi;
+mod config;
+mod device;
+mod ext;
+mod fault;
+mod ipc;
+mod memory;
+mod notify;
+mod registry;
+mod state;
+mod stream;
+mod sys;
+mod vmm;
+
+pub use capi::*;
+pub use config::{Config, DEFAULT_DEVICES, DEFAULT_HBM_BYTES, GRANULARITY, MAX_DEVICES, default_dir, parse_bytes};

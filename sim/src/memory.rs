@@ -1,0 +1,485 @@
+//! Device and host memory, copies and memset.
+//!
+//! Device memory is never host-accessible: an address from `aclrtMalloc` or a mapping lies in a
+//! `PROT_NONE` range, so code that dereferences it on the host faults, as on an NPU. Data moves only
+//! through `aclrtMemcpy*` and `aclrtMemset`, which resolve each device address through the process's
+//! tables to the physical object behind it and copy through the simulator's private read-write alias of
+//! that object. A copy may span several mappings laid side by side in one reservation.
+
+#![allow(non_snake_case)]
+
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use aclshm_sys::*;
+
+use crate::config::{GRANULARITY, GRANULARITY_1G};
+use crate::registry::{self, PHYS_MALLOC, PHYS_REVOKED};
+use crate::state::{Local, MemHandle, Origin, R, Region, RegionKind, Sim, bail, fail, not_null, put, sim};
+use crate::stream::Task;
+use crate::sys::{self, Alias, HOST_PAGE};
+
+/// Create a physical object of `size` bytes on device `d`, held by this process.
+pub(crate) fn create_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R<(usize, u64, Alias)> {
+    let (slot, serial) = reserve_phys(s, kind, size, page, d)?;
+    let make = || -> R<Alias> {
+        let path = s.reg.dir().join(registry::phys_file(serial));
+        let fd = sys::create_file(&path)
+            .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("create {}: {e}", path.display())))?;
+        sys::allocate(&fd, size).map_err(|e| {
+            fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("no room for {size} bytes in {}: {e}", s.reg.dir().display()))
+        })?;
+        Alias::map(&fd, size as usize).map_err(|e| fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("map object: {e}")))
+    };
+    match make() {
+        Ok(a) => Ok((slot, serial, a)),
+        Err(e) => {
+            let _ = s.drop_holder(slot, serial);
+            Err(e)
+        }
+    }
+}
+
+/// Account `size` bytes on device `d` and take a physical object slot, reclaiming what dead processes
+/// left once if the device is full.
+fn reserve_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R<(usize, u64)> {
+    for attempt in 0..2 {
+        let mut g = s.lock()?;
+        let t = g.t();
+        let used = t.used[d as usize];
+        if used.checked_add(size).is_none_or(|total| total > s.hbm_bytes) {
+            if attempt == 0 {
+                drop(g);
+                s.reclaim()?;
+                continue;
+            }
+            return bail(
+                ACL_ERROR_RT_MEMORY_ALLOCATION,
+                format!("device {d} is full: {used} of {} bytes in use, {size} more asked", s.hbm_bytes),
+            );
+        }
+        let Some(i) = t.alloc_phys() else {
+            return bail(
+                ACL_ERROR_RT_MEMORY_ALLOCATION,
+                format!("the simulator holds {} physical objects, its limit", registry::MAX_PHYS),
+            );
+        };
+        let serial = t.serial();
+        t.used[d as usize] = used + size;
+        let slot = &mut t.phys[i];
+        slot.serial = serial;
+        slot.size = size;
+        slot.page = page;
+        slot.kind = kind;
+        slot.device = d;
+        slot.owner = s.me.slot;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.holders = Default::default();
+        slot.holders.set(s.me.slot as usize);
+        slot.token = 0;
+        slot.no_pid_check = 0;
+        slot.export_open = 0;
+        slot.wl_len = 0;
+        return Ok((i, serial));
+    }
+    unreachable!("the loop returns on its second attempt")
+}
+
+/// Reserve an inaccessible range of `len` bytes aligned to `align`.
+pub(crate) fn reserve_va(len: usize, align: usize, at: Option<usize>) -> R<usize> {
+    sys::reserve(len, align.max(HOST_PAGE), at)
+        .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("reserve {len:#x} bytes of address space: {e}")))
+}
+
+pub(crate) unsafe fn aclrtMalloc(dev_ptr: *mut *mut c_void, size: usize, policy: aclrtMemMallocPolicy) -> R {
+    not_null(dev_ptr, "devPtr")?;
+    if size == 0 {
+        return bail(ACL_ERROR_INVALID_PARAM, "size is 0");
+    }
+    // Unknown policies fall back to the default, as in the runtime; the high bits are type modifiers.
+    let page: u64 = match policy.0 & 0xFF {
+        1 | 4 => GRANULARITY,
+        2 | 5 => HOST_PAGE as u64,
+        6 | 7 => GRANULARITY_1G,
+        _ if size > 1 << 20 => GRANULARITY,
+        _ => HOST_PAGE as u64,
+    };
+    // The runtime pads every allocation: 32-byte aligned plus 32 bytes (none for 1 GiB pages).
+    let padded = if page == GRANULARITY_1G {
+        Some(size as u64)
+    } else {
+        (size as u64).checked_next_multiple_of(32).and_then(|v| v.checked_add(32))
+    };
+    let phys_size = padded
+        .and_then(|v| v.checked_next_multiple_of(page))
+        .filter(|&v| v <= isize::MAX as u64)
+        .ok_or_else(|| fail(ACL_ERROR_INVALID_PARAM, format!("size {size:#x} overflows")))?;
+    let s = sim()?;
+    let mut l = s.local.lock();
+    let d = s.current(&l)?;
+    let (phys, serial, alias) = create_phys(s, PHYS_MALLOC, phys_size, page, d)?;
+    let base = match reserve_va(phys_size as usize, page as usize, None) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = s.drop_holder(phys, serial);
+            return Err(e);
+        }
+    };
+    // SAFETY: base is a fresh reservation of exactly the object's size.
+    if let Err(e) = unsafe { alias.mirror_at(base) } {
+        // SAFETY: our fresh reservation.
+        unsafe { sys::unreserve(base, phys_size as usize) };
+        let _ = s.drop_holder(phys, serial);
+        return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("map the allocation: {e}"));
+    }
+    let generation = l.new_generation();
+    let handle = l.handles.insert(MemHandle {
+        generation,
+        phys,
+        serial,
+        size: phys_size,
+        page,
+        device: d,
+        origin: Origin::Internal,
+        alias: Arc::new(alias),
+        freed: false,
+        maps: 1,
+        exported: None,
+    });
+    let mut region = Region {
+        size: phys_size as usize,
+        kind: RegionKind::Malloc { handle, requested: size },
+        maps: Default::default(),
+    };
+    region.maps.insert(0, crate::state::Mapping { handle, size: phys_size as usize, imported: false, access: None });
+    l.regions.insert(base, region);
+    // SAFETY: non-null out-parameter (C API contract).
+    unsafe { put(dev_ptr, base as *mut c_void) };
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtFree(dev_ptr: *mut c_void) -> R {
+    not_null(dev_ptr, "devPtr")?;
+    let s = sim()?;
+    let mut l = s.local.lock();
+    let base = dev_ptr as usize;
+    let handle = match l.regions.get(&base).map(|r| &r.kind) {
+        Some(RegionKind::Malloc { handle, .. }) => *handle,
+        Some(RegionKind::IpcImport { .. }) => {
+            return bail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                "this address was imported with aclrtIpcMemImportByKey: release it with aclrtIpcMemClose",
+            );
+        }
+        _ => {
+            return bail(ACL_ERROR_RT_PARAM_INVALID, "not the start of a live aclrtMalloc allocation of this process");
+        }
+    };
+    let region = l.regions.remove(&base).expect("looked up above");
+    let (phys, serial) = {
+        let m = &mut l.handles[handle];
+        m.maps = 0;
+        m.freed = true;
+        (m.phys, m.serial)
+    };
+    // Freeing exported memory closes its keys; importers that still hold them lose their pages.
+    crate::ipc::close_keys_of(s, phys, serial)?;
+    s.release_if_done(&mut l, handle)?;
+    drop(l);
+    // SAFETY: the region is gone from the tables, so nothing reaches its range any more.
+    unsafe { sys::unreserve(base, region.size) };
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtMallocHost(host_ptr: *mut *mut c_void, size: usize) -> R {
+    not_null(host_ptr, "hostPtr")?;
+    if size == 0 {
+        return bail(ACL_ERROR_INVALID_PARAM, "size is 0");
+    }
+    let s = sim()?;
+    let mut l = s.local.lock();
+    s.current(&l)?;
+    let len =
+        size.checked_next_multiple_of(HOST_PAGE).ok_or_else(|| fail(ACL_ERROR_INVALID_PARAM, "size overflows"))?;
+    // SAFETY: a fresh private anonymous mapping at an address of the kernel's choosing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return bail(ACL_ERROR_RT_MEMORY_ALLOCATION, "no host memory for aclrtMallocHost");
+    }
+    l.host.insert(p as usize, len);
+    // SAFETY: non-null out-parameter (C API contract).
+    unsafe { put(host_ptr, p) };
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtFreeHost(host_ptr: *mut c_void) -> R {
+    not_null(host_ptr, "hostPtr")?;
+    let s = sim()?;
+    let mut l = s.local.lock();
+    let Some(len) = l.host.remove(&(host_ptr as usize)) else {
+        return bail(ACL_ERROR_RT_PARAM_INVALID, "not memory from aclrtMallocHost of this process");
+    };
+    drop(l);
+    // SAFETY: the mapping was made by aclrtMallocHost and is no longer in the table.
+    unsafe { libc::munmap(host_ptr, len) };
+    Ok(())
+}
+
+/// A contiguous piece of a copy: bytes reachable through an alias (device) or directly (host).
+struct Piece {
+    ptr: *mut u8,
+    len: usize,
+    /// Keeps the alias mapped while the copy runs, even if the memory is unmapped meanwhile.
+    _alias: Option<Arc<Alias>>,
+}
+
+/// Where an address lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Place {
+    Device,
+    /// aclrtMallocHost memory.
+    PinnedHost,
+    Host,
+}
+
+pub(crate) fn place(l: &Local, addr: usize) -> Place {
+    if l.region_at(addr).is_some() {
+        Place::Device
+    } else if l.host.range(..=addr).next_back().is_some_and(|(&b, &n)| addr < b + n) {
+        Place::PinnedHost
+    } else {
+        Place::Host
+    }
+}
+
+/// The pieces behind `[addr, addr+len)` of device memory, or None if `addr` is not device memory.
+fn resolve(s: &Sim, l: &Local, addr: usize, len: usize) -> R<Option<Vec<Piece>>> {
+    let Some((base, region)) = l.region_at(addr) else {
+        return Ok(None);
+    };
+    let end = addr.checked_add(len).filter(|&e| e <= base + region.size).ok_or_else(|| {
+        fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("{len:#x} bytes at {addr:#x} run past the end of their range"))
+    })?;
+    let mut pieces = Vec::new();
+    let mut off = addr - base;
+    let stop = end - base;
+    while off < stop {
+        let (&moff, m) =
+            region.maps.range(..=off).next_back().filter(|(mo, m)| off < **mo + m.size).ok_or_else(|| {
+                fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("device address {:#x} is not mapped", base + off))
+            })?;
+        let h = &l.handles[m.handle];
+        if s.reg.words().phys_flags[h.phys].load(Ordering::Acquire) & PHYS_REVOKED != 0 {
+            return bail(
+                ACL_ERROR_RT_DEVICE_MEM_ERROR,
+                format!(
+                    "device address {:#x} is IPC memory its exporter closed or freed while it was imported",
+                    base + off
+                ),
+            );
+        }
+        let n = (moff + m.size).min(stop) - off;
+        // SAFETY: off - moff < m.size <= the alias length, so the offset stays inside the alias.
+        let ptr = unsafe { h.alias.ptr().add(off - moff) };
+        pieces.push(Piece { ptr, len: n, _alias: Some(Arc::clone(&h.alias)) });
+        off += n;
+    }
+    Ok(Some(pieces))
+}
+
+/// Copy `count` bytes from `src` to `dst`, each a device or host address, now.
+pub(crate) fn copy(s: &Sim, dst: usize, src: usize, count: usize) -> R {
+    let (d, sp) = {
+        let l = s.local.lock();
+        (resolve(s, &l, dst, count)?, resolve(s, &l, src, count)?)
+    };
+    let host = |addr: usize| vec![Piece { ptr: addr as *mut u8, len: count, _alias: None }];
+    let d = d.unwrap_or_else(|| host(dst));
+    let sp = sp.unwrap_or_else(|| host(src));
+    let (mut di, mut si, mut doff, mut soff) = (0, 0, 0, 0);
+    while di < d.len() && si < sp.len() {
+        let n = (d[di].len - doff).min(sp[si].len - soff);
+        // SAFETY: device pieces lie inside live aliases (kept mapped by the pieces); host addresses are the
+        // caller's, valid for count bytes (C API contract). copy tolerates overlap.
+        unsafe { std::ptr::copy(sp[si].ptr.add(soff), d[di].ptr.add(doff), n) };
+        doff += n;
+        soff += n;
+        if doff == d[di].len {
+            di += 1;
+            doff = 0;
+        }
+        if soff == sp[si].len {
+            si += 1;
+            soff = 0;
+        }
+    }
+    Ok(())
+}
+
+/// The kinds aclrtMemcpy accepts: HOST_TO_HOST through HOST_TO_BUF_TO_DEVICE.
+fn check_kind(kind: aclrtMemcpyKind) -> R {
+    if kind.0 > aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE.0 {
+        return bail(ACL_ERROR_INVALID_PARAM, format!("copy kind {} is not supported", kind.0));
+    }
+    Ok(())
+}
+
+/// The kind the locations of `dst` and `src` call for.
+fn kind_of(dst: Place, src: Place) -> aclrtMemcpyKind {
+    match (src == Place::Device, dst == Place::Device) {
+        (false, false) => aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST,
+        (false, true) => aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+        (true, false) => aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+        (true, true) => aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_DEVICE,
+    }
+}
+
+fn kind_name(k: aclrtMemcpyKind) -> &'static str {
+    ["host to host", "host to device", "device to host", "device to device"]
+        .get(k.0 as usize)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Checks common to aclrtMemcpy and aclrtMemcpyAsync, in the runtime's order. None: nothing to do.
+fn check_copy(dst: *mut c_void, dest_max: usize, src: *const c_void, count: usize, kind: aclrtMemcpyKind) -> R<bool> {
+    if count == 0 {
+        return Ok(false);
+    }
+    not_null(dst, "dst")?;
+    not_null(src, "src")?;
+    check_kind(kind)?;
+    if dest_max == 0 || count > dest_max {
+        return bail(ACL_ERROR_RT_PARAM_INVALID, format!("count {count} exceeds destMax {dest_max}"));
+    }
+    Ok(!std::ptr::eq(dst.cast_const(), src))
+}
+
+pub(crate) unsafe fn aclrtMemcpy(
+    dst: *mut c_void,
+    dest_max: usize,
+    src: *const c_void,
+    count: usize,
+    kind: aclrtMemcpyKind,
+) -> R {
+    if !check_copy(dst, dest_max, src, count, kind)? {
+        return Ok(());
+    }
+    let s = sim()?;
+    {
+        let l = s.local.lock();
+        s.current(&l)?;
+        let want = kind_of(place(&l, dst as usize), place(&l, src as usize));
+        let given = if kind == aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE {
+            aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE
+        } else {
+            kind
+        };
+        if given != aclrtMemcpyKind::ACL_MEMCPY_DEFAULT && given != want {
+            return bail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                format!("the copy is {} but the pointers are {}", kind_name(given), kind_name(want)),
+            );
+        }
+    }
+    copy(s, dst as usize, src as usize, count)
+}
+
+pub(crate) unsafe fn aclrtMemcpyAsync(
+    dst: *mut c_void,
+    dest_max: usize,
+    src: *const c_void,
+    count: usize,
+    kind: aclrtMemcpyKind,
+    stream: aclrtStream,
+) -> R {
+    if !check_copy(dst, dest_max, src, count, kind)? {
+        return Ok(());
+    }
+    let s = sim()?;
+    let mut l = s.local.lock();
+    let st = crate::device::stream_for(s, &mut l, stream)?;
+    let (pd, ps) = (place(&l, dst as usize), place(&l, src as usize));
+    let want = kind_of(pd, ps);
+    if want == aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST {
+        return bail(ACL_ERROR_RT_FEATURE_NOT_SUPPORT, "an asynchronous copy from host to host is not supported");
+    }
+    // The runtime corrects the kind when both ends are device or pinned host memory; with pageable host
+    // memory involved it refuses a kind that contradicts the pointers.
+    let given = if kind == aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE {
+        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE
+    } else {
+        kind
+    };
+    let pageable = pd == Place::Host || ps == Place::Host;
+    if given != aclrtMemcpyKind::ACL_MEMCPY_DEFAULT && given != want && pageable {
+        return bail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("the copy is {} but the pointers are {}", kind_name(given), kind_name(want)),
+        );
+    }
+    // Catch addresses that are not mapped now; the task resolves them again when it runs.
+    resolve(s, &l, dst as usize, count)?;
+    resolve(s, &l, src as usize, count)?;
+    drop(l);
+    st.push(Task::Copy { dst: dst as usize, src: src as usize, count })
+}
+
+pub(crate) unsafe fn aclrtMemset(dev_ptr: *mut c_void, max_count: usize, value: i32, count: usize) -> R {
+    if count == 0 {
+        return Ok(());
+    }
+    not_null(dev_ptr, "devPtr")?;
+    let s = sim()?;
+    let pieces = {
+        let l = s.local.lock();
+        s.current(&l)?;
+        if count > max_count {
+            return bail(ACL_ERROR_RT_PARAM_INVALID, format!("count {count} exceeds maxCount {max_count}"));
+        }
+        resolve(s, &l, dev_ptr as usize, count)?
+            .ok_or_else(|| fail(ACL_ERROR_RT_PARAM_INVALID, "devPtr is not device memory"))?
+    };
+    for p in &pieces {
+        // SAFETY: each piece lies inside a live alias, kept mapped by the piece.
+        unsafe { std::ptr::write_bytes(p.ptr, value as u8, p.len) };
+    }
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtGetMemInfo(attr: aclrtMemAttr, free: *mut usize, total: *mut usize) -> R {
+    not_null(free, "free")?;
+    not_null(total, "total")?;
+    if attr.0 > aclrtMemAttr::ACL_MEM_P2P_HUGE1G.0 {
+        return bail(ACL_ERROR_RT_INVALID_MEMORY_TYPE, format!("memory attribute {} is unknown", attr.0));
+    }
+    let s = sim()?;
+    let d = {
+        let l = s.local.lock();
+        s.current(&l)?
+    };
+    // The simulated devices have device memory (HBM) only; DDR attributes report none.
+    let ddr = matches!(attr.0, 0 | 2 | 3 | 6 | 7);
+    let (f, t) = if ddr {
+        (0, 0)
+    } else {
+        let used = s.lock()?.t().used[d as usize];
+        (s.hbm_bytes.saturating_sub(used), s.hbm_bytes)
+    };
+    // SAFETY: non-null out-parameters (C API contract).
+    unsafe {
+        put(free, f as usize);
+        put(total, t as usize);
+    }
+    Ok(())
+}

@@ -1,0 +1,453 @@
+//! The simulator instance of this process: attaching to the directory, the process-local tables (what a
+//! runtime keeps per process: handles, address ranges, streams, notifies, device contexts), the current
+//! device of each thread, and detaching at exit.
+//!
+//! Handles given to callers (`aclrtDrvMemHandle`, `aclrtStream`, `aclrtNotify`) are not pointers: each
+//! packs a tag, a generation and a table index into a non-canonical address, so a stale, forged or
+//! foreign handle is recognised (and refused) rather than dereferenced, and dereferencing one faults.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use aclshm_sys::*;
+use parking_lot::Mutex;
+use slab::Slab;
+
+use crate::config::Config;
+use crate::registry::{self, Attached, ProcSlot, Registry};
+use crate::stream::Stream;
+use crate::sys::{self, Alias};
+
+/// A failed call: the code the caller gets and why (printed when `ACLSHM_SIM_LOG=1`).
+#[derive(Debug, Clone)]
+pub(crate) struct Fail {
+    pub code: aclError,
+    pub why: Cow<'static, str>,
+}
+
+/// The result of an entry point's implementation.
+pub(crate) type R<T = ()> = Result<T, Fail>;
+
+/// A failure with `code` because `why`.
+pub(crate) fn fail(code: aclError, why: impl Into<Cow<'static, str>>) -> Fail {
+    Fail { code, why: why.into() }
+}
+
+/// `Err(fail(..))` shorthand.
+pub(crate) fn bail<T>(code: aclError, why: impl Into<Cow<'static, str>>) -> R<T> {
+    Err(fail(code, why))
+}
+
+/// Refuse a null pointer argument the way the ACL layer does.
+pub(crate) fn not_null<T>(p: *const T, what: &'static str) -> R {
+    if p.is_null() {
+        return bail(ACL_ERROR_INVALID_PARAM, format!("{what} is NULL"));
+    }
+    Ok(())
+}
+
+/// Write an out-parameter the caller handed us (checked non-null before).
+///
+/// # Safety
+/// 1. `p` is non-null and valid for a write of `T` (alignment not required).
+pub(crate) unsafe fn put<T>(p: *mut T, v: T) {
+    // SAFETY: forwarded to the caller (precondition 1).
+    unsafe { p.write_unaligned(v) }
+}
+
+pub(crate) const TAG_MEM: u64 = 0x5A;
+pub(crate) const TAG_STREAM: u64 = 0x5B;
+pub(crate) const TAG_NOTIFY: u64 = 0x5C;
+
+/// A caller-visible handle for table entry `key` of generation `generation`.
+pub(crate) fn encode(tag: u64, key: usize, generation: u32) -> *mut c_void {
+    ((tag << 56) | ((u64::from(generation) & 0xFF_FFFF) << 32) | key as u64) as usize as *mut c_void
+}
+
+/// The table entry and generation a handle names, if it carries `tag`.
+pub(crate) fn decode(tag: u64, h: *const c_void) -> Option<(usize, u32)> {
+    let v = h as usize as u64;
+    (v >> 56 == tag).then_some(((v & 0xFFFF_FFFF) as usize, ((v >> 32) & 0xFF_FFFF) as u32))
+}
+
+/// Where a local memory handle came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Origin {
+    /// aclrtMallocPhysical in this process.
+    Allocated,
+    /// aclrtMemImportFromShareableHandle of this shareable handle.
+    Imported(u64),
+    /// Backs an aclrtMalloc allocation or an IPC import: not visible to callers as a handle.
+    Internal,
+}
+
+/// A physical memory handle of this process.
+#[derive(Debug)]
+pub(crate) struct MemHandle {
+    pub generation: u32,
+    pub phys: usize,
+    pub serial: u64,
+    pub size: u64,
+    pub page: u64,
+    /// The device this handle is on (for an import, the importing device).
+    pub device: u32,
+    pub origin: Origin,
+    pub alias: Arc<Alias>,
+    /// aclrtFreePhysical was called; the handle goes when its last mapping does.
+    pub freed: bool,
+    pub maps: u32,
+    /// The shareable handle, once exported.
+    pub exported: Option<u64>,
+}
+
+/// One mapping inside a region.
+#[derive(Debug, Clone)]
+pub(crate) struct Mapping {
+    pub handle: usize,
+    pub size: usize,
+    pub imported: bool,
+    /// Access granted with aclrtMemSetAccess (its flags), if any.
+    pub access: Option<u32>,
+}
+
+/// What a region of device address space is.
+#[derive(Debug, Clone)]
+pub(crate) enum RegionKind {
+    /// From aclrtReserveMemAddress.
+    Reserved {
+        /// Bound to this device by its first mapping; the binding outlives the mapping (as in the driver).
+        bound: Option<u32>,
+    },
+    /// From aclrtMalloc: one internal handle mapped over all of it.
+    Malloc { handle: usize, requested: usize },
+    /// From aclrtIpcMemImportByKey: one internal handle mapped over the exported length.
+    IpcImport { handle: usize },
+}
+
+/// A range of device address space in this process: inaccessible to the host, backed where mapped.
+#[derive(Debug)]
+pub(crate) struct Region {
+    pub size: usize,
+    pub kind: RegionKind,
+    /// Mappings by offset from the region's base.
+    pub maps: BTreeMap<usize, Mapping>,
+}
+
+/// A notify handle of this process.
+#[derive(Debug)]
+pub(crate) struct LocalNotify {
+    pub generation: u32,
+    pub slot: usize,
+    pub serial: u64,
+    pub device: u32,
+    /// This process created it (as opposed to importing it).
+    pub creator: bool,
+}
+
+/// An IPC import of this process: the same key imported again returns the same address (reference
+/// counted, one close each).
+#[derive(Debug)]
+pub(crate) struct IpcImport {
+    pub base: usize,
+    pub refs: u32,
+    pub key_slot: usize,
+}
+
+/// A device's default context in this process.
+#[derive(Debug, Default)]
+pub(crate) struct DeviceCtx {
+    /// aclrtSetDevice references, all threads together.
+    pub refs: u32,
+    /// Bumped at each teardown, so threads still pointing at a torn-down context see none.
+    pub epoch: u64,
+    pub default_stream: Option<usize>,
+    /// Peers this device may access (aclrtDeviceEnablePeerAccess).
+    pub peers: u64,
+}
+
+/// The process-local tables.
+#[derive(Default)]
+pub(crate) struct Local {
+    pub handles: Slab<MemHandle>,
+    pub regions: BTreeMap<usize, Region>,
+    /// aclrtMallocHost allocations: base -> length.
+    pub host: BTreeMap<usize, usize>,
+    pub streams: Slab<Arc<Stream>>,
+    pub notifies: Slab<LocalNotify>,
+    pub ipc_imports: HashMap<Vec<u8>, IpcImport>,
+    pub devices: Vec<DeviceCtx>,
+    next_generation: u32,
+}
+
+impl Local {
+    /// A fresh generation number for a new handle.
+    pub(crate) fn new_generation(&mut self) -> u32 {
+        self.next_generation = self.next_generation.wrapping_add(1) & 0xFF_FFFF;
+        self.next_generation
+    }
+
+    /// The region containing address `addr`, with its base.
+    pub(crate) fn region_at(&self, addr: usize) -> Option<(usize, &Region)> {
+        let (&base, r) = self.regions.range(..=addr).next_back()?;
+        (addr < base + r.size).then_some((base, r))
+    }
+
+    /// The memory handle a caller-visible handle names (internal handles are not visible).
+    pub(crate) fn mem_handle(&self, h: *const c_void) -> R<usize> {
+        let invalid = || fail(ACL_ERROR_RT_PARAM_INVALID, "not a live physical memory handle of this process");
+        let (key, generation) = decode(TAG_MEM, h).ok_or_else(invalid)?;
+        match self.handles.get(key) {
+            Some(m) if m.generation == generation && m.origin != Origin::Internal && !m.freed => Ok(key),
+            Some(m) if m.generation == generation && m.freed => bail(
+                ACL_ERROR_RT_PARAM_INVALID,
+                "the handle was already freed (aclrtFreePhysical), its release waits for the unmap",
+            ),
+            _ => Err(invalid()),
+        }
+    }
+}
+
+/// Cross-process identity of this simulator instance.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Me {
+    pub slot: u32,
+    pub pid: i32,
+    pub start: u64,
+    pub bare_tgid: i32,
+}
+
+/// The simulator as this process sees it.
+pub(crate) struct Sim {
+    pub devices: u32,
+    pub hbm_bytes: u64,
+    pub reg: Registry,
+    pub me: Me,
+    pub local: Mutex<Local>,
+    detached: AtomicBool,
+}
+
+static SIM: OnceLock<Result<Sim, String>> = OnceLock::new();
+static FORKED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// The calling thread's current device and the context epoch it was set in.
+    static CURRENT: std::cell::Cell<Option<(u32, u64)>> = const { std::cell::Cell::new(None) };
+}
+
+/// Whether to print failing calls (`ACLSHM_SIM_LOG=1`).
+pub(crate) fn log_enabled() -> bool {
+    static LOG: OnceLock<bool> = OnceLock::new();
+    *LOG.get_or_init(|| std::env::var("ACLSHM_SIM_LOG").is_ok_and(|v| !v.is_empty() && v != "0"))
+}
+
+/// The simulator, attached on first use.
+pub(crate) fn sim() -> R<&'static Sim> {
+    if FORKED.load(Ordering::Relaxed) {
+        return bail(
+            ACL_ERROR_RT_DEV_SETUP_ERROR,
+            "the simulator was attached before fork(); a forked child must exec before using it (as with CANN)",
+        );
+    }
+    match SIM.get_or_init(|| {
+        Sim::open().inspect_err(|e| eprintln!("aclshm-sim: cannot start the ACL runtime simulator: {e}"))
+    }) {
+        Ok(s) if !s.detached.load(Ordering::Acquire) => Ok(s),
+        Ok(_) => bail(ACL_ERROR_RT_DEV_SETUP_ERROR, "the simulator was detached (the process is exiting)"),
+        Err(e) => bail(ACL_ERROR_RT_DEV_SETUP_ERROR, e.clone()),
+    }
+}
+
+/// The simulator if it is already attached (for calls that must not attach it).
+pub(crate) fn sim_if_attached() -> Option<&'static Sim> {
+    match SIM.get() {
+        Some(Ok(s)) if !s.detached.load(Ordering::Acquire) && !FORKED.load(Ordering::Relaxed) => Some(s),
+        _ => None,
+    }
+}
+
+extern "C" fn after_fork_in_child() {
+    FORKED.store(true, Ordering::Relaxed);
+}
+
+extern "C" fn at_exit() {
+    if let Some(Ok(s)) = SIM.get() {
+        // A child forked without exec inherits this handler: it must not detach its parent's slot.
+        if s.me.pid == sys::pid() && !FORKED.load(Ordering::Relaxed) {
+            s.detach();
+        }
+    }
+}
+
+impl Sim {
+    fn open() -> Result<Sim, String> {
+        let cfg = Config::from_env()?;
+        crate::fault::load_env()?;
+        let (reg, _created) = match Registry::attach(&cfg)? {
+            Attached::Created(r) => (r, true),
+            Attached::Opened(r) => (r, false),
+        };
+        let pid = sys::pid();
+        let start = sys::start_time(pid).ok_or("cannot read this process's start time from /proc")?;
+        let bare_tgid = sys::bare_tgid();
+        let mut g = reg.lock()?;
+        let words = reg.words();
+        let boot = sys::boot_id();
+        let boot_changed = g.t().boot_id != boot;
+        let mut destroyed = Vec::new();
+        for p in g.t().dead_procs(boot_changed) {
+            destroyed.extend(g.t().release_proc(p, words).destroyed);
+        }
+        if g.owner_died {
+            destroyed.extend(g.t().sweep(words));
+        }
+        let t = g.t();
+        t.boot_id = boot;
+        if t.is_empty() {
+            // Nobody is here: this process sets the configuration.
+            t.devices = cfg.devices;
+            t.hbm_bytes = cfg.hbm_bytes;
+            t.used = [0; crate::config::MAX_DEVICES as usize];
+        } else if let Some(conflict) = t.config_conflict(&cfg) {
+            drop(g);
+            registry::unlink_objects(reg.dir(), &destroyed);
+            return Err(format!("{}: {conflict}", cfg.dir.display()));
+        }
+        let (devices, hbm_bytes) = (t.devices, t.hbm_bytes);
+        let slot = t
+            .add_proc(ProcSlot { pid, bare_tgid, start, instance: sys::random_u64() })
+            .ok_or_else(|| format!("{}: {} processes are attached already", cfg.dir.display(), registry::MAX_PROCS))?;
+        drop(g);
+        registry::unlink_objects(reg.dir(), &destroyed);
+
+        // SAFETY: registering plain extern "C" functions that only touch this module's statics.
+        unsafe {
+            libc::atexit(at_exit);
+            libc::pthread_atfork(None, None, Some(after_fork_in_child));
+        }
+        let local = Local { devices: (0..devices).map(|_| DeviceCtx::default()).collect(), ..Local::default() };
+        Ok(Sim {
+            devices,
+            hbm_bytes,
+            reg,
+            me: Me { slot, pid, start, bare_tgid },
+            local: Mutex::new(local),
+            detached: AtomicBool::new(false),
+        })
+    }
+
+    /// Leave the directory: release everything this process holds (as the driver does when a process
+    /// exits) and, if nothing is left, remove the registry and the directory.
+    fn detach(&self) {
+        if self.detached.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(mut g) = self.reg.lock() else { return };
+        let released = g.t().release_proc(self.me.slot, self.reg.words());
+        registry::unlink_objects(self.reg.dir(), &released.destroyed);
+        if g.t().is_empty() {
+            self.reg.retire(g);
+        }
+    }
+
+    /// Reclaim what dead processes left; returns how many there were.
+    pub(crate) fn reclaim(&self) -> R<u32> {
+        let mut g = self.reg.lock().map_err(|e| fail(ACL_ERROR_RT_INTERNAL_ERROR, e))?;
+        let dead = g.t().dead_procs(false);
+        let mut destroyed = Vec::new();
+        for &p in &dead {
+            destroyed.extend(g.t().release_proc(p, self.reg.words()).destroyed);
+        }
+        destroyed.extend(g.t().sweep(self.reg.words()));
+        drop(g);
+        registry::unlink_objects(self.reg.dir(), &destroyed);
+        Ok(dead.len() as u32)
+    }
+
+    /// Lock the registry.
+    pub(crate) fn lock(&self) -> R<registry::Guard<'_>> {
+        self.reg.lock().map_err(|e| fail(ACL_ERROR_RT_INTERNAL_ERROR, e))
+    }
+
+    /// A device id checked against the device count.
+    pub(crate) fn device(&self, id: i32) -> R<u32> {
+        u32::try_from(id).ok().filter(|&d| d < self.devices).ok_or_else(|| {
+            fail(
+                ACL_ERROR_RT_INVALID_DEVICEID,
+                format!("device {id} does not exist (the simulator has {} devices)", self.devices),
+            )
+        })
+    }
+
+    /// The calling thread's current device, or CONTEXT_NULL if it has none (no aclrtSetDevice in this
+    /// thread, or the device was reset since).
+    pub(crate) fn current(&self, l: &Local) -> R<u32> {
+        match CURRENT.get() {
+            Some((d, epoch)) if l.devices[d as usize].refs > 0 && l.devices[d as usize].epoch == epoch => Ok(d),
+            _ => bail(ACL_ERROR_RT_CONTEXT_NULL, "no current device in this thread: call aclrtSetDevice first"),
+        }
+    }
+
+    /// Make `d` the calling thread's current device.
+    pub(crate) fn set_current(&self, l: &Local, d: u32) {
+        CURRENT.set(Some((d, l.devices[d as usize].epoch)));
+    }
+
+    /// Forget the calling thread's current device.
+    pub(crate) fn clear_current(&self) {
+        CURRENT.set(None);
+    }
+
+    /// Drop a physical object this process holds: clear its holder bit and destroy it if it was the last.
+    pub(crate) fn drop_holder(&self, phys: usize, serial: u64) -> R {
+        let mut g = self.lock()?;
+        let me = self.me.slot as usize;
+        if let Some(s) = g.t().phys_if(phys, serial) {
+            s.holders.clear(me);
+            if s.owner == self.me.slot {
+                s.export_open = 0;
+            }
+        }
+        let destroyed = g.t().sweep(self.reg.words());
+        drop(g);
+        registry::unlink_objects(self.reg.dir(), &destroyed);
+        Ok(())
+    }
+
+    /// Release local handle `key` if it is freed and unmapped; returns whether it was released.
+    pub(crate) fn release_if_done(&self, l: &mut Local, key: usize) -> R<bool> {
+        let done = l.handles.get(key).is_some_and(|m| m.freed && m.maps == 0);
+        if !done {
+            return Ok(false);
+        }
+        let m = l.handles.remove(key);
+        self.drop_holder(m.phys, m.serial)?;
+        Ok(true)
+    }
+
+    /// Open physical object `serial` of `size` bytes and map it read-write.
+    pub(crate) fn alias_of(&self, serial: u64, size: u64) -> R<Alias> {
+        let path = self.reg.dir().join(registry::phys_file(serial));
+        let fd = sys::open_file(&path)
+            .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("open {}: {e}", path.display())))?;
+        Alias::map(&fd, size as usize).map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("map object: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_round_trip_and_reject_other_tags() {
+        let h = encode(TAG_MEM, 42, 7);
+        assert_eq!(decode(TAG_MEM, h), Some((42, 7)));
+        assert_eq!(decode(TAG_STREAM, h), None);
+        assert_eq!(decode(TAG_MEM, std::ptr::null()), None);
+        assert_eq!(decode(TAG_MEM, 0x1234 as *const c_void), None);
+        // Not a canonical address: dereferencing it would fault.
+        assert!(h as usize > 0x0000_8000_0000_0000);
+    }
+}
