@@ -1,0 +1,165 @@
+//! Errors: [`AclError`], a runtime status code with its name, and [`Error`], everything aclshm reports.
+
+use std::fmt;
+use std::num::NonZeroI32;
+
+/// A non-zero ACL status code, as a runtime call returned it.
+///
+/// `name()` comes from the table of every code declared in `aclshm-sys`; codes added by newer runtimes
+/// are kept as they are and shown as unknown.
+///
+/// ```
+/// use aclshm::AclError;
+/// let e = AclError::from_code(207001).unwrap();
+/// assert_eq!(e, AclError::MEMORY_ALLOCATION);
+/// assert_eq!(e.name(), Some("ACL_ERROR_RT_MEMORY_ALLOCATION"));
+/// assert_eq!(e.to_string(), "ACL_ERROR_RT_MEMORY_ALLOCATION (207001)");
+/// assert!(AclError::from_code(0).is_none());
+/// ```
+#[repr(transparent)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AclError(NonZeroI32);
+
+macro_rules! named {
+    ($($(#[$m:meta])* $id:ident = $code:path;)*) => {
+        impl AclError {
+            $(
+                $(#[$m])*
+                pub const $id: AclError = AclError::known($code);
+            )*
+        }
+    };
+}
+
+named! {
+    /// `ACL_ERROR_INVALID_PARAM` (100000): the ACL layer refused an argument (a NULL pointer, a zero size).
+    INVALID_PARAM = aclshm_sys::ACL_ERROR_INVALID_PARAM;
+    /// `ACL_ERROR_RT_PARAM_INVALID` (107000): the runtime refused an argument.
+    RT_PARAM_INVALID = aclshm_sys::ACL_ERROR_RT_PARAM_INVALID;
+    /// `ACL_ERROR_RT_INVALID_DEVICEID` (107001): no such device.
+    INVALID_DEVICE_ID = aclshm_sys::ACL_ERROR_RT_INVALID_DEVICEID;
+    /// `ACL_ERROR_RT_CONTEXT_NULL` (107002): the calling thread has no current device.
+    CONTEXT_NULL = aclshm_sys::ACL_ERROR_RT_CONTEXT_NULL;
+    /// `ACL_ERROR_RT_INVALID_HANDLE` (107017): a stale or unknown handle.
+    INVALID_HANDLE = aclshm_sys::ACL_ERROR_RT_INVALID_HANDLE;
+    /// `ACL_ERROR_RT_FEATURE_NOT_SUPPORT` (207000): the runtime or device does not support this.
+    FEATURE_NOT_SUPPORT = aclshm_sys::ACL_ERROR_RT_FEATURE_NOT_SUPPORT;
+    /// `ACL_ERROR_RT_MEMORY_ALLOCATION` (207001): the device is out of memory.
+    MEMORY_ALLOCATION = aclshm_sys::ACL_ERROR_RT_MEMORY_ALLOCATION;
+    /// `ACL_ERROR_RT_NO_PERMISSION` (207006): not permitted (for example whitelisting a handle exported
+    /// without pid validation).
+    NO_PERMISSION = aclshm_sys::ACL_ERROR_RT_NO_PERMISSION;
+    /// `ACL_ERROR_RT_DRV_INTERNAL_ERROR` (507899): the driver refused (whitelist, mapping rules, double
+    /// export, ...).
+    DRV_INTERNAL_ERROR = aclshm_sys::ACL_ERROR_RT_DRV_INTERNAL_ERROR;
+}
+
+impl AclError {
+    const fn known(code: i32) -> AclError {
+        match NonZeroI32::new(code) {
+            Some(c) => AclError(c),
+            None => panic!("an error code is never 0"),
+        }
+    }
+
+    /// The error for a status code, or None for success (0).
+    pub const fn from_code(code: aclshm_sys::aclError) -> Option<AclError> {
+        match NonZeroI32::new(code) {
+            Some(c) => Some(AclError(c)),
+            None => None,
+        }
+    }
+
+    /// The numeric code.
+    pub const fn code(self) -> i32 {
+        self.0.get()
+    }
+
+    /// The code's name (`ACL_ERROR_...`), if it is one aclshm knows.
+    pub fn name(self) -> Option<&'static str> {
+        aclshm_sys::error_name(self.code())
+    }
+}
+
+impl fmt::Display for AclError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.name() {
+            Some(n) => write!(f, "{n} ({})", self.code()),
+            None => write!(f, "unknown ACL error ({})", self.code()),
+        }
+    }
+}
+
+impl fmt::Debug for AclError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AclError({self})")
+    }
+}
+
+impl std::error::Error for AclError {}
+
+/// Everything that can go wrong in aclshm.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A runtime call returned an error. Whether retrying helps depends on the code: out of memory may pass
+    /// once memory is freed; argument and permission errors will not.
+    #[error("{call} failed: {source}")]
+    Acl {
+        /// The ACL function that failed.
+        call: &'static str,
+        /// Its status code.
+        #[source]
+        source: AclError,
+    },
+    /// The loaded runtime does not export this function (an older CANN release). Retrying will not help;
+    /// a newer runtime will.
+    #[error("{call} is not available in this ACL runtime (an older CANN release?)")]
+    Unsupported {
+        /// The missing ACL function.
+        call: &'static str,
+    },
+    /// No ACL runtime could be set up: the library would not load, or the backend configuration
+    /// (`ACLSHM_BACKEND`, `ACLSHM_ACL_LIB`) is invalid. Fix the installation or the configuration.
+    #[error("no ACL runtime: {0}")]
+    Backend(String),
+    /// An argument was invalid before any runtime call was made (for example a key that is not 64
+    /// characters). Retrying with the same argument will not help.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+}
+
+impl Error {
+    /// The ACL status code, if a runtime call failed.
+    pub fn acl_code(&self) -> Option<AclError> {
+        match self {
+            Error::Acl { source, .. } => Some(*source),
+            _ => None,
+        }
+    }
+}
+
+/// `Result` with aclshm's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_codes_are_kept() {
+        let e = AclError::from_code(999_999).unwrap();
+        assert_eq!(e.name(), None);
+        assert_eq!(e.to_string(), "unknown ACL error (999999)");
+        assert_eq!(format!("{e:?}"), "AclError(unknown ACL error (999999))");
+    }
+
+    #[test]
+    fn errors_say_which_call_failed() {
+        let e = Error::Acl { call: "aclrtMapMem", source: AclError::DRV_INTERNAL_ERROR };
+        assert_eq!(e.to_string(), "aclrtMapMem failed: ACL_ERROR_RT_DRV_INTERNAL_ERROR (507899)");
+        assert_eq!(e.acl_code(), Some(AclError::DRV_INTERNAL_ERROR));
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(Error::Unsupported { call: "x" }.acl_code(), None);
+    }
+}

@@ -1,0 +1,49 @@
+//! # aclshm: share Ascend NPU memory between processes through the ACL runtime
+//!
+//! Multi-process model serving needs one process to own device memory and many workers to see it. The
+//! AscendCL runtime (`libascendcl.so`) has the primitives (reserve virtual ranges, allocate physical
+//! memory, map it, export a physical handle, import it in another process or on another device, whitelist
+//! importers by pid, share `aclrtMalloc` memory by key, signal across processes with IPC notifies) and
+//! sharp rules about using them. aclshm wraps them so that the rules hold by construction.
+//!
+//! ## Layers
+//!
+//! ```text
+//!   aclshm (this crate)
+//!     raw        one fallible function per ACL call                      <- this release
+//!     runtime    the one seam: a table of ACL entry points
+//!   aclshm-sys   the C API as data: our declarations, bindgen output, the libascendcl.so loader
+//!   aclshm-sim   the ACL runtime simulated on host shared memory (embedded, or as a drop-in .so)
+//! ```
+//!
+//! Everything reaches the device through a [`Runtime`]: a real CANN `libascendcl.so` loaded at run time,
+//! the simulator's drop-in library, or the simulator linked in (feature `sim`, the default). The code path
+//! that runs on an NPU is the one the tests run on the simulator.
+//!
+//! ```
+//! use aclshm::{Runtime, raw};
+//!
+//! # fn main() -> aclshm::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("aclshm-doc-{}", std::process::id()));
+//! # unsafe { std::env::set_var("ACLSHM_SIM_DIR", &dir) };
+//! let rt = Runtime::simulator();
+//! let devices = raw::get_device_count(&rt)?;
+//! assert!(devices >= 1);
+//! raw::set_device(&rt, 0)?;
+//! let (free, total) = raw::get_mem_info(&rt, aclshm::sys::aclrtMemAttr::ACL_HBM_MEM)?;
+//! assert!(free <= total);
+//! # raw::reset_device(&rt, 0)?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+mod info;
+pub mod raw;
+mod runtime;
+mod sync;
+
+pub use aclshm_sys as sys;
+pub use error::{AclError, Error, Result};
+pub use info::{DeviceInfo, RuntimeInfo, SimulatorInfo};
+pub use runtime::{Backend, Runtime};

@@ -1,0 +1,237 @@
+//! The seam: a [`Runtime`] is the one table of ACL entry points everything in aclshm calls through.
+//!
+//! The table comes from a `libascendcl.so` loaded at run time (real CANN, or the simulator's drop-in
+//! library) or from the simulator linked into this crate (feature `sim`, on by default). Either way the
+//! code above it is the same, so what the tests run is what runs on an NPU.
+//!
+//! Selection ([`Runtime::from_env`], behind [`Runtime::global`]):
+//!
+//! | `ACLSHM_BACKEND` | runtime |
+//! |---|---|
+//! | `acl` | a `libascendcl.so`: `ACLSHM_ACL_LIB` if set, else `$ASCEND_HOME_PATH/lib64`, `$ASCEND_TOOLKIT_HOME/lib64`, the loader path; an error if none loads |
+//! | `sim` | the embedded simulator |
+//! | unset or `auto` | real CANN if one loads and reports a device, else the embedded simulator |
+//!
+//! Loaded libraries are never unloaded: the runtime keeps per-process state that outlives any one
+//! [`Runtime`] value, and dlopen of one path twice yields one library anyway.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use aclshm_sys::{AclFns, ENTRY_POINTS, Library};
+
+use crate::error::{Error, Result};
+use crate::sync::{AtomicU64, Mutex, Ordering};
+
+/// Where a runtime's entry points come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// The simulator linked into this program.
+    EmbeddedSimulator,
+    /// A `libascendcl.so` loaded at run time.
+    Library {
+        /// The file loaded.
+        path: PathBuf,
+        /// Whether it is aclshm's simulator drop-in rather than CANN.
+        simulator: bool,
+    },
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Backend::EmbeddedSimulator => write!(f, "simulator (embedded)"),
+            Backend::Library { path, simulator: true } => write!(f, "simulator (drop-in {})", path.display()),
+            Backend::Library { path, simulator: false } => write!(f, "CANN ({})", path.display()),
+        }
+    }
+}
+
+struct Inner {
+    fns: AclFns,
+    backend: Backend,
+    /// Calls made through this runtime, per entry point (indexed like `ENTRY_POINTS`).
+    calls: Vec<AtomicU64>,
+}
+
+/// A handle to an ACL runtime: its entry points and where they come from. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime(Arc<Inner>);
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime").field("backend", &self.0.backend).finish()
+    }
+}
+
+/// Libraries loaded so far, by the path asked for. Leaked on purpose: see the module docs.
+static LOADED: Mutex<Vec<(Option<PathBuf>, &'static Library)>> = Mutex::new(Vec::new());
+
+fn load_library(explicit: Option<&Path>) -> Result<&'static Library> {
+    let mut loaded = LOADED.lock();
+    if let Some((_, lib)) = loaded.iter().find(|(p, _)| p.as_deref() == explicit) {
+        return Ok(lib);
+    }
+    // SAFETY: the library found is taken to be an ACL runtime, which is what this function is for; its
+    // exports then have the signatures of aclshm-sys's declarations.
+    let lib = unsafe { Library::find(explicit) }.map_err(|e| Error::Backend(e.to_string()))?;
+    let lib: &'static Library = Box::leak(Box::new(lib));
+    loaded.push((explicit.map(Path::to_path_buf), lib));
+    Ok(lib)
+}
+
+impl Runtime {
+    fn new(fns: AclFns, backend: Backend) -> Runtime {
+        Runtime(Arc::new(Inner { fns, backend, calls: ENTRY_POINTS.iter().map(|_| AtomicU64::new(0)).collect() }))
+    }
+
+    /// The simulator linked into this program.
+    #[cfg(feature = "sim")]
+    pub fn simulator() -> Runtime {
+        Runtime::new(aclshm_sim::fns(), Backend::EmbeddedSimulator)
+    }
+
+    /// Load `libascendcl.so` from `path`, or search for it (see the module docs) when `path` is None.
+    ///
+    /// The library must be an ACL runtime (CANN, or the simulator's drop-in): its initialisers run and its
+    /// functions are called with the ACL signatures.
+    pub fn load(path: Option<&Path>) -> Result<Runtime> {
+        let lib = load_library(path)?;
+        Ok(Runtime::new(
+            *lib.fns(),
+            Backend::Library { path: lib.path().to_path_buf(), simulator: lib.fns().is_simulator() },
+        ))
+    }
+
+    /// The runtime the environment asks for: [`select`](Runtime::select) with `ACLSHM_BACKEND` and
+    /// `ACLSHM_ACL_LIB`.
+    pub fn from_env() -> Result<Runtime> {
+        let backend = std::env::var("ACLSHM_BACKEND").unwrap_or_default();
+        let lib = std::env::var_os("ACLSHM_ACL_LIB").filter(|v| !v.is_empty()).map(PathBuf::from);
+        Runtime::select(&backend, lib.as_deref())
+    }
+
+    /// The runtime `backend` names (`acl`, `sim`, or `auto` / empty; see the module docs), with `lib` the
+    /// library to load for `acl` (and to probe for `auto`).
+    pub fn select(backend: &str, lib: Option<&Path>) -> Result<Runtime> {
+        match backend.trim() {
+            "acl" => Runtime::load(lib),
+            "sim" => Self::embedded(),
+            "" | "auto" => Ok(Self::auto(lib)),
+            other => Err(Error::Backend(format!("backend {other:?} is not one of acl, sim, auto (ACLSHM_BACKEND)"))),
+        }
+    }
+
+    #[cfg(feature = "sim")]
+    fn embedded() -> Result<Runtime> {
+        Ok(Runtime::simulator())
+    }
+
+    #[cfg(not(feature = "sim"))]
+    fn embedded() -> Result<Runtime> {
+        Err(Error::Backend("this build of aclshm has no embedded simulator (feature `sim` is off)".to_string()))
+    }
+
+    /// A real runtime if one loads and reports at least one device, else the embedded simulator.
+    #[cfg(feature = "sim")]
+    fn auto(lib: Option<&Path>) -> Runtime {
+        Self::probe(lib).unwrap_or_else(Runtime::simulator)
+    }
+
+    #[cfg(not(feature = "sim"))]
+    fn auto(lib: Option<&Path>) -> Runtime {
+        // Without a simulator there is nothing to fall back to; keep what loaded, even without devices,
+        // so the caller's first call reports the problem.
+        Self::probe(lib).unwrap_or_else(|| Runtime::new(AclFns::default(), Backend::EmbeddedSimulator))
+    }
+
+    fn probe(lib: Option<&Path>) -> Option<Runtime> {
+        let rt = Runtime::load(lib).ok()?;
+        (crate::raw::get_device_count(&rt).ok()? > 0).then_some(rt)
+    }
+
+    /// The process-wide runtime, chosen by [`from_env`](Runtime::from_env) on first use.
+    pub fn global() -> Result<&'static Runtime> {
+        static GLOBAL: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
+        match GLOBAL.get_or_init(|| Runtime::from_env().map_err(|e| e.to_string())) {
+            Ok(rt) => Ok(rt),
+            Err(e) => Err(Error::Backend(e.clone())),
+        }
+    }
+
+    /// The entry points.
+    pub fn fns(&self) -> &AclFns {
+        &self.0.fns
+    }
+
+    /// Where they come from.
+    pub fn backend(&self) -> &Backend {
+        &self.0.backend
+    }
+
+    /// Whether this runtime is aclshm's simulator (embedded or drop-in).
+    pub fn is_simulator(&self) -> bool {
+        self.0.fns.is_simulator()
+    }
+
+    /// Count a call of entry point `index` (of `ENTRY_POINTS`).
+    pub(crate) fn count_call(&self, index: usize) {
+        self.0.calls[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many calls aclshm made through this runtime value (and its clones) to the named function.
+    pub fn call_count(&self, name: &str) -> Option<u64> {
+        let i = ENTRY_POINTS.iter().position(|e| e.name == name)?;
+        Some(self.0.calls[i].load(Ordering::Relaxed))
+    }
+
+    /// The functions called so far through this runtime value, with their counts.
+    pub fn call_counts(&self) -> Vec<(&'static str, u64)> {
+        ENTRY_POINTS
+            .iter()
+            .zip(&self.0.calls)
+            .map(|(e, c)| (e.name, c.load(Ordering::Relaxed)))
+            .filter(|&(_, c)| c > 0)
+            .collect()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use super::*;
+
+    /// A runtime with no entry points at all.
+    pub(crate) fn empty() -> Runtime {
+        Runtime::new(AclFns::default(), Backend::EmbeddedSimulator)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_backends_are_refused() {
+        let e = Runtime::select("gpu", None).unwrap_err();
+        assert!(e.to_string().contains("\"gpu\" is not one of acl, sim, auto"), "{e}");
+    }
+
+    #[test]
+    fn a_missing_library_is_a_backend_error() {
+        let e = Runtime::load(Some(Path::new("/nonexistent/libascendcl.so"))).unwrap_err();
+        assert!(matches!(e, Error::Backend(_)), "{e}");
+        assert!(e.to_string().contains("/nonexistent/libascendcl.so"));
+    }
+
+    #[cfg(feature = "sim")]
+    #[test]
+    fn the_embedded_simulator_is_a_simulator() {
+        let rt = Runtime::simulator();
+        assert!(rt.is_simulator());
+        assert_eq!(rt.backend(), &Backend::EmbeddedSimulator);
+        assert_eq!(rt.call_count("aclrtMapMem"), Some(0));
+        assert_eq!(rt.call_count("notAFunction"), None);
+        assert_eq!(rt.backend().to_string(), "simulator (embedded)");
+    }
+}
