@@ -75,6 +75,7 @@ pub(crate) unsafe fn aclshmSimGetStats(stats: *mut aclshmSimStats) -> R {
     };
     drop(l);
     let mut g = s.lock()?;
+    s.reap(&mut g);
     let t = g.t();
     out.processes = t.proc_live.count();
     out.physObjects = t.phys_live.count();

@@ -263,8 +263,16 @@ pub(crate) fn place(l: &Local, addr: usize) -> Place {
 }
 
 /// The pieces behind `[addr, addr+len)` of device memory, or None if `addr` is not device memory.
-fn resolve(s: &Sim, l: &Local, addr: usize, len: usize) -> R<Option<Vec<Piece>>> {
+/// `device`: whether the caller knows the address to be device memory (a copy queued when it was), in
+/// which case not finding it is an error rather than a host address.
+fn resolve(s: &Sim, l: &Local, addr: usize, len: usize, device: bool) -> R<Option<Vec<Piece>>> {
     let Some((base, region)) = l.region_at(addr) else {
+        if device {
+            return bail(
+                ACL_ERROR_RT_DRV_INTERNAL_ERROR,
+                format!("device address {addr:#x} is no longer mapped (freed before the copy ran?)"),
+            );
+        }
         return Ok(None);
     };
     let end = addr.checked_add(len).filter(|&e| e <= base + region.size).ok_or_else(|| {
@@ -297,11 +305,12 @@ fn resolve(s: &Sim, l: &Local, addr: usize, len: usize) -> R<Option<Vec<Piece>>>
     Ok(Some(pieces))
 }
 
-/// Copy `count` bytes from `src` to `dst`, each a device or host address, now.
-pub(crate) fn copy(s: &Sim, dst: usize, src: usize, count: usize) -> R {
+/// Copy `count` bytes from `src` to `dst` now. `dst_dev` and `src_dev` say which are device memory (as
+/// found when the copy was asked for); the others are host addresses.
+pub(crate) fn copy(s: &Sim, dst: usize, src: usize, count: usize, dst_dev: bool, src_dev: bool) -> R {
     let (d, sp) = {
         let l = s.local.lock();
-        (resolve(s, &l, dst, count)?, resolve(s, &l, src, count)?)
+        (resolve(s, &l, dst, count, dst_dev)?, resolve(s, &l, src, count, src_dev)?)
     };
     let host = |addr: usize| vec![Piece { ptr: addr as *mut u8, len: count, _alias: None }];
     let d = d.unwrap_or_else(|| host(dst));
@@ -376,10 +385,13 @@ pub(crate) unsafe fn aclrtMemcpy(
         return Ok(());
     }
     let s = sim()?;
-    {
+    let (pd, ps) = {
         let l = s.local.lock();
         s.current(&l)?;
-        let want = kind_of(place(&l, dst as usize), place(&l, src as usize));
+        (place(&l, dst as usize), place(&l, src as usize))
+    };
+    {
+        let want = kind_of(pd, ps);
         let given = if kind == aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE {
             aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE
         } else {
@@ -392,7 +404,7 @@ pub(crate) unsafe fn aclrtMemcpy(
             );
         }
     }
-    copy(s, dst as usize, src as usize, count)
+    copy(s, dst as usize, src as usize, count, pd == Place::Device, ps == Place::Device)
 }
 
 pub(crate) unsafe fn aclrtMemcpyAsync(
@@ -429,10 +441,11 @@ pub(crate) unsafe fn aclrtMemcpyAsync(
         );
     }
     // Catch addresses that are not mapped now; the task resolves them again when it runs.
-    resolve(s, &l, dst as usize, count)?;
-    resolve(s, &l, src as usize, count)?;
+    let (dst_dev, src_dev) = (pd == Place::Device, ps == Place::Device);
+    resolve(s, &l, dst as usize, count, dst_dev)?;
+    resolve(s, &l, src as usize, count, src_dev)?;
     drop(l);
-    st.push(Task::Copy { dst: dst as usize, src: src as usize, count })
+    st.push(Task::Copy { dst: dst as usize, src: src as usize, count, dst_dev, src_dev })
 }
 
 pub(crate) unsafe fn aclrtMemset(dev_ptr: *mut c_void, max_count: usize, value: i32, count: usize) -> R {
@@ -447,7 +460,7 @@ pub(crate) unsafe fn aclrtMemset(dev_ptr: *mut c_void, max_count: usize, value: 
         if count > max_count {
             return bail(ACL_ERROR_RT_PARAM_INVALID, format!("count {count} exceeds maxCount {max_count}"));
         }
-        resolve(s, &l, dev_ptr as usize, count)?
+        resolve(s, &l, dev_ptr as usize, count, false)?
             .ok_or_else(|| fail(ACL_ERROR_RT_PARAM_INVALID, "devPtr is not device memory"))?
     };
     for p in &pieces {

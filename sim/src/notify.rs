@@ -221,6 +221,7 @@ pub(crate) unsafe fn aclrtNotifyImportByKey(notify: *mut aclrtNotify, key: *cons
     let drv = |why: String| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, why);
     let (slot, serial) = {
         let mut g = s.lock()?;
+        s.reap(&mut g);
         let me = s.me;
         let t = g.t();
         let i = t

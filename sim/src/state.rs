@@ -354,16 +354,27 @@ impl Sim {
 
     /// Reclaim what dead processes left; returns how many there were.
     pub(crate) fn reclaim(&self) -> R<u32> {
-        let mut g = self.reg.lock().map_err(|e| fail(ACL_ERROR_RT_INTERNAL_ERROR, e))?;
+        let mut g = self.lock()?;
+        Ok(self.reap(&mut g))
+    }
+
+    /// With the registry locked, release what dead processes held, as the driver does when a process
+    /// exits. Called wherever another process's liveness matters: attaching, a full device, imports,
+    /// statistics. Costs one read of /proc per attached process.
+    pub(crate) fn reap(&self, g: &mut registry::Guard<'_>) -> u32 {
         let dead = g.t().dead_procs(false);
+        if dead.is_empty() && !g.owner_died {
+            return 0;
+        }
         let mut destroyed = Vec::new();
         for &p in &dead {
             destroyed.extend(g.t().release_proc(p, self.reg.words()).destroyed);
         }
         destroyed.extend(g.t().sweep(self.reg.words()));
-        drop(g);
+        g.owner_died = false;
+        // Unlinking under the lock keeps a name from being reused before its file is gone.
         registry::unlink_objects(self.reg.dir(), &destroyed);
-        Ok(dead.len() as u32)
+        dead.len() as u32
     }
 
     /// Lock the registry.

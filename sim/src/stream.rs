@@ -21,8 +21,9 @@ use crate::state::{Fail, R, bail, fail};
 /// Work queued on a stream.
 #[derive(Debug, Clone)]
 pub(crate) enum Task {
-    /// Copy `count` bytes (addresses as the caller gave them; resolved when the task runs).
-    Copy { dst: usize, src: usize, count: usize },
+    /// Copy `count` bytes (addresses as the caller gave them, resolved when the task runs, and which of them
+    /// were device memory when the copy was queued).
+    Copy { dst: usize, src: usize, count: usize, dst_dev: bool, src_dev: bool },
     /// Set notify `slot` (serial `serial`).
     Record { slot: usize, serial: u64 },
     /// Wait until notify `slot` is set, then reset it; `timeout` 0 waits for ever.
@@ -153,7 +154,7 @@ fn execute(task: &Task, abort: &AtomicBool) -> R {
     let sim = crate::state::sim_if_attached()
         .ok_or_else(|| fail(ACL_ERROR_RT_STREAM_ABORT, "the simulator was detached while work was queued"))?;
     match *task {
-        Task::Copy { dst, src, count } => crate::memory::copy(sim, dst, src, count),
+        Task::Copy { dst, src, count, dst_dev, src_dev } => crate::memory::copy(sim, dst, src, count, dst_dev, src_dev),
         Task::Record { slot, serial } => crate::notify::record_now(sim, slot, serial),
         Task::Wait { slot, serial, timeout } => {
             let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);

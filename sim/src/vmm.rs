@@ -474,6 +474,7 @@ pub(crate) unsafe fn aclrtMemImportFromShareableHandle(
     };
     let (phys, serial, size, page) = {
         let mut g = s.lock()?;
+        s.reap(&mut g);
         let slot = token_slot(&mut g, shareable_handle).ok_or_else(unknown)?;
         let me = s.me;
         let t = g.t();

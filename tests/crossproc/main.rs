@@ -1,0 +1,13 @@
+//! Cross-process tests of the ACL runtime as aclshm sees it through its seam: every documented rule of
+//! VMM sharing, IPC memory, IPC notify, devices, streams and copies, allowed and refused, with real
+//! processes (see `harness`). By default the children use the embedded simulator; with
+//! `ACLSHM_BACKEND=acl ACLSHM_ACL_LIB=target/debug/libascendcl.so` they use the drop-in library instead,
+//! so the same suite covers the FFI path.
+
+mod harness;
+
+mod basic;
+mod ipc;
+mod lifecycle;
+mod notify;
+mod vmm;
