@@ -51,9 +51,12 @@ mod fault;
 mod ipc;
 mod memory;
 mod notify;
+#[doc(hidden)]
+pub mod queue;
 mod registry;
 mod state;
 mod stream;
+mod sync;
 mod sys;
 mod vmm;
 

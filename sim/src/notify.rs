@@ -10,7 +10,7 @@
 #![allow(non_snake_case)]
 
 use std::ffi::c_char;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aclshm_sys::*;
@@ -19,6 +19,7 @@ use crate::ipc::{read_key, write_key};
 use crate::registry::{self, KEY_LEN};
 use crate::state::{LocalNotify, R, Sim, TAG_NOTIFY, bail, decode, encode, fail, not_null, put, sim};
 use crate::stream::Task;
+use crate::sync::AtomicBool;
 use crate::sys;
 
 /// The local notify a caller's handle names.
@@ -279,7 +280,7 @@ pub(crate) fn wait_now(s: &Sim, slot: usize, serial: u64, deadline: Option<Insta
         if w.compare_exchange(1, 0, Ordering::AcqRel, Ordering::Acquire).is_ok() {
             return Ok(());
         }
-        if abort.load(Ordering::Acquire) {
+        if abort.load(crate::sync::Ordering::Acquire) {
             return bail(ACL_ERROR_RT_STREAM_ABORT, "the stream was destroyed while waiting");
         }
         // Short slices: a forced destroy and a notify destroyed meanwhile are noticed promptly.

@@ -3,20 +3,20 @@
 //! `aclrtMemcpyAsync`, `aclrtRecordNotify` and `aclrtWaitAndResetNotify` validate their arguments when
 //! called and queue a task; the task does its work (and can fail: an address unmapped meanwhile, a wait
 //! that times out) when the stream reaches it. A failed task puts the stream in error: the tasks queued
-//! after it are dropped and the next `aclrtSynchronizeStream` reports the failure, then the stream is
+//! after it, until the next `aclrtSynchronizeStream` reports the failure, are dropped; then the stream is
 //! usable again. `aclrtDestroyStream` lets queued work finish first; `aclrtDestroyStreamForce` drops it
 //! and interrupts a task that is waiting on a notify.
 
-use std::collections::VecDeque;
+use crate::sync::AtomicBool;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use aclshm_sys::*;
-use parking_lot::{Condvar, Mutex};
+use parking_lot::Mutex;
 
-use crate::state::{Fail, R, bail, fail};
+use crate::queue::TaskQueue;
+use crate::state::{Fail, R, fail};
 
 /// Work queued on a stream.
 #[derive(Debug, Clone)]
@@ -30,26 +30,11 @@ pub(crate) enum Task {
     Wait { slot: usize, serial: u64, timeout: Duration },
 }
 
-#[derive(Default)]
-struct Queue {
-    tasks: VecDeque<Task>,
-    busy: bool,
-    error: Option<Fail>,
-    closing: bool,
-}
-
-struct Inner {
-    q: Mutex<Queue>,
-    work: Condvar,
-    idle: Condvar,
-    abort: AtomicBool,
-}
-
 /// A stream of this process.
 pub(crate) struct Stream {
     pub generation: u32,
     pub device: u32,
-    inner: Arc<Inner>,
+    queue: Arc<TaskQueue<Task, Fail>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -62,90 +47,33 @@ impl std::fmt::Debug for Stream {
 impl Stream {
     /// Start a stream on `device`.
     pub(crate) fn start(generation: u32, device: u32) -> R<Stream> {
-        let inner = Arc::new(Inner {
-            q: Mutex::new(Queue::default()),
-            work: Condvar::new(),
-            idle: Condvar::new(),
-            abort: AtomicBool::new(false),
-        });
-        let worker = Arc::clone(&inner);
+        let queue = Arc::new(TaskQueue::new());
+        let worker = Arc::clone(&queue);
         let thread = std::thread::Builder::new()
             .name(format!("aclshm-sim-stream-d{device}"))
-            .spawn(move || run(&worker))
+            .spawn(move || worker.run(|task, abort| execute(&task, abort)))
             .map_err(|e| fail(ACL_ERROR_RT_NO_STREAM_RESOURCE, format!("start a stream thread: {e}")))?;
-        Ok(Stream { generation, device, inner, thread: Mutex::new(Some(thread)) })
+        Ok(Stream { generation, device, queue, thread: Mutex::new(Some(thread)) })
     }
 
     /// Queue a task.
     pub(crate) fn push(&self, task: Task) -> R {
-        let mut q = self.inner.q.lock();
-        if q.closing {
-            return bail(ACL_ERROR_RT_INVALID_HANDLE, "the stream is being destroyed");
-        }
-        q.tasks.push_back(task);
-        self.inner.work.notify_one();
-        Ok(())
+        self.queue.push(task).map_err(|_| fail(ACL_ERROR_RT_INVALID_HANDLE, "the stream is being destroyed"))
     }
 
     /// Wait until everything queued so far has run; report (and clear) the first failure.
     pub(crate) fn synchronize(&self) -> R {
-        let mut q = self.inner.q.lock();
-        while q.busy || !q.tasks.is_empty() {
-            self.inner.idle.wait(&mut q);
-        }
-        match q.error.take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
+        self.queue.synchronize()
     }
 
     /// Stop the stream's thread: after running what is queued, or at once dropping it (`force`).
     pub(crate) fn shut_down(&self, force: bool) {
-        {
-            let mut q = self.inner.q.lock();
-            if force {
-                q.tasks.clear();
-                self.inner.abort.store(true, Ordering::Release);
-            }
-            q.closing = true;
-            self.inner.work.notify_all();
-        }
+        self.queue.close(force);
         if let Some(t) = self.thread.lock().take() {
             // A stream destroyed from its own thread cannot join itself; it ends on its own.
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
             }
-        }
-    }
-}
-
-fn run(inner: &Inner) {
-    loop {
-        let task = {
-            let mut q = inner.q.lock();
-            loop {
-                if let Some(t) = q.tasks.pop_front() {
-                    q.busy = true;
-                    break t;
-                }
-                if q.closing {
-                    inner.idle.notify_all();
-                    return;
-                }
-                inner.work.wait(&mut q);
-            }
-        };
-        let result = execute(&task, &inner.abort);
-        let mut q = inner.q.lock();
-        q.busy = false;
-        if let Err(e) = result {
-            if q.error.is_none() {
-                q.error = Some(e);
-            }
-            q.tasks.clear();
-        }
-        if q.tasks.is_empty() {
-            inner.idle.notify_all();
         }
     }
 }
