@@ -33,7 +33,7 @@
 //!   finds a device full), and everything it held is released then.
 //! - **Streams** are threads running queued tasks in order; notifies are futex words in the registry.
 //! - **Rules**: every documented rule of the VMM, IPC memory and IPC notify APIs is enforced with the error
-//!   code the runtime or its driver returns (the table is `docs/acl-api-map.md`).
+//!   code the runtime or its driver returns (the table is in `docs/simulator.md`).
 //!
 //! Configuration is read from the environment (see [`Config`]); [`fault`](crate) injection and call
 //! counters serve tests.

@@ -21,7 +21,7 @@ pub(crate) const HOST_PAGE: usize = 4096;
 /// Reserve `len` bytes of address space aligned to `align`, inaccessible (`PROT_NONE`) and without
 /// committing memory. With `at`, only that address is acceptable.
 pub(crate) fn reserve(len: usize, align: usize, at: Option<usize>) -> io::Result<usize> {
-    debug_assert!(align.is_power_of_two() && align >= HOST_PAGE && len % HOST_PAGE == 0);
+    debug_assert!(align.is_power_of_two() && align >= HOST_PAGE && len.is_multiple_of(HOST_PAGE));
     let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
     if let Some(addr) = at {
         // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping; it fails instead.

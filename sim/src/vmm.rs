@@ -6,7 +6,7 @@
 //! `share_id | exporter device << 32` as the driver encodes it; another process imports it as a handle of
 //! its own on any device and maps it into its own reservation, so both reach the same pages.
 //!
-//! Rules enforced, each with the code the runtime or driver gives (see `docs/acl-api-map.md`): whole
+//! Rules enforced, each with the code the runtime or driver gives (see `docs/simulator.md`): whole
 //! handles only (offset 0, size equal to the handle's), 2 MiB-aligned addresses, one device per
 //! reservation for good, no local and imported handles mapped side by side, release only when nothing is
 //! mapped, free while mapped deferred to the unmap, export once per handle, whitelist by pid and start
@@ -60,7 +60,7 @@ pub(crate) unsafe fn aclrtReserveMemAddress(
         None
     } else {
         let want = if len > BIG_RESERVATION { GRANULARITY_1G } else { len.next_power_of_two().max(GRANULARITY) };
-        if expect_ptr as u64 % want != 0 {
+        if !(expect_ptr as u64).is_multiple_of(want) {
             return bail(ACL_ERROR_RT_PARAM_INVALID, format!("expectPtr {expect_ptr:p} is not aligned to {want:#x}"));
         }
         Some(expect_ptr as usize)
@@ -252,13 +252,13 @@ pub(crate) unsafe fn aclrtMapMem(
         .filter(|(_, r)| matches!(r.kind, RegionKind::Reserved { .. }))
         .ok_or_else(|| drv(format!("{va:#x} is not in a range from aclrtReserveMemAddress")))?;
     let h = &l.handles[key];
-    if va as u64 % GRANULARITY != 0 || size as u64 % GRANULARITY != 0 {
+    if !(va as u64).is_multiple_of(GRANULARITY) || !(size as u64).is_multiple_of(GRANULARITY) {
         return Err(drv(format!("address {va:#x} and size {size:#x} must be 2 MiB aligned")));
     }
     if size as u64 != h.size {
         return Err(drv(format!("size {size:#x} differs from the handle's {:#x}: a handle is mapped whole", h.size)));
     }
-    if h.page == GRANULARITY_1G && (va as u64 % GRANULARITY_1G != 0) {
+    if h.page == GRANULARITY_1G && !(va as u64).is_multiple_of(GRANULARITY_1G) {
         return Err(drv(format!("a 1 GiB-page handle needs a 1 GiB-aligned address, not {va:#x}")));
     }
     let off = va - base;

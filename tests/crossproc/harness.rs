@@ -234,10 +234,10 @@ impl Scenario {
         let stdout = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(msg) = line.strip_prefix(PREFIX) {
-                    if tx.send(msg.to_string()).is_err() {
-                        break;
-                    }
+                if let Some(msg) = line.strip_prefix(PREFIX)
+                    && tx.send(msg.to_string()).is_err()
+                {
+                    break;
                 }
             }
         });
