@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `acl` | a `libascendcl.so`: `ACLSHM_ACL_LIB` if set, else `$ASCEND_HOME_PATH/lib64`, `$ASCEND_TOOLKIT_HOME/lib64`, the loader path; an error if none loads |
 //! | `sim` | the embedded simulator |
-//! | unset or `auto` | real CANN if one loads and reports a device, else the embedded simulator |
+//! | unset or `auto` | real CANN if one loads and reports a device, else the embedded simulator (a simulator drop-in found by the search is skipped; one named by `ACLSHM_ACL_LIB` is used) |
 //!
 //! Loaded libraries are never unloaded: the runtime keeps per-process state that outlives any one
 //! [`Runtime`] value, and dlopen of one path twice yields one library anyway.
@@ -146,8 +146,14 @@ impl Runtime {
         Self::probe(lib).unwrap_or_else(|| Runtime::new(AclFns::default(), Backend::EmbeddedSimulator))
     }
 
+    /// The runtime `lib` (or the search) loads, if it reports a device. A simulator drop-in found by the
+    /// search (cargo puts `target/debug` on the loader path, for one) is not taken for CANN, and is not even
+    /// asked for its devices; one named explicitly is used like any library.
     fn probe(lib: Option<&Path>) -> Option<Runtime> {
         let rt = Runtime::load(lib).ok()?;
+        if lib.is_none() && rt.is_simulator() {
+            return None;
+        }
         (crate::raw::get_device_count(&rt).ok()? > 0).then_some(rt)
     }
 

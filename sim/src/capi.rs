@@ -93,6 +93,21 @@ aclshm_sys::for_each_fn!(exports);
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_an_error_code() {
+        // An entry point no other unit test counts or injects faults into.
+        let (i, name) = (Entry::aclrtDeviceDisablePeerAccess as usize, "aclrtDeviceDisablePeerAccess");
+        let code = entry(i, name, || panic!("a bug in an implementation"));
+        assert_eq!(code, ACL_ERROR_RT_INTERNAL_ERROR);
+        assert_eq!(entry(i, name, || Ok(())), ACL_SUCCESS);
+        assert_eq!(
+            entry(i, name, || Err(crate::state::fail(ACL_ERROR_RT_PARAM_INVALID, "x"))),
+            ACL_ERROR_RT_PARAM_INVALID
+        );
+    }
+
     #[test]
     fn the_table_is_complete() {
         let t = super::fns();

@@ -12,14 +12,13 @@
 #![allow(non_snake_case)]
 
 use std::ffi::{c_char, c_void};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use aclshm_sys::*;
 
-use crate::memory::reserve_va;
+use crate::memory::{Object, map_whole};
 use crate::registry::{self, KEY_LEN, PHYS_REVOKED};
-use crate::state::{IpcImport, Mapping, MemHandle, Origin, R, Region, RegionKind, Sim, bail, fail, not_null, put, sim};
+use crate::state::{IpcImport, R, Region, RegionKind, Sim, bail, fail, not_null, put, sim};
 use crate::sys;
 
 /// Read a key the caller passed: at most 64 characters before the NUL.
@@ -226,37 +225,9 @@ pub(crate) unsafe fn aclrtIpcMemImportByKey(dev_ptr: *mut *mut c_void, key: *con
         }
     };
     let len = (size.next_multiple_of(page)).min(obj_size) as usize;
-    let base = match reserve_va(len, page as usize, None) {
-        Ok(b) => b,
-        Err(e) => {
-            undo(s);
-            return Err(e);
-        }
-    };
-    // SAFETY: base is a fresh reservation of len bytes, len <= the object's size.
-    if let Err(e) = unsafe { alias.mirror_part_at(base, len) } {
-        // SAFETY: our fresh reservation.
-        unsafe { sys::unreserve(base, len) };
-        undo(s);
-        return Err(drv(format!("map the imported memory: {e}")));
-    }
-    let generation = l.new_generation();
-    let handle = l.handles.insert(MemHandle {
-        generation,
-        phys,
-        serial,
-        size: obj_size,
-        page,
-        device: d,
-        origin: Origin::Internal,
-        alias: Arc::new(alias),
-        freed: false,
-        maps: 1,
-        exported: None,
-    });
-    let mut region = Region { size: len, kind: RegionKind::IpcImport { handle }, maps: Default::default() };
-    region.maps.insert(0, Mapping { handle, size: len, imported: true, access: None });
-    l.regions.insert(base, region);
+    let obj = Object { phys, serial, size: obj_size, page, device: d };
+    let base = map_whole(&mut l, &obj, alias, len, true, |handle| RegionKind::IpcImport { handle })
+        .inspect_err(|_| undo(s))?;
     l.ipc_imports.insert(k, IpcImport { base, refs: 1, key_slot });
     // SAFETY: non-null out-parameter (C API contract).
     unsafe { put(dev_ptr, base as *mut c_void) };

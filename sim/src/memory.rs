@@ -16,7 +16,7 @@ use aclshm_sys::*;
 
 use crate::config::{GRANULARITY, GRANULARITY_1G};
 use crate::registry::{self, PHYS_MALLOC, PHYS_REVOKED};
-use crate::state::{Local, MemHandle, Origin, R, Region, RegionKind, Sim, bail, fail, not_null, put, sim};
+use crate::state::{Local, Mapping, MemHandle, Origin, R, Region, RegionKind, Sim, bail, fail, not_null, put, sim};
 use crate::stream::Task;
 use crate::sys::{self, Alias, HOST_PAGE};
 
@@ -86,6 +86,55 @@ fn reserve_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R<(usize, u
     unreachable!("the loop returns on its second attempt")
 }
 
+/// A physical object this process holds.
+pub(crate) struct Object {
+    pub phys: usize,
+    pub serial: u64,
+    pub size: u64,
+    pub page: u64,
+    /// The device the local handle is on.
+    pub device: u32,
+}
+
+/// Map the first `len` bytes of `obj` (reached through `alias`) into a fresh region of this process,
+/// through an internal handle: what `aclrtMalloc` and `aclrtIpcMemImportByKey` return. `kind` makes the
+/// region's kind from the handle. Returns the region's base; on failure nothing is left mapped or
+/// recorded (the caller still holds the object).
+pub(crate) fn map_whole(
+    l: &mut Local,
+    obj: &Object,
+    alias: Alias,
+    len: usize,
+    imported: bool,
+    kind: impl FnOnce(usize) -> RegionKind,
+) -> R<usize> {
+    let base = reserve_va(len, obj.page as usize, None)?;
+    // SAFETY: base is a fresh reservation of len bytes, and len is at most the object's size.
+    if let Err(e) = unsafe { alias.mirror_part_at(base, len) } {
+        // SAFETY: our fresh reservation, with nothing in it.
+        unsafe { sys::unreserve(base, len) };
+        return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("map {len:#x} bytes: {e}"));
+    }
+    let generation = l.new_generation();
+    let handle = l.handles.insert(MemHandle {
+        generation,
+        phys: obj.phys,
+        serial: obj.serial,
+        size: obj.size,
+        page: obj.page,
+        device: obj.device,
+        origin: Origin::Internal,
+        alias: Arc::new(alias),
+        freed: false,
+        maps: 1,
+        exported: None,
+    });
+    let mut region = Region { size: len, kind: kind(handle), maps: Default::default() };
+    region.maps.insert(0, Mapping { handle, size: len, imported, access: None });
+    l.regions.insert(base, region);
+    Ok(base)
+}
+
 /// Reserve an inaccessible range of `len` bytes aligned to `align`.
 pub(crate) fn reserve_va(len: usize, align: usize, at: Option<usize>) -> R<usize> {
     sys::reserve(len, align.max(HOST_PAGE), at)
@@ -119,41 +168,11 @@ pub(crate) unsafe fn aclrtMalloc(dev_ptr: *mut *mut c_void, size: usize, policy:
     let mut l = s.local.lock();
     let d = s.current(&l)?;
     let (phys, serial, alias) = create_phys(s, PHYS_MALLOC, phys_size, page, d)?;
-    let base = match reserve_va(phys_size as usize, page as usize, None) {
-        Ok(b) => b,
-        Err(e) => {
-            let _ = s.drop_holder(phys, serial);
-            return Err(e);
-        }
-    };
-    // SAFETY: base is a fresh reservation of exactly the object's size.
-    if let Err(e) = unsafe { alias.mirror_at(base) } {
-        // SAFETY: our fresh reservation.
-        unsafe { sys::unreserve(base, phys_size as usize) };
+    let obj = Object { phys, serial, size: phys_size, page, device: d };
+    let kind = |handle| RegionKind::Malloc { handle, requested: size };
+    let base = map_whole(&mut l, &obj, alias, phys_size as usize, false, kind).inspect_err(|_| {
         let _ = s.drop_holder(phys, serial);
-        return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("map the allocation: {e}"));
-    }
-    let generation = l.new_generation();
-    let handle = l.handles.insert(MemHandle {
-        generation,
-        phys,
-        serial,
-        size: phys_size,
-        page,
-        device: d,
-        origin: Origin::Internal,
-        alias: Arc::new(alias),
-        freed: false,
-        maps: 1,
-        exported: None,
-    });
-    let mut region = Region {
-        size: phys_size as usize,
-        kind: RegionKind::Malloc { handle, requested: size },
-        maps: Default::default(),
-    };
-    region.maps.insert(0, crate::state::Mapping { handle, size: phys_size as usize, imported: false, access: None });
-    l.regions.insert(base, region);
+    })?;
     // SAFETY: non-null out-parameter (C API contract).
     unsafe { put(dev_ptr, base as *mut c_void) };
     Ok(())

@@ -4,6 +4,7 @@
 use std::ffi::c_void;
 
 use aclshm::raw;
+use aclshm::sys::error_name;
 use aclshm::sys::*;
 
 use crate::harness::*;
@@ -180,6 +181,46 @@ fn copies_and_streams() {
         }
         let st = raw::sim_get_stats(&rt).unwrap();
         assert_eq!((st.localDeviceAllocs, st.localHostAllocs, st.physObjects, st.localNotifies), (0, 0, 0, 0));
+        say("ok");
+        return;
+    }
+    one_child(test_name!());
+}
+
+#[test]
+fn every_entry_point_survives_null_and_zero_arguments() {
+    if role().is_some() {
+        let rt = runtime();
+        let mut codes: Vec<(&'static str, i32)> = Vec::new();
+        macro_rules! call_all {
+            ($( $(#[doc = $doc:literal])* $group:ident $name:ident ( $($arg:ident : $ty:ty),* ) -> $ret:ty; )*) => {
+                $(
+                    let f = rt.fns().$name.expect(stringify!($name));
+                    // SAFETY: every argument is NULL or zero, which the C API allows to be passed (and
+                    // answered with an error where it is not meaningful); the point is that nothing crashes.
+                    let code = unsafe { f($(std::mem::zeroed::<$ty>()),*) };
+                    codes.push((stringify!($name), code));
+                )*
+            };
+        }
+        // Twice: once without a current device, once with one.
+        aclshm::sys::for_each_fn!(call_all);
+        raw::set_device(&rt, 0).unwrap();
+        aclshm::sys::for_each_fn!(call_all);
+        for &(name, code) in &codes {
+            assert!(code == 0 || error_name(code).is_some(), "{name} returned the unknown code {code}");
+        }
+        let first = |n: &str| codes.iter().find(|(c, _)| *c == n).unwrap().1;
+        // NULL out-parameters are the ACL layer's refusal; a zero handle too.
+        for name in
+            ["aclrtGetDeviceCount", "aclrtMalloc", "aclrtMallocPhysical", "aclrtCreateNotify", "aclrtFreePhysical"]
+        {
+            assert_eq!(first(name), ACL_ERROR_INVALID_PARAM, "{name}");
+        }
+        // Zero counts are accepted as nothing to do.
+        assert_eq!(first("aclrtMemcpy"), 0);
+        assert_eq!(first("aclrtMemset"), 0);
+        assert!(codes.iter().filter(|(_, c)| *c != 0).count() > 80, "most calls refuse NULL or zero");
         say("ok");
         return;
     }

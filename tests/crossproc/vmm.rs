@@ -49,6 +49,39 @@ fn offset(p: *mut c_void, by: usize) -> *mut c_void {
     p.cast::<u8>().wrapping_add(by).cast()
 }
 
+/// Role: export one 2 MiB allocation on device 0 with pid validation off, tell the parent the shareable
+/// handle (`token T`), and keep it until the parent says `done`.
+fn serve_one_export(rt: &aclshm::Runtime) {
+    raw::set_device(rt, 0).unwrap();
+    let m = alloc_map(rt, 0, MIB2);
+    // SAFETY: our live handle.
+    let token = unsafe {
+        raw::mem_export_to_shareable_handle(
+            rt,
+            m.handle,
+            aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
+            ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION,
+        )
+    }
+    .unwrap();
+    say(format!("token {token}"));
+    hear_word("done");
+    teardown(rt, m);
+}
+
+/// Parent: an `exporter` child serving one export, and a `peer` child that gets the token and says `ok`.
+fn with_one_export(test: String, peer: &str) {
+    let sc = Scenario::new(test);
+    let mut a = sc.spawn("exporter");
+    let mut b = sc.spawn(peer);
+    b.send(format!("token {}", a.expect("token")));
+    b.expect("ok");
+    b.join();
+    a.send("done");
+    a.join();
+    sc.finish();
+}
+
 #[test]
 fn data_crosses_processes_on_device_0_and_device_1() {
     const SIZE: usize = 2 * MIB2;
@@ -330,65 +363,30 @@ fn import_needs_a_current_device() {
     if let Some(role) = role() {
         let rt = runtime();
         if role == "exporter" {
-            raw::set_device(&rt, 0).unwrap();
-            let m = alloc_map(&rt, 0, MIB2);
-            // SAFETY: our live handle.
-            let token = unsafe {
-                raw::mem_export_to_shareable_handle(
-                    &rt,
-                    m.handle,
-                    aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
-                    ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION,
-                )
-            }
-            .unwrap();
-            say(format!("token {token}"));
-            hear_word("done");
-            teardown(&rt, m);
-        } else {
-            let token: u64 = hear_word("token").parse().unwrap();
-            assert_code!(raw::mem_import_from_shareable_handle(&rt, token, 0), ACL_ERROR_RT_CONTEXT_NULL);
-            raw::set_device(&rt, 1).unwrap();
-            let h = raw::mem_import_from_shareable_handle(&rt, token, 0).unwrap();
-            // SAFETY: our live handle.
-            unsafe { raw::free_physical(&rt, h) }.unwrap();
-            say("ok");
+            serve_one_export(&rt);
+            return;
         }
+        let token: u64 = hear_word("token").parse().unwrap();
+        assert_code!(raw::mem_import_from_shareable_handle(&rt, token, 0), ACL_ERROR_RT_CONTEXT_NULL);
+        raw::set_device(&rt, 1).unwrap();
+        let h = raw::mem_import_from_shareable_handle(&rt, token, 0).unwrap();
+        // SAFETY: our live handle.
+        unsafe { raw::free_physical(&rt, h) }.unwrap();
+        say("ok");
         return;
     }
-    let sc = Scenario::new(test_name!());
-    let mut a = sc.spawn("exporter");
-    let mut b = sc.spawn("importer");
-    b.send(format!("token {}", a.expect("token")));
-    b.expect("ok");
-    b.join();
-    a.send("done");
-    a.join();
-    sc.finish();
+    with_one_export(test_name!(), "importer");
 }
 
 #[test]
 fn mapping_rules() {
     if let Some(role) = role() {
         let rt = runtime();
-        raw::set_device(&rt, 0).unwrap();
         if role == "exporter" {
-            let m = alloc_map(&rt, 0, MIB2);
-            // SAFETY: our live handle.
-            let token = unsafe {
-                raw::mem_export_to_shareable_handle(
-                    &rt,
-                    m.handle,
-                    aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
-                    ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION,
-                )
-            }
-            .unwrap();
-            say(format!("token {token}"));
-            hear_word("done");
-            teardown(&rt, m);
+            serve_one_export(&rt);
             return;
         }
+        raw::set_device(&rt, 0).unwrap();
         let token: u64 = hear_word("token").parse().unwrap();
         let p0 = prop(0, aclrtMemAttr::ACL_HBM_MEM_HUGE);
         let h1 = raw::malloc_physical(&rt, MIB2, &p0, 0).unwrap();
@@ -469,15 +467,7 @@ fn mapping_rules() {
         say("ok");
         return;
     }
-    let sc = Scenario::new(test_name!());
-    let mut a = sc.spawn("exporter");
-    let mut b = sc.spawn("mapper");
-    b.send(format!("token {}", a.expect("token")));
-    b.expect("ok");
-    b.join();
-    a.send("done");
-    a.join();
-    sc.finish();
+    with_one_export(test_name!(), "mapper");
 }
 
 #[test]

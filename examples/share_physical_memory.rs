@@ -1,0 +1,147 @@
+//! Two processes share device memory through the ACL runtime, with aclshm's thin `raw` layer.
+//!
+//! The owner allocates physical memory on device 0, maps it, writes a message, exports it with pid
+//! validation on, whitelists the worker's pid and hands it the shareable handle; the worker (this program
+//! again, started by the owner) imports it on device 1, maps it, reads the message and writes a reply that
+//! the owner reads. Both tear down in the documented order: unmap, free physical, release the range.
+//!
+//! ```sh
+//! cargo run --example share_physical_memory
+//! ```
+//!
+//! Without an NPU it runs on the built-in simulator; with `ACLSHM_BACKEND=acl` on CANN.
+
+use std::ffi::c_void;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+
+use aclshm::sys::{
+    ACL_RT_VMM_EXPORT_FLAG_DEFAULT, aclrtMemAllocationType, aclrtMemAttr, aclrtMemGranularityOptions,
+    aclrtMemHandleType, aclrtMemLocation, aclrtMemLocationType, aclrtMemcpyKind, aclrtPhysicalMemProp,
+};
+use aclshm::{Runtime, raw};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+fn prop(device: u32) -> aclrtPhysicalMemProp {
+    aclrtPhysicalMemProp {
+        handleType: aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
+        allocationType: aclrtMemAllocationType::ACL_MEM_ALLOCATION_TYPE_PINNED,
+        memAttr: aclrtMemAttr::ACL_HBM_MEM_HUGE,
+        location: aclrtMemLocation { id: device, type_: aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_DEVICE },
+        reserve: 0,
+    }
+}
+
+/// Copy `text` to device memory at `dst` (NUL-padded to `len`).
+fn put(rt: &Runtime, dst: *mut c_void, text: &str, len: usize) -> Result<()> {
+    let mut buf = text.as_bytes().to_vec();
+    buf.resize(len, 0);
+    // SAFETY: buf is a host buffer of len bytes; dst is mapped device memory of at least len bytes.
+    unsafe {
+        raw::memcpy(rt, dst, len, buf.as_ptr().cast(), len, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE)?;
+    }
+    Ok(())
+}
+
+/// Read a NUL-padded string of at most `len` bytes from device memory at `src`.
+fn get(rt: &Runtime, src: *const c_void, len: usize) -> Result<String> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: buf is a host buffer of len bytes; src is mapped device memory of at least len bytes.
+    unsafe {
+        raw::memcpy(rt, buf.as_mut_ptr().cast(), len, src, len, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST)?;
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(len);
+    Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
+const MSG: usize = 256;
+
+/// Undo a mapping in the documented order: unmap, free the physical memory, release the range.
+fn teardown(rt: &Runtime, va: *mut c_void, handle: aclshm::sys::aclrtDrvMemHandle) -> Result<()> {
+    // SAFETY: the caller uses the mapping, handle and range no more.
+    unsafe {
+        raw::unmap_mem(rt, va)?;
+        raw::free_physical(rt, handle)?;
+        raw::release_mem_address(rt, va)?;
+    }
+    Ok(())
+}
+
+fn owner() -> Result<()> {
+    let rt = Runtime::global()?;
+    println!("owner: runtime is {}", rt.backend());
+    raw::set_device(rt, 0)?;
+    let size = raw::mem_get_allocation_granularity(
+        rt,
+        &prop(0),
+        aclrtMemGranularityOptions::ACL_RT_MEM_ALLOC_GRANULARITY_MINIMUM,
+    )?;
+    let handle = raw::malloc_physical(rt, size, &prop(0), 0)?;
+    // SAFETY: no expected address; the handle is ours and mapped whole into our own range.
+    let va = unsafe {
+        let va = raw::reserve_mem_address(rt, size, 0, std::ptr::null_mut(), 0)?;
+        raw::map_mem(rt, va, size, 0, handle, 0)?;
+        va
+    };
+    put(rt, va, "hello from the owner, on device 0", MSG)?;
+    // SAFETY: our live handle.
+    let shareable = unsafe {
+        raw::mem_export_to_shareable_handle(
+            rt,
+            handle,
+            aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
+            ACL_RT_VMM_EXPORT_FLAG_DEFAULT,
+        )?
+    };
+    println!("owner: {size} bytes on device 0 exported as shareable handle {shareable:#x}");
+
+    let mut worker =
+        Command::new(std::env::current_exe()?).arg("worker").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
+    let mut to_worker = worker.stdin.take().ok_or("no stdin")?;
+    let mut from_worker = BufReader::new(worker.stdout.take().ok_or("no stdout")?).lines();
+    let mut next = || -> Result<String> { Ok(from_worker.next().ok_or("the worker exited")??) };
+
+    // Validation is on: only whitelisted pids (as the host sees them) may import.
+    let pid: i32 = next()?.parse()?;
+    raw::mem_set_pid_to_shareable_handle(rt, shareable, &[pid])?;
+    println!("owner: whitelisted the worker (pid {pid})");
+    writeln!(to_worker, "{shareable} {size}")?;
+    println!("{}", next()?);
+    println!("{}", next()?);
+    println!("owner: the worker wrote back: {:?}", get(rt, va.cast::<u8>().wrapping_add(MSG).cast(), MSG)?);
+    let status = worker.wait()?;
+    if !status.success() {
+        return Err(format!("the worker failed: {status}").into());
+    }
+    teardown(rt, va, handle)?;
+    println!("owner: unmapped, freed, released; done");
+    Ok(())
+}
+
+fn worker() -> Result<()> {
+    let rt = Runtime::global()?;
+    raw::set_device(rt, 1)?;
+    println!("{}", raw::device_get_bare_tgid(rt)?);
+    std::io::stdout().flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let (shareable, size) = line.trim().split_once(' ').ok_or("expected a handle and a size")?;
+    let (shareable, size): (u64, usize) = (shareable.parse()?, size.parse()?);
+    let handle = raw::mem_import_from_shareable_handle(rt, shareable, 1)?;
+    // SAFETY: no expected address; the imported handle is mapped whole into our own range.
+    let va = unsafe {
+        let va = raw::reserve_mem_address(rt, size, 0, std::ptr::null_mut(), 0)?;
+        raw::map_mem(rt, va, size, 0, handle, 0)?;
+        va
+    };
+    println!("worker: imported it on device 1 and read {:?}", get(rt, va, MSG)?);
+    put(rt, va.cast::<u8>().wrapping_add(MSG).cast(), "hello from the worker, on device 1", MSG)?;
+    teardown(rt, va, handle)?;
+    println!("worker: wrote a reply, unmapped, freed, released");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("worker") { worker() } else { owner() }
+}
