@@ -99,6 +99,8 @@ fn a_killed_process_leaves_nothing_behind() {
                 assert_eq!((st.processes, st.physObjects, st.ipcKeys, st.notifies), (1, 0, 0, 0));
                 assert_eq!(st.deviceBytesUsed[0], 0);
                 say("clean");
+                // Stay attached while the parent looks at the directory.
+                hear_word("done");
             }
         }
         return;
@@ -127,6 +129,7 @@ fn a_killed_process_leaves_nothing_behind() {
     let mut next = sc.spawn("next");
     next.expect("clean");
     assert_eq!(files(sc.dir()), vec!["registry".to_string()], "only the live process's registry is left");
+    next.send("done");
     next.join();
     sc.finish();
 }
