@@ -38,8 +38,6 @@ pub struct Config {
     pub devices_explicit: bool,
     /// Whether `hbm_bytes` was given explicitly.
     pub hbm_explicit: bool,
-    /// Print failing calls to stderr.
-    pub log: bool,
 }
 
 impl Config {
@@ -69,8 +67,7 @@ impl Config {
                 "ACLSHM_SIM_HBM_BYTES={hbm_bytes} is below the 2 MiB granularity: a device must hold at least one page"
             ));
         }
-        let log = var("ACLSHM_SIM_LOG").is_some_and(|v| v != "0");
-        Ok(Config { dir, devices, hbm_bytes, devices_explicit, hbm_explicit, log })
+        Ok(Config { dir, devices, hbm_bytes, devices_explicit, hbm_explicit })
     }
 }
 

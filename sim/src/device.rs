@@ -173,20 +173,17 @@ pub(crate) unsafe fn aclrtDeviceCanAccessPeer(can_access_peer: *mut i32, device_
     Ok(())
 }
 
-fn peer_access(peer_device_id: i32, enable: bool) -> R {
+/// Enabling or disabling peer access: checked as the runtime does. It has no other effect: simulated
+/// devices reach each other's memory whether or not it is enabled (imports enable it themselves, as the
+/// runtime does).
+fn peer_access(peer_device_id: i32) -> R {
     let s = sim()?;
-    let mut l = s.local.lock();
+    let l = s.local.lock();
     let d = s.current(&l)?;
     if peer_device_id == d as i32 {
         return bail(ACL_ERROR_INVALID_PARAM, "the peer is the current device");
     }
-    let p = s.device(peer_device_id)?;
-    let ctx = &mut l.devices[d as usize];
-    if enable {
-        ctx.peers |= 1 << p;
-    } else {
-        ctx.peers &= !(1 << p);
-    }
+    s.device(peer_device_id)?;
     Ok(())
 }
 
@@ -194,11 +191,11 @@ pub(crate) unsafe fn aclrtDeviceEnablePeerAccess(peer_device_id: i32, flags: u32
     if flags != 0 {
         return bail(ACL_ERROR_FEATURE_UNSUPPORTED, "flags must be 0");
     }
-    peer_access(peer_device_id, true)
+    peer_access(peer_device_id)
 }
 
 pub(crate) unsafe fn aclrtDeviceDisablePeerAccess(peer_device_id: i32) -> R {
-    peer_access(peer_device_id, false)
+    peer_access(peer_device_id)
 }
 
 pub(crate) unsafe fn aclrtDeviceGetBareTgid(pid: *mut i32) -> R {

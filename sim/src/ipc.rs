@@ -267,9 +267,7 @@ pub(crate) unsafe fn aclrtIpcMemClose(key: *const c_char) -> R {
         if let Some(p) = t.phys_if(phys, serial) {
             p.holders.clear(s.me.slot as usize);
         }
-        let destroyed = t.sweep(s.reg.words());
-        drop(g);
-        registry::unlink_objects(s.reg.dir(), &destroyed);
+        s.sweep(&mut g);
         return Ok(());
     }
     drop(l);
@@ -289,9 +287,7 @@ pub(crate) unsafe fn aclrtIpcMemClose(key: *const c_char) -> R {
         return bail(ACL_ERROR_RT_INVALID_HANDLE, "the key was closed already; importers still hold it");
     }
     revoke(&mut g, i);
-    let destroyed = g.t().sweep(s.reg.words());
-    drop(g);
-    registry::unlink_objects(s.reg.dir(), &destroyed);
+    s.sweep(&mut g);
     Ok(())
 }
 

@@ -29,14 +29,14 @@
 //! - **Cross-process state** lives in the registry (see `registry`): what each process holds, exports and
 //!   whitelists, and how much of each device is used, so capacity is enforced across processes.
 //! - **Lifetime** follows the driver: memory lives until every process that holds it has freed it (or
-//!   exited). A process that dies is noticed by pid and start time the next time any process attaches (or
-//!   finds a device full), and everything it held is released then.
+//!   exited). A process that dies is noticed by pid and start time the next time any process attaches,
+//!   imports, finds a device full or asks for statistics, and everything it held is released then.
 //! - **Streams** are threads running queued tasks in order; notifies are futex words in the registry.
 //! - **Rules**: every documented rule of the VMM, IPC memory and IPC notify APIs is enforced with the error
 //!   code the runtime or its driver returns (the table is in `docs/simulator.md`).
 //!
-//! Configuration is read from the environment (see [`Config`]); [`fault`](crate) injection and call
-//! counters serve tests.
+//! Configuration is read from the environment (see [`Config`]). Fault injection (`ACLSHM_SIM_FAULTS`,
+//! `aclshmSimInjectFault`), per-function call counters and live-object counts serve tests.
 //!
 //! ## Limits, knowingly
 //! No kernels, events, contexts beyond each device's default, host (DDR) physical memory, V2 or fabric

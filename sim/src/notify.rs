@@ -87,7 +87,7 @@ pub(crate) unsafe fn aclrtDestroyNotify(notify: aclrtNotify) -> R {
             slot.holders.clear(s.me.slot as usize);
         }
     }
-    g.t().sweep(s.reg.words());
+    s.sweep(&mut g);
     Ok(())
 }
 

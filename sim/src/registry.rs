@@ -283,17 +283,9 @@ unsafe impl Send for Registry {}
 // SAFETY: as above.
 unsafe impl Sync for Registry {}
 
-/// How attaching went.
-pub(crate) enum Attached {
-    /// This process created the registry.
-    Created(Registry),
-    /// The registry existed.
-    Opened(Registry),
-}
-
 impl Registry {
     /// Open the registry in `cfg.dir`, creating it (and the directory) if needed.
-    pub(crate) fn attach(cfg: &Config) -> Result<Attached, String> {
+    pub(crate) fn attach(cfg: &Config) -> Result<Registry, String> {
         sys::ensure_private_dir(&cfg.dir).map_err(|e| format!("simulator directory {}: {e}", cfg.dir.display()))?;
         let path = cfg.dir.join(REGISTRY_FILE);
         // Another process may be creating or removing the registry at the same moment: retry a few times.
@@ -314,11 +306,12 @@ impl Registry {
                         std::thread::sleep(std::time::Duration::from_millis(2));
                         continue;
                     }
-                    return Ok(Attached::Opened(reg));
+                    return Ok(reg);
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => match Self::create(cfg, &path) {
-                    Ok(reg) => return Ok(Attached::Created(reg)),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                    Ok(reg) => return Ok(reg),
+                    // Another process published first, or the directory was removed under us: again.
+                    Err(e) if matches!(e.kind(), io::ErrorKind::AlreadyExists | io::ErrorKind::NotFound) => continue,
                     Err(e) => return Err(format!("create {}: {e}", path.display())),
                 },
                 Err(e) => return Err(format!("open {}: {e}", path.display())),
@@ -454,6 +447,11 @@ impl Registry {
             e => return Err(format!("lock the simulator registry: {}", io::Error::from_raw_os_error(e))),
         };
         Ok(Guard { reg: self, owner_died })
+    }
+
+    /// Whether the registry was retired by its last user (meaningful with the lock held).
+    pub(crate) fn retired(&self) -> bool {
+        self.control().state.load(Ordering::Acquire) == STATE_DEAD
     }
 
     /// Mark the registry dead and remove it and the directory (if empty). Called with the lock held, by the

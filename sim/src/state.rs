@@ -17,7 +17,7 @@ use parking_lot::Mutex;
 use slab::Slab;
 
 use crate::config::Config;
-use crate::registry::{self, Attached, ProcSlot, Registry};
+use crate::registry::{self, ProcSlot, Registry};
 use crate::stream::Stream;
 use crate::sys::{self, Alias};
 
@@ -164,8 +164,6 @@ pub(crate) struct DeviceCtx {
     /// Bumped at each teardown, so threads still pointing at a torn-down context see none.
     pub epoch: u64,
     pub default_stream: Option<usize>,
-    /// Peers this device may access (aclrtDeviceEnablePeerAccess).
-    pub peers: u64,
 }
 
 /// The process-local tables.
@@ -285,42 +283,22 @@ impl Sim {
     fn open() -> Result<Sim, String> {
         let cfg = Config::from_env()?;
         crate::fault::load_env()?;
-        let (reg, _created) = match Registry::attach(&cfg)? {
-            Attached::Created(r) => (r, true),
-            Attached::Opened(r) => (r, false),
-        };
         let pid = sys::pid();
         let start = sys::start_time(pid).ok_or("cannot read this process's start time from /proc")?;
         let bare_tgid = sys::bare_tgid();
-        let mut g = reg.lock()?;
-        let words = reg.words();
-        let boot = sys::boot_id();
-        let boot_changed = g.t().boot_id != boot;
-        let mut destroyed = Vec::new();
-        for p in g.t().dead_procs(boot_changed) {
-            destroyed.extend(g.t().release_proc(p, words).destroyed);
+        let identity = ProcSlot { pid, bare_tgid, start, instance: sys::random_u64() };
+        // The last process to leave a directory retires its registry; one that opened the file just before
+        // sees that once it holds the lock, and starts over with a new registry.
+        let mut joined = None;
+        for _ in 0..50 {
+            let reg = Registry::attach(&cfg)?;
+            if let Some((devices, hbm_bytes, slot)) = Self::join(&reg, &cfg, identity)? {
+                joined = Some((reg, devices, hbm_bytes, slot));
+                break;
+            }
         }
-        if g.owner_died {
-            destroyed.extend(g.t().sweep(words));
-        }
-        let t = g.t();
-        t.boot_id = boot;
-        if t.is_empty() {
-            // Nobody is here: this process sets the configuration.
-            t.devices = cfg.devices;
-            t.hbm_bytes = cfg.hbm_bytes;
-            t.used = [0; crate::config::MAX_DEVICES as usize];
-        } else if let Some(conflict) = t.config_conflict(&cfg) {
-            drop(g);
-            registry::unlink_objects(reg.dir(), &destroyed);
-            return Err(format!("{}: {conflict}", cfg.dir.display()));
-        }
-        let (devices, hbm_bytes) = (t.devices, t.hbm_bytes);
-        let slot = t
-            .add_proc(ProcSlot { pid, bare_tgid, start, instance: sys::random_u64() })
-            .ok_or_else(|| format!("{}: {} processes are attached already", cfg.dir.display(), registry::MAX_PROCS))?;
-        drop(g);
-        registry::unlink_objects(reg.dir(), &destroyed);
+        let (reg, devices, hbm_bytes, slot) =
+            joined.ok_or_else(|| format!("{}: the registry keeps being retired under us", cfg.dir.display()))?;
 
         // SAFETY: registering plain extern "C" functions that only touch this module's statics.
         unsafe {
@@ -336,6 +314,40 @@ impl Sim {
             local: Mutex::new(local),
             detached: AtomicBool::new(false),
         })
+    }
+
+    /// Register in `reg` (releasing what dead processes left, setting or checking the configuration);
+    /// None if the registry was retired before we got its lock.
+    fn join(reg: &Registry, cfg: &Config, me: ProcSlot) -> Result<Option<(u32, u64, u32)>, String> {
+        let mut g = reg.lock()?;
+        if reg.retired() {
+            return Ok(None);
+        }
+        let words = reg.words();
+        let boot = sys::boot_id();
+        let boot_changed = g.t().boot_id != boot;
+        let mut destroyed = Vec::new();
+        for p in g.t().dead_procs(boot_changed) {
+            destroyed.extend(g.t().release_proc(p, words).destroyed);
+        }
+        if g.owner_died {
+            destroyed.extend(g.t().sweep(words));
+        }
+        registry::unlink_objects(reg.dir(), &destroyed);
+        let t = g.t();
+        t.boot_id = boot;
+        if t.is_empty() {
+            // Nobody is here: this process sets the configuration.
+            t.devices = cfg.devices;
+            t.hbm_bytes = cfg.hbm_bytes;
+            t.used = [0; crate::config::MAX_DEVICES as usize];
+        } else if let Some(conflict) = t.config_conflict(cfg) {
+            return Err(format!("{}: {conflict}", cfg.dir.display()));
+        }
+        let slot = t
+            .add_proc(me)
+            .ok_or_else(|| format!("{}: {} processes are attached already", cfg.dir.display(), registry::MAX_PROCS))?;
+        Ok(Some((t.devices, t.hbm_bytes, slot)))
     }
 
     /// Leave the directory: release everything this process holds (as the driver does when a process
@@ -370,11 +382,17 @@ impl Sim {
         for &p in &dead {
             destroyed.extend(g.t().release_proc(p, self.reg.words()).destroyed);
         }
-        destroyed.extend(g.t().sweep(self.reg.words()));
         g.owner_died = false;
-        // Unlinking under the lock keeps a name from being reused before its file is gone.
         registry::unlink_objects(self.reg.dir(), &destroyed);
+        self.sweep(g);
         dead.len() as u32
+    }
+
+    /// With the registry locked, remove objects nobody holds any more and unlink their files (under the
+    /// lock, so a name is never reused before its file is gone).
+    pub(crate) fn sweep(&self, g: &mut registry::Guard<'_>) {
+        let destroyed = g.t().sweep(self.reg.words());
+        registry::unlink_objects(self.reg.dir(), &destroyed);
     }
 
     /// Lock the registry.
@@ -421,9 +439,7 @@ impl Sim {
                 s.export_open = 0;
             }
         }
-        let destroyed = g.t().sweep(self.reg.words());
-        drop(g);
-        registry::unlink_objects(self.reg.dir(), &destroyed);
+        self.sweep(&mut g);
         Ok(())
     }
 

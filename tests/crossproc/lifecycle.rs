@@ -348,3 +348,33 @@ fn the_directory_must_be_private() {
     std::fs::remove_dir(sc.dir()).unwrap();
     sc.finish();
 }
+
+#[test]
+fn processes_attaching_and_leaving_at_once() {
+    const ROUNDS: usize = 4;
+    const AT_ONCE: usize = 6;
+    if role().is_some() {
+        // Attach, hold something, leave: the first of a round creates the registry, the last retires it,
+        // and the others race with both.
+        let rt = runtime();
+        let h = raw::malloc_physical(&rt, MIB2, &prop(0, aclrtMemAttr::ACL_HBM_MEM_HUGE), 0).unwrap();
+        let st = raw::sim_get_stats(&rt).unwrap();
+        assert!(st.processes >= 1 && st.physObjects >= 1);
+        // SAFETY: our handle.
+        unsafe { raw::free_physical(&rt, h) }.unwrap();
+        say("ok");
+        return;
+    }
+    let sc = Scenario::new(test_name!());
+    for _ in 0..ROUNDS {
+        let mut peers: Vec<Peer> = (0..AT_ONCE).map(|_| sc.spawn("brief")).collect();
+        for p in &mut peers {
+            p.expect("ok");
+        }
+        for p in peers {
+            p.join();
+        }
+        assert_dir_gone(sc.dir());
+    }
+    sc.finish();
+}
