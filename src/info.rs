@@ -89,8 +89,10 @@ impl RuntimeInfo {
                 )?;
                 Ok(DeviceInfo { id, total_bytes, free_bytes, granularity, granularity_recommended })
             })();
-            raw::reset_device(rt, id)?;
+            // Reset whatever happened, but report the first failure.
+            let reset = raw::reset_device(rt, id);
             devices.push(described?);
+            reset?;
         }
         let simulator = if rt.is_simulator() {
             let info = raw::sim_get_info(rt)?;

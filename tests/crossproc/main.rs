@@ -9,5 +9,6 @@ mod harness;
 mod basic;
 mod ipc;
 mod lifecycle;
+mod loader;
 mod notify;
 mod vmm;
