@@ -127,6 +127,52 @@ pub enum Error {
     /// characters). Retrying with the same argument will not help.
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A size or alignment is not a multiple of what it must be (`what` is the argument). Will not pass
+    /// on retry.
+    #[error("{what} {value:#x} is not a multiple of {align:#x}")]
+    Misaligned {
+        /// Which argument.
+        what: &'static str,
+        /// Its value.
+        value: u64,
+        /// What it must be a multiple of.
+        align: u64,
+    },
+    /// The device, or the pool's address space, has no room for the request, even after the pool gave
+    /// back the memory it held free. Retrying helps once memory is freed (here or in other processes).
+    #[error("out of device memory for {requested:#x} bytes ({stats})")]
+    OutOfMemory {
+        /// Bytes the pool needed: the request rounded up to the granule (plus room to align it).
+        requested: u64,
+        /// The pool when it gave up.
+        stats: Box<crate::pool::PoolStats>,
+    },
+    /// What was freed is not a live allocation of this pool: freed already, or never allocated here.
+    /// Nothing was changed; retrying the same free will fail the same way.
+    #[error("nothing is allocated at offset {offset:#x} ({len:#x} bytes) in pool {pool} (freed twice?)")]
+    NotAllocated {
+        /// The pool the handle claims.
+        pool: u32,
+        /// Its offset.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A handle of one pool was given to another. Nothing was changed.
+    #[error("a handle of pool {found} was given to pool {expected}")]
+    WrongPool {
+        /// The pool called.
+        expected: u32,
+        /// The pool the handle belongs to.
+        found: u32,
+    },
+    /// The pool was closed: everything it had is released. Make a new one.
+    #[error("the pool is closed")]
+    Closed,
+    /// Earlier releases (unmap, free, release while dropping, or an automatic trim) failed; reported by
+    /// the next fallible call, once. The call itself did nothing.
+    #[error("{} earlier release(s) failed; first: {}", .0.len(), .0.first().map_or(String::new(), |e| e.to_string()))]
+    Deferred(Vec<Error>),
 }
 
 impl Error {

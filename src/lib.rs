@@ -39,11 +39,14 @@
 
 mod error;
 mod info;
+pub mod pool;
 pub mod raw;
 mod runtime;
 mod sync;
+pub mod vmm;
 
 pub use aclshm_sys as sys;
 pub use error::{AclError, Error, Result};
 pub use info::{DeviceInfo, RuntimeInfo, SimulatorInfo};
+pub use pool::{Allocation, Block, BlockClassId, Pool, PoolConfig, PoolStats};
 pub use runtime::{Backend, Runtime};

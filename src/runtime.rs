@@ -22,7 +22,8 @@ use std::sync::{Arc, OnceLock};
 use aclshm_sys::{AclFns, ENTRY_POINTS, Library};
 
 use crate::error::{Error, Result};
-use crate::sync::{AtomicU64, Mutex, Ordering};
+use crate::sync::StaticMutex;
+use crate::sync::stat::{AtomicU64, Ordering};
 
 /// Where a runtime's entry points come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,7 +67,7 @@ impl fmt::Debug for Runtime {
 }
 
 /// Libraries loaded so far, by the path asked for. Leaked on purpose: see the module docs.
-static LOADED: Mutex<Vec<(Option<PathBuf>, &'static Library)>> = Mutex::new(Vec::new());
+static LOADED: StaticMutex<Vec<(Option<PathBuf>, &'static Library)>> = StaticMutex::new(Vec::new());
 
 fn load_library(explicit: Option<&Path>) -> Result<&'static Library> {
     let mut loaded = LOADED.lock();

@@ -5,12 +5,26 @@
 #[cfg(not(loom))]
 pub(crate) use parking_lot::Mutex;
 #[cfg(not(loom))]
-pub(crate) use std::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use std::sync::Arc;
+#[cfg(not(loom))]
+pub(crate) use std::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(loom)]
-pub(crate) use loom::sync::atomic::{AtomicU64, Ordering};
+pub(crate) use loom::sync::Arc;
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
 #[cfg(loom)]
 pub(crate) use loom_mutex::Mutex;
+
+/// Counters for statistics and ids: std atomics even under loom, since they order nothing and modelling
+/// them would only multiply the interleavings.
+pub(crate) mod stat {
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+}
+
+/// A mutex usable in a `static` (loom's have no const constructor); for process-wide state that no model
+/// exercises.
+pub(crate) type StaticMutex<T> = parking_lot::Mutex<T>;
 
 /// loom's mutex behind parking_lot's interface (no poisoning), so code reads the same under both.
 #[cfg(loom)]

@@ -11,4 +11,5 @@ mod ipc;
 mod lifecycle;
 mod loader;
 mod notify;
+mod pool;
 mod vmm;

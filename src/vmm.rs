@@ -1,0 +1,375 @@
+//! RAII over the virtual-memory calls: a reserved range, physical memory, and a mapping of one into the
+//! other.
+//!
+//! ```text
+//!   Mapping ──holds──> Arc<PhysicalMem>   aclrtFreePhysical when the last holder goes
+//!      │
+//!      └─────holds──> Arc<VaRange>        aclrtReleaseMemAddress when the last holder goes
+//! ```
+//!
+//! Ownership is the teardown order the runtime documents ("unmap, then aclrtFreePhysical, then
+//! aclrtReleaseMemAddress"): a mapping unmaps when it goes, and only then lets go of its physical memory
+//! and its range, so physical memory is freed exactly once, after the last mapping of it in this process,
+//! and a range is released only when nothing is mapped in it.
+//!
+//! Nothing here panics in `Drop`. A failure while dropping is recorded in the [`DropErrors`] the object
+//! was made with, for the next fallible call (or an explicit close) to report; and a mapping whose unmap
+//! failed is leaked rather than let its memory be freed or its range released while it may still be
+//! mapped. The explicit forms ([`Mapping::unmap`], [`PhysicalMem::free`], [`VaRange::release`]) return the
+//! error instead and hand the object back, so a caller can keep it aside (the pool marks it `Unknown`) and
+//! try again later.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::ptr::NonNull;
+
+use aclshm_sys::{
+    aclrtDrvMemHandle, aclrtMemAllocationType, aclrtMemAttr, aclrtMemHandleType, aclrtMemLocation,
+    aclrtMemLocationType, aclrtPhysicalMemProp,
+};
+
+use crate::error::{Error, Result};
+use crate::raw;
+use crate::runtime::Runtime;
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
+
+/// Failures that happened while dropping, kept for someone to report.
+#[derive(Default)]
+pub struct DropErrors {
+    errors: Mutex<Vec<Error>>,
+    pending: AtomicBool,
+}
+
+impl fmt::Debug for DropErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DropErrors").field("pending", &self.pending.load(Ordering::Relaxed)).finish()
+    }
+}
+
+impl DropErrors {
+    /// A new, empty sink.
+    pub fn new() -> Arc<DropErrors> {
+        Arc::new(DropErrors::default())
+    }
+
+    /// Keep `e` for later.
+    pub(crate) fn record(&self, e: Error) {
+        self.errors.lock().push(e);
+        self.pending.store(true, Ordering::Release);
+    }
+
+    /// Whether anything is waiting to be reported (one atomic load).
+    pub fn pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Take everything recorded so far.
+    pub fn take(&self) -> Vec<Error> {
+        let mut errors = self.errors.lock();
+        self.pending.store(false, Ordering::Release);
+        std::mem::take(&mut *errors)
+    }
+
+    /// `Err(Error::Deferred(..))` with everything recorded, if anything was.
+    pub fn check(&self) -> Result<()> {
+        if !self.pending() {
+            return Ok(());
+        }
+        let errors = self.take();
+        if errors.is_empty() { Ok(()) } else { Err(Error::Deferred(errors)) }
+    }
+}
+
+/// Page size of physical memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum PageSize {
+    /// 2 MiB pages (`ACL_HBM_MEM_HUGE`): sizes are multiples of 2 MiB.
+    #[default]
+    Huge2M,
+    /// 1 GiB pages (`ACL_HBM_MEM_HUGE1G`): sizes are multiples of 1 GiB; fewer page-table entries, not
+    /// on every device.
+    Huge1G,
+}
+
+impl PageSize {
+    /// The page size in bytes.
+    pub fn bytes(self) -> u64 {
+        match self {
+            PageSize::Huge2M => 2 << 20,
+            PageSize::Huge1G => 1 << 30,
+        }
+    }
+
+    fn attr(self) -> aclrtMemAttr {
+        match self {
+            PageSize::Huge2M => aclrtMemAttr::ACL_HBM_MEM_HUGE,
+            PageSize::Huge1G => aclrtMemAttr::ACL_HBM_MEM_HUGE1G,
+        }
+    }
+}
+
+/// The properties of physical device memory of `page` pages on `device`.
+pub(crate) fn device_prop(device: i32, page: PageSize) -> aclrtPhysicalMemProp {
+    aclrtPhysicalMemProp {
+        handleType: aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
+        allocationType: aclrtMemAllocationType::ACL_MEM_ALLOCATION_TYPE_PINNED,
+        memAttr: page.attr(),
+        location: aclrtMemLocation { id: device as u32, type_: aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_DEVICE },
+        reserve: 0,
+    }
+}
+
+/// A range of device virtual addresses from `aclrtReserveMemAddress`. Released when the last holder goes.
+pub struct VaRange {
+    rt: Runtime,
+    base: NonNull<c_void>,
+    size: usize,
+    errors: Arc<DropErrors>,
+}
+
+// SAFETY: a reserved range is a process-wide address range; the runtime may be called about it from any
+// thread, and nothing here is tied to the creating thread.
+unsafe impl Send for VaRange {}
+// SAFETY: as above; &VaRange only exposes its immutable address and size.
+unsafe impl Sync for VaRange {}
+
+impl fmt::Debug for VaRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "VaRange({:#x}, {:#x} bytes)", self.base(), self.size)
+    }
+}
+
+impl VaRange {
+    /// Reserve `size` bytes of device address space (rounded up by the runtime to its granularity).
+    pub fn reserve(rt: &Runtime, size: usize, errors: &Arc<DropErrors>) -> Result<Arc<VaRange>> {
+        // SAFETY: no expected address, so the runtime picks one that nothing else uses.
+        let p = unsafe { raw::reserve_mem_address(rt, size, 0, std::ptr::null_mut(), 0)? };
+        let base = NonNull::new(p)
+            .ok_or_else(|| Error::InvalidArgument("aclrtReserveMemAddress returned NULL".to_string()))?;
+        Ok(Arc::new(VaRange { rt: rt.clone(), base, size, errors: Arc::clone(errors) }))
+    }
+
+    /// The first address.
+    pub fn base(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Release the range now, reporting failure; on failure the range is handed back.
+    pub fn release(self) -> std::result::Result<(), (Error, VaRange)> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: self is consumed: no Mapping holds it (a Mapping holds an Arc, and we own the value, so no
+        // Arc exists), hence nothing is mapped in it through us.
+        match unsafe { raw::release_mem_address(&this.rt, this.base.as_ptr()) } {
+            Ok(()) => {
+                // SAFETY: the fields are moved out exactly once, and `this` is never used or dropped again.
+                unsafe {
+                    drop(std::ptr::read(&this.rt));
+                    drop(std::ptr::read(&this.errors));
+                }
+                Ok(())
+            }
+            Err(e) => Err((e, std::mem::ManuallyDrop::into_inner(this))),
+        }
+    }
+}
+
+impl Drop for VaRange {
+    fn drop(&mut self) {
+        // SAFETY: the last holder is gone, so no Mapping of ours remains in the range.
+        if let Err(e) = unsafe { raw::release_mem_address(&self.rt, self.base.as_ptr()) } {
+            self.errors.record(e);
+        }
+    }
+}
+
+/// Physical device memory from `aclrtMallocPhysical` (or an import, in the sharing layer). Freed with
+/// `aclrtFreePhysical` when the last holder goes: exactly once, after every mapping of it in this process.
+pub struct PhysicalMem {
+    rt: Runtime,
+    handle: NonNull<c_void>,
+    size: usize,
+    device: i32,
+    errors: Arc<DropErrors>,
+}
+
+// SAFETY: a physical memory handle is a process-wide token; the runtime accepts it from any thread.
+unsafe impl Send for PhysicalMem {}
+// SAFETY: as above; &PhysicalMem only exposes the handle's value and its size.
+unsafe impl Sync for PhysicalMem {}
+
+impl fmt::Debug for PhysicalMem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PhysicalMem({:p}, {:#x} bytes on device {})", self.handle, self.size, self.device)
+    }
+}
+
+impl PhysicalMem {
+    /// Allocate `size` bytes of `page`-page physical memory on `device`.
+    pub fn allocate(
+        rt: &Runtime,
+        device: i32,
+        size: usize,
+        page: PageSize,
+        errors: &Arc<DropErrors>,
+    ) -> Result<Arc<PhysicalMem>> {
+        let h = raw::malloc_physical(rt, size, &device_prop(device, page), 0)?;
+        // SAFETY: h is a live handle just allocated through rt, owned by nobody else.
+        Ok(Arc::new(unsafe { PhysicalMem::from_raw(rt, h, size, device, errors) }?))
+    }
+
+    /// Take ownership of a physical memory handle.
+    ///
+    /// # Safety
+    /// 1. `handle` is a live physical memory handle of `rt`, of `size` bytes on `device`, that nothing
+    ///    else will free.
+    pub unsafe fn from_raw(
+        rt: &Runtime,
+        handle: aclrtDrvMemHandle,
+        size: usize,
+        device: i32,
+        errors: &Arc<DropErrors>,
+    ) -> Result<PhysicalMem> {
+        let handle = NonNull::new(handle)
+            .ok_or_else(|| Error::InvalidArgument("a physical memory handle is never NULL".to_string()))?;
+        Ok(PhysicalMem { rt: rt.clone(), handle, size, device, errors: Arc::clone(errors) })
+    }
+
+    /// The runtime's handle.
+    pub fn as_raw(&self) -> aclrtDrvMemHandle {
+        self.handle.as_ptr()
+    }
+
+    /// Its size in bytes.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// The device it is on.
+    pub fn device(&self) -> i32 {
+        self.device
+    }
+
+    /// Free it now, reporting failure; on failure it is handed back.
+    pub fn free(self) -> std::result::Result<(), (Error, PhysicalMem)> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: self is owned, so no Mapping holds it: nothing of ours maps it any more.
+        match unsafe { raw::free_physical(&this.rt, this.handle.as_ptr()) } {
+            Ok(()) => {
+                // SAFETY: the fields are moved out exactly once, and `this` is never used or dropped again.
+                unsafe {
+                    drop(std::ptr::read(&this.rt));
+                    drop(std::ptr::read(&this.errors));
+                }
+                Ok(())
+            }
+            Err(e) => Err((e, std::mem::ManuallyDrop::into_inner(this))),
+        }
+    }
+}
+
+impl Drop for PhysicalMem {
+    fn drop(&mut self) {
+        // SAFETY: the last holder is gone, so no Mapping of ours maps it any more.
+        if let Err(e) = unsafe { raw::free_physical(&self.rt, self.handle.as_ptr()) } {
+            self.errors.record(e);
+        }
+    }
+}
+
+/// A whole physical allocation mapped at an address inside a reserved range. Unmapped when dropped.
+pub struct Mapping {
+    addr: NonNull<c_void>,
+    // Declared in teardown order: after the unmap, the physical memory goes first, then the range.
+    phys: Arc<PhysicalMem>,
+    range: Arc<VaRange>,
+}
+
+// SAFETY: a mapping is a process-wide fact about an address range; unmapping it from another thread is
+// what the runtime allows.
+unsafe impl Send for Mapping {}
+// SAFETY: &Mapping only exposes immutable facts (address, size, the handles it holds).
+unsafe impl Sync for Mapping {}
+
+impl fmt::Debug for Mapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Mapping({:#x}, {:?})", self.addr(), self.phys)
+    }
+}
+
+impl Mapping {
+    /// Map all of `phys` at byte `offset` of `range` (the runtime maps whole handles only).
+    pub fn map(range: &Arc<VaRange>, offset: usize, phys: &Arc<PhysicalMem>) -> Result<Mapping> {
+        let end = offset.checked_add(phys.size()).filter(|&e| e <= range.size()).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "{:#x} bytes at offset {offset:#x} do not fit a range of {:#x} bytes",
+                phys.size(),
+                range.size()
+            ))
+        })?;
+        let _ = end;
+        let addr = range.base() + offset;
+        // SAFETY: addr..addr+size lies inside our reserved range, and phys is a live handle of the same
+        // runtime (we hold it); the runtime refuses an overlap with an existing mapping.
+        unsafe { raw::map_mem(&range.rt, addr as *mut c_void, phys.size(), 0, phys.as_raw(), 0)? };
+        Ok(Mapping {
+            addr: NonNull::new(addr as *mut c_void).expect("inside a range that starts at a non-null base"),
+            phys: Arc::clone(phys),
+            range: Arc::clone(range),
+        })
+    }
+
+    /// The mapped address.
+    pub fn addr(&self) -> usize {
+        self.addr.as_ptr() as usize
+    }
+
+    /// Its size in bytes (the physical allocation's).
+    pub fn size(&self) -> usize {
+        self.phys.size()
+    }
+
+    /// The physical memory it maps.
+    pub fn phys(&self) -> &Arc<PhysicalMem> {
+        &self.phys
+    }
+
+    /// The range it is in.
+    pub fn range(&self) -> &Arc<VaRange> {
+        &self.range
+    }
+
+    /// Unmap now, reporting failure. On success the physical memory is handed back (freed when that last
+    /// reference goes); on failure the mapping is.
+    pub fn unmap(self) -> std::result::Result<Arc<PhysicalMem>, (Error, Mapping)> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: we own the mapping; nothing of ours uses it any more (the caller's contract for device
+        // work queued on it is upheld by not handing out addresses of a mapping being unmapped).
+        match unsafe { raw::unmap_mem(&this.range.rt, this.addr.as_ptr()) } {
+            Ok(()) => {
+                // SAFETY: the fields are moved out exactly once, and `this` is never used or dropped again.
+                let (phys, range) = unsafe { (std::ptr::read(&this.phys), std::ptr::read(&this.range)) };
+                drop(range);
+                Ok(phys)
+            }
+            Err(e) => Err((e, std::mem::ManuallyDrop::into_inner(this))),
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours and is going away.
+        if let Err(e) = unsafe { raw::unmap_mem(&self.range.rt, self.addr.as_ptr()) } {
+            self.range.errors.record(e);
+            // It may still be mapped: freeing its memory or releasing its range now would be wrong, so
+            // keep both for good (a leak, which is safe) by not letting go of our references.
+            std::mem::forget(Arc::clone(&self.phys));
+            std::mem::forget(Arc::clone(&self.range));
+        }
+    }
+}

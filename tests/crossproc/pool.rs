@@ -1,0 +1,518 @@
+//! The pool on the simulator. Each test runs in a child process of its own, so that the simulator's
+//! live-object counts (the oracle for "nothing leaked") and call counters are the test's alone.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+
+use aclshm::pool::GRANULE;
+use aclshm::raw;
+use aclshm::{AclError, Allocation, Error, Pool, PoolConfig, Runtime};
+
+use crate::harness::*;
+use crate::test_name;
+
+const MIB: u64 = 1 << 20;
+
+fn one_child(test: String) {
+    let sc = Scenario::new(test);
+    let mut a = sc.spawn("child");
+    a.expect("ok");
+    a.join();
+    sc.finish();
+}
+
+/// A small pool: 2 MiB chunks, 64 MiB of address space.
+fn small(rt: &Runtime) -> Pool {
+    Pool::new(rt, 0, PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 64 * MIB, ..PoolConfig::default() }).unwrap()
+}
+
+/// Nothing of the simulator is held by this process (and nothing at all, if alone).
+fn assert_nothing_held(rt: &Runtime) {
+    let st = raw::sim_get_stats(rt).unwrap();
+    assert_eq!(
+        (st.localHandles, st.localMappings, st.localReservations, st.physObjects),
+        (0, 0, 0, 0),
+        "simulator objects left: {st:?}"
+    );
+}
+
+fn fill(rt: &Runtime, a: &Allocation, seed: u64) {
+    write_dev(rt, a.as_ptr(), &pattern(seed, a.len() as usize)).unwrap();
+}
+
+fn verify(rt: &Runtime, a: &Allocation, seed: u64) {
+    assert_eq!(read_dev(rt, a.as_ptr(), a.len() as usize).unwrap(), pattern(seed, a.len() as usize), "{a:?}");
+}
+
+/// The simulator's call count of every ACL function.
+fn sim_calls(rt: &Runtime) -> Vec<(&'static str, u64)> {
+    aclshm::sys::ENTRY_POINTS
+        .iter()
+        .filter(|e| e.group == aclshm::sys::Group::Acl)
+        .map(|e| (e.name, raw::sim_get_call_count(rt, e.name).unwrap()))
+        .collect()
+}
+
+fn calls_since(before: &[(&'static str, u64)], after: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
+    before.iter().zip(after).filter(|(b, a)| a.1 > b.1).map(|(b, a)| (b.0, a.1 - b.1)).collect()
+}
+
+#[test]
+fn growth_spans_chunks_and_keeps_every_byte() {
+    if role().is_some() {
+        let rt = runtime();
+        raw::set_device(&rt, 0).unwrap();
+        let pool = small(&rt);
+        let sizes = [100 << 10, 3 * MIB / 2, 3 * MIB, 5 * MIB, 512, 7 * MIB + 1, 64 << 10, 2 * MIB];
+        let mut live: Vec<(Allocation, u64)> = Vec::new();
+        for (i, &size) in sizes.iter().enumerate() {
+            let a = pool.alloc(size).unwrap();
+            assert!(a.len() >= size && a.len().is_multiple_of(GRANULE));
+            fill(&rt, &a, i as u64);
+            live.push((a, i as u64));
+        }
+        let spanning = live.iter().filter(|(a, _)| a.offset() / (2 * MIB) != (a.offset() + a.len() - 1) / (2 * MIB));
+        assert!(spanning.count() >= 3, "allocations larger than a chunk span chunks");
+        for (a, seed) in &live {
+            verify(&rt, a, *seed);
+        }
+        // Free every other one, allocate into the holes, and check everything again.
+        for (a, _) in live.iter().step_by(2) {
+            pool.free(*a).unwrap();
+        }
+        let mut kept: Vec<(Allocation, u64)> = live.iter().skip(1).step_by(2).copied().collect();
+        for i in 0..6u64 {
+            let a = pool.alloc(((i + 1) * 700) << 10).unwrap();
+            fill(&rt, &a, 100 + i);
+            kept.push((a, 100 + i));
+        }
+        for (a, seed) in &kept {
+            verify(&rt, a, *seed);
+        }
+        for (i, (a, _)) in kept.iter().enumerate() {
+            for (b, _) in &kept[i + 1..] {
+                assert!(a.offset() + a.len() <= b.offset() || b.offset() + b.len() <= a.offset(), "{a:?} {b:?}");
+            }
+        }
+        let st = pool.stats();
+        assert_eq!(st.live_allocations, kept.len() as u64);
+        assert!(st.utilization > 0.0 && st.utilization <= 1.0);
+        for (a, _) in kept {
+            pool.free(a).unwrap();
+        }
+        pool.close().unwrap();
+        assert_nothing_held(&rt);
+        say("ok");
+        return;
+    }
+    one_child(test_name!());
+}
+
+#[test]
+fn runtime_calls_per_thousand_allocations_equal_the_chunks_grown() {
+    if role().is_some() {
+        let rt = runtime();
+        let pool =
+            Pool::new(&rt, 0, PoolConfig { chunk_bytes: 4 * MIB, reserve_bytes: 64 * MIB, ..PoolConfig::default() })
+                .unwrap();
+        let before = sim_calls(&rt);
+        let lib = |f: &str| rt.call_count(f).unwrap();
+        let (lib_malloc, lib_map) = (lib("aclrtMallocPhysical"), lib("aclrtMapMem"));
+        let live: Vec<Allocation> = (0..1000).map(|i| pool.alloc((8 << 10) + (i % 7) * 1024).unwrap()).collect();
+        let grown = pool.stats().chunks_grown;
+        assert!(grown >= 3, "{grown} chunks for ~11 MiB of 4 MiB chunks");
+        let calls = calls_since(&before, &sim_calls(&rt));
+        assert_eq!(
+            calls,
+            vec![("aclrtMallocPhysical", grown), ("aclrtMapMem", grown)],
+            "one allocation and one map per chunk, nothing else"
+        );
+        // The library's own counters say the same.
+        assert_eq!((lib("aclrtMallocPhysical") - lib_malloc, lib("aclrtMapMem") - lib_map), (grown, grown));
+        let before = sim_calls(&rt);
+        for a in live {
+            pool.free(a).unwrap();
+        }
+        assert!(calls_since(&before, &sim_calls(&rt)).is_empty(), "frees make no runtime call");
+        pool.close().unwrap();
+        assert_nothing_held(&rt);
+        say("ok");
+        return;
+    }
+    one_child(test_name!());
+}
+
+#[test]
+fn trim_regrow_watermark_and_reserve() {
+    if role().is_some() {
+        let rt = runtime();
+        raw::set_device(&rt, 0).unwrap();
+        let pool = small(&rt);
+        let live: Vec<Allocation> = (0..5).map(|_| pool.alloc(2 * MIB).unwrap()).collect();
+        assert_eq!(pool.stats().chunks, 5);
+        for a in live {
+            pool.free(a).unwrap();
+        }
+        assert_eq!(pool.stats().free_chunks, 5, "caching: freed chunks stay mapped");
+        assert_eq!(pool.trim().unwrap(), 5);
+        let st = pool.stats();
+        assert_eq!((st.chunks, st.mapped_bytes, st.chunks_trimmed), (0, 0, 5));
+        assert_eq!(raw::sim_get_stats(&rt).unwrap().physObjects, 0, "given back to the device");
+        // Regrowth refills the lowest addresses.
+        let a = pool.alloc(MIB).unwrap();
+        assert_eq!(a.offset(), 0);
+        fill(&rt, &a, 9);
+        verify(&rt, &a, 9);
+        pool.free(a).unwrap();
+        pool.close().unwrap();
+
+        // With a watermark, frees trim down to it by themselves.
+        let cfg = PoolConfig {
+            chunk_bytes: 2 * MIB,
+            reserve_bytes: 64 * MIB,
+            trim_watermark: Some(4 * MIB),
+            ..PoolConfig::default()
+        };
+        let pool = Pool::new(&rt, 0, cfg).unwrap();
+        let live: Vec<Allocation> = (0..6).map(|_| pool.alloc(2 * MIB).unwrap()).collect();
+        for a in live {
+            pool.free(a).unwrap();
+        }
+        let st = pool.stats();
+        assert_eq!((st.chunks, st.free_chunks), (2, 2), "4 MiB of free chunks kept");
+        pool.close().unwrap();
+
+        // Reserve chunks are mapped up front and never trimmed.
+        let cfg =
+            PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 64 * MIB, reserve_chunks: 3, ..PoolConfig::default() };
+        let pool = Pool::new(&rt, 0, cfg).unwrap();
+        assert_eq!(pool.stats().chunks, 3);
+        let before = sim_calls(&rt);
+        let a = pool.alloc(5 * MIB).unwrap();
+        assert!(calls_since(&before, &sim_calls(&rt)).is_empty(), "served from the reserve");
+        pool.free(a).unwrap();
+        let b = pool.alloc(8 * MIB).unwrap();
+        pool.free(b).unwrap();
+        assert_eq!(pool.trim().unwrap(), 1);
+        assert_eq!(pool.stats().chunks, 3);
+        pool.close().unwrap();
+        assert_nothing_held(&rt);
+        say("ok");
+        return;
+    }
+    one_child(test_name!());
+}
+
+#[test]
+fn out_of_memory_at_the_device_capacity_and_still_usable() {
+    if role().is_some() {
+        let rt = runtime();
+        raw::set_device(&rt, 0).unwrap();
+        let pool = small(&rt);
+        let mut live = Vec::new();
+        let err = loop {
+            match pool.alloc(MIB) {
+                Ok(a) => live.push(a),
+                Err(e) => break e,
+            }
+        };
+        match &err {
+            Error::OutOfMemory { requested, stats } => {
+                assert_eq!(*requested, MIB);
+                assert_eq!(stats.mapped_bytes, 16 * MIB, "the whole (simulated) device");
+                assert_eq!(stats.live_allocations, 16);
+            }
+            other => panic!("expected OutOfMemory, got {other}"),
+        }
+        assert!(err.to_string().contains("out of device memory"), "{err}");
+        assert_eq!(live.len(), 16);
+        // Still usable: free one, allocate again.
+        pool.free(live.pop().unwrap()).unwrap();
+        live.push(pool.alloc(MIB).unwrap());
+        for a in live.drain(..) {
+            pool.free(a).unwrap();
+        }
+        // The heap's chunks are free but mapped; blocks need the device: the pool trims and retries.
+        let class = pool.block_class(2 * MIB).unwrap();
+        let blocks: Vec<_> = (0..8).map(|_| pool.alloc_block(class).unwrap()).collect();
+        assert!(matches!(pool.alloc_block(class), Err(Error::OutOfMemory { .. })));
+        for b in blocks {
+            pool.free_block(b).unwrap();
+        }
+        // And the other way round: block chunks are given back for a heap allocation.
+        let big = pool.alloc(12 * MIB).unwrap();
+        assert!(matches!(pool.alloc(8 * MIB), Err(Error::OutOfMemory { .. })));
+        pool.free(big).unwrap();
+        pool.close().unwrap();
+        assert_nothing_held(&rt);
+        say("ok");
+        return;
+    }
+    let sc = Scenario::new(test_name!()).env("ACLSHM_SIM_HBM_BYTES", "16M");
+    let mut a = sc.spawn("child");
+    a.expect("ok");
+    a.join();
+    sc.finish();
+}
+
+#[test]
+fn a_fault_at_any_call_of_grow_trim_close_or_drop_leaks_nothing() {
+    if role().is_some() {
+        let rt = runtime();
+        raw::set_device(&rt, 0).unwrap();
+        let fault = |f: &str, nth: u64| raw::sim_inject_fault(&rt, f, nth, 1, AclError::DRV_INTERNAL_ERROR).unwrap();
+        let failed_with_fault = |e: &Error| e.acl_code() == Some(AclError::DRV_INTERNAL_ERROR);
+        let mut sites = 0;
+
+        // Making a pool.
+        for f in ["aclrtMemGetAllocationGranularity", "aclrtReserveMemAddress"] {
+            fault(f, 1);
+            let e = Pool::new(
+                &rt,
+                0,
+                PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 64 * MIB, ..PoolConfig::default() },
+            )
+            .unwrap_err();
+            assert!(failed_with_fault(&e), "{f}: {e}");
+            assert_nothing_held(&rt);
+            sites += 1;
+        }
+
+        // Growing by three chunks at once (6 MiB, of which the first chunk's free 1 MiB tail is one): a
+        // fault at each of the six calls rolls the whole grow back.
+        for f in ["aclrtMallocPhysical", "aclrtMapMem"] {
+            for nth in 1..=3 {
+                let pool = small(&rt);
+                let keep = pool.alloc(MIB).unwrap();
+                fill(&rt, &keep, 1);
+                fault(f, nth);
+                let e = pool.alloc(6 * MIB).unwrap_err();
+                raw::sim_clear_faults(&rt).unwrap();
+                assert!(failed_with_fault(&e), "{f}@{nth}: {e}");
+                let st = pool.stats();
+                assert_eq!((st.chunks, st.unknown_chunks), (1, 0), "{f}@{nth}: nothing half-mapped");
+                assert_eq!(raw::sim_get_stats(&rt).unwrap().physObjects, 1, "{f}@{nth}: rolled back");
+                verify(&rt, &keep, 1);
+                let big = pool.alloc(6 * MIB).unwrap();
+                assert_eq!(pool.stats().chunks, 4, "{f}@{nth}: the grow works once the fault is gone");
+                pool.free(big).unwrap();
+                pool.free(keep).unwrap();
+                pool.close().unwrap();
+                assert_nothing_held(&rt);
+                sites += 1;
+            }
+        }
+
+        // Trimming: the chunk is kept aside as unknown, repair releases it.
+        for f in ["aclrtUnmapMem", "aclrtFreePhysical"] {
+            let pool = small(&rt);
+            let a = pool.alloc(3 * MIB).unwrap();
+            pool.free(a).unwrap();
+            fault(f, 1);
+            let e = pool.trim().unwrap_err();
+            assert!(failed_with_fault(&e), "{f}: {e}");
+            let st = pool.stats();
+            assert_eq!((st.chunks, st.unknown_chunks), (0, 1), "{f}: one chunk trimmed, one kept aside");
+            assert_eq!(pool.repair().unwrap(), 1);
+            assert_eq!(pool.stats().unknown_chunks, 0);
+            let b = pool.alloc(3 * MIB).unwrap();
+            pool.free(b).unwrap();
+            pool.close().unwrap();
+            assert_nothing_held(&rt);
+            sites += 1;
+        }
+
+        // Closing: what fails is kept; closing again finishes.
+        for f in ["aclrtUnmapMem", "aclrtFreePhysical", "aclrtReleaseMemAddress"] {
+            let pool = small(&rt);
+            let a = pool.alloc(MIB).unwrap();
+            pool.free(a).unwrap();
+            fault(f, 1);
+            let e = pool.close().unwrap_err();
+            assert!(matches!(&e, Error::Deferred(v) if v.iter().any(failed_with_fault)), "{f}: {e}");
+            let b = pool.alloc(MIB).unwrap();
+            pool.free(b).unwrap();
+            pool.close().unwrap();
+            assert!(matches!(pool.alloc(MIB), Err(Error::Closed)));
+            assert_nothing_held(&rt);
+            sites += 1;
+        }
+
+        // Dropping: a failed unmap is retried when the pool's last records go, so nothing stays.
+        for f in ["aclrtUnmapMem", "aclrtFreePhysical", "aclrtReleaseMemAddress"] {
+            let pool = small(&rt);
+            let a = pool.alloc(MIB).unwrap();
+            pool.free(a).unwrap();
+            fault(f, 1);
+            drop(pool);
+            assert_nothing_held(&rt);
+            sites += 1;
+        }
+        raw::sim_clear_faults(&rt).unwrap();
+        say(format!("ok {sites}"));
+        return;
+    }
+    let sc = Scenario::new(test_name!());
+    let mut a = sc.spawn("child");
+    assert_eq!(a.expect("ok"), "16", "call sites covered");
+    a.join();
+    sc.finish();
+}
+
+#[test]
+fn foreign_double_and_stale_frees_are_refused() {
+    if role().is_some() {
+        let rt = runtime();
+        let p1 = small(&rt);
+        let p2 = small(&rt);
+        let a = p1.alloc(4096).unwrap();
+        assert!(matches!(p2.free(a), Err(Error::WrongPool { .. })));
+        p1.free(a).unwrap();
+        assert!(matches!(p1.free(a), Err(Error::NotAllocated { .. })), "double free");
+        // A stale copy of a block whose chunk was trimmed and reused.
+        let c = p1.block_class(MIB).unwrap();
+        assert_eq!(p1.blocks_per_chunk(c).unwrap(), 2);
+        let b = p1.alloc_block(c).unwrap();
+        p1.free_block(b).unwrap();
+        assert!(matches!(p1.free_block(b), Err(Error::NotAllocated { .. })));
+        assert_eq!(p1.trim().unwrap(), 2);
+        let h = p1.alloc(4096).unwrap();
+        let b2 = p1.alloc_block(c).unwrap();
+        assert_eq!(b2.offset(), b.offset(), "the same place again, in a new chunk");
+        assert!(matches!(p1.free_block(b), Err(Error::NotAllocated { .. })), "a stale block id");
+        p1.free_block(b2).unwrap();
+        p1.free(h).unwrap();
+        assert!(matches!(p2.free_block(b2), Err(Error::WrongPool { .. })));
+        // Bad arguments.
+        assert!(matches!(p1.alloc(0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(p1.alloc_aligned(64, 3), Err(Error::Misaligned { .. })));
+        assert!(matches!(p1.alloc_aligned(64, 4 * MIB), Err(Error::Misaligned { .. })));
+        assert!(matches!(p1.block_class(1000), Err(Error::Misaligned { .. })));
+        assert!(matches!(p1.block_class(4 * MIB), Err(Error::InvalidArgument(_))));
+        let bad = PoolConfig { chunk_bytes: 3 * MIB, ..PoolConfig::default() };
+        assert!(matches!(Pool::new(&rt, 0, bad), Err(Error::Misaligned { what: "chunk_bytes", .. })));
+        let aligned = p1.alloc_aligned(4096, MIB).unwrap();
+        assert_eq!(aligned.offset() % MIB, 0);
+        p1.free(aligned).unwrap();
+        p1.close().unwrap();
+        p2.close().unwrap();
+        assert_nothing_held(&rt);
+        say("ok");
+        return;
+    }
+    one_child(test_name!());
+}
+
+#[test]
+fn many_threads_allocating_freeing_and_trimming_keep_every_invariant() {
+    const THREADS: usize = 4;
+    const ITERS: usize = 1500;
+    if role().is_some() {
+        let rt = runtime();
+        let pool = Arc::new(
+            Pool::new(
+                &rt,
+                0,
+                PoolConfig {
+                    chunk_bytes: 2 * MIB,
+                    reserve_bytes: 256 * MIB,
+                    trim_watermark: Some(8 * MIB),
+                    ..PoolConfig::default()
+                },
+            )
+            .unwrap(),
+        );
+        let class = pool.block_class(512 << 10).unwrap();
+        let start = Arc::new(Barrier::new(THREADS + 1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let trimmer = {
+            let (pool, stop) = (Arc::clone(&pool), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    n += pool.trim().unwrap();
+                    std::thread::yield_now();
+                }
+                n
+            })
+        };
+        let workers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (pool, rt, start) = (Arc::clone(&pool), rt.clone(), Arc::clone(&start));
+                std::thread::spawn(move || {
+                    raw::set_device(&rt, 0).unwrap();
+                    start.wait();
+                    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ t as u64;
+                    let mut rnd = move || {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        x
+                    };
+                    let mut live: Vec<(Allocation, Vec<u8>)> = Vec::new();
+                    let mut blocks = Vec::new();
+                    for i in 0..ITERS {
+                        // Bounded live sets: at most 12 allocations and 32 blocks per thread.
+                        let op = match rnd() % 4 {
+                            0 if live.len() >= 12 => 1,
+                            2 if blocks.len() >= 32 => 3,
+                            op => op,
+                        };
+                        match op {
+                            0 => {
+                                let size = 1 + rnd() % (3 * MIB);
+                                let a = pool.alloc(size).unwrap();
+                                // Tag both ends: an overlap with another thread's allocation shows up.
+                                let tag = pattern(t as u64 * 1_000_000 + i as u64, 64);
+                                write_dev(&rt, a.as_ptr(), &tag).unwrap();
+                                let end = a.as_ptr().cast::<u8>().wrapping_add(a.len() as usize - 64).cast();
+                                write_dev(&rt, end, &tag).unwrap();
+                                live.push((a, tag));
+                            }
+                            1 if !live.is_empty() => {
+                                let (a, tag) = live.swap_remove(rnd() as usize % live.len());
+                                assert_eq!(read_dev(&rt, a.as_ptr(), 64).unwrap(), tag);
+                                let end = a.as_ptr().cast::<u8>().wrapping_add(a.len() as usize - 64).cast();
+                                assert_eq!(read_dev(&rt, end, 64).unwrap(), tag);
+                                pool.free(a).unwrap();
+                            }
+                            2 => blocks.push(pool.alloc_block(class).unwrap()),
+                            3 if !blocks.is_empty() => {
+                                pool.free_block(blocks.swap_remove(rnd() as usize % blocks.len())).unwrap()
+                            }
+                            _ => {}
+                        }
+                    }
+                    for (a, tag) in live {
+                        assert_eq!(read_dev(&rt, a.as_ptr(), 64).unwrap(), tag);
+                        pool.free(a).unwrap();
+                    }
+                    for b in blocks {
+                        pool.free_block(b).unwrap();
+                    }
+                })
+            })
+            .collect();
+        start.wait();
+        for w in workers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        let trimmed_by_thread = trimmer.join().unwrap();
+        let st = pool.stats();
+        assert_eq!((st.live_allocations, st.live_blocks, st.allocated_bytes), (0, 0, 0), "{st}");
+        assert_eq!(st.free_chunks, st.chunks, "every mapped chunk is free");
+        assert!(
+            st.chunks_grown > 10 && st.chunks_trimmed > 0,
+            "{st}: grown and trimmed along the way ({trimmed_by_thread} by the trimmer)"
+        );
+        assert_eq!(u64::from(st.chunks), st.chunks_grown - st.chunks_trimmed);
+        pool.trim().unwrap();
+        assert_eq!(raw::sim_get_stats(&rt).unwrap().physObjects, 0);
+        Arc::into_inner(pool).unwrap().close().unwrap();
+        assert_nothing_held(&rt);
+        say("ok");
+        return;
+    }
+    one_child(test_name!());
+}
