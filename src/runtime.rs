@@ -37,6 +37,8 @@ pub enum Backend {
         /// Whether it is aclshm's simulator drop-in rather than CANN.
         simulator: bool,
     },
+    /// A table the program built itself ([`Runtime::from_table`]), named by it.
+    Custom(&'static str),
 }
 
 impl fmt::Display for Backend {
@@ -45,6 +47,7 @@ impl fmt::Display for Backend {
             Backend::EmbeddedSimulator => write!(f, "simulator (embedded)"),
             Backend::Library { path, simulator: true } => write!(f, "simulator (drop-in {})", path.display()),
             Backend::Library { path, simulator: false } => write!(f, "CANN ({})", path.display()),
+            Backend::Custom(name) => write!(f, "custom table ({name})"),
         }
     }
 }
@@ -85,6 +88,18 @@ fn load_library(explicit: Option<&Path>) -> Result<&'static Library> {
 impl Runtime {
     fn new(fns: AclFns, backend: Backend) -> Runtime {
         Runtime(Arc::new(Inner { fns, backend, calls: ENTRY_POINTS.iter().map(|_| AtomicU64::new(0)).collect() }))
+    }
+
+    /// A runtime over a table of entry points the program provides: to interpose on calls, count or
+    /// fail them, or model a runtime in tests. Missing entries are [`Error::Unsupported`] as usual.
+    ///
+    /// # Safety
+    /// 1. Every function in `fns` has the C signature its name has in `aclshm_acl.h`, and stays callable
+    ///    while this runtime or a clone of it is used.
+    /// 2. Each behaves as the ACL function of its name as far as aclshm relies on it: it returns 0 only
+    ///    when it did what that function does, and writes its out-parameters then.
+    pub unsafe fn from_table(fns: AclFns, name: &'static str) -> Runtime {
+        Runtime::new(fns, Backend::Custom(name))
     }
 
     /// The simulator linked into this program.

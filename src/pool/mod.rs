@@ -293,6 +293,25 @@ struct Inner {
 
 /// A pool of device memory on one device: variable-size allocations and fixed-size blocks over one
 /// reserved range that grows and shrinks by physical chunks. `Send + Sync`: share it by reference or `Arc`.
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("aclshm-doc-pool-{}", std::process::id()));
+/// # unsafe { std::env::set_var("ACLSHM_SIM_DIR", &dir) };
+/// use aclshm::{Pool, PoolConfig, Runtime};
+///
+/// let rt = Runtime::simulator();
+/// let config = PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 64 << 20, ..PoolConfig::default() };
+/// let pool = Pool::new(&rt, 0, config)?;
+/// let a = pool.alloc(3 << 20)?; // spans two 2 MiB chunks, mapped side by side
+/// assert_eq!(pool.stats().chunks, 2);
+/// let kv = pool.block_class(1 << 20)?; // 1 MiB blocks, two per chunk
+/// let b = pool.alloc_block(kv)?;
+/// pool.free(a)?;
+/// pool.free_block(b)?;
+/// assert_eq!(pool.trim()?, 3); // every chunk is free again: all three go back to the device
+/// pool.close()?;
+/// # Ok::<(), aclshm::Error>(())
+/// ```
 pub struct Pool {
     inner: Arc<Inner>,
 }
