@@ -52,6 +52,8 @@ named! {
     /// `ACL_ERROR_RT_DRV_INTERNAL_ERROR` (507899): the driver refused (whitelist, mapping rules, double
     /// export, ...).
     DRV_INTERNAL_ERROR = aclshm_sys::ACL_ERROR_RT_DRV_INTERNAL_ERROR;
+    /// `ACL_ERROR_RT_TASK_TIMEOUT` (107020): queued work (a notify wait) ran past its timeout.
+    TASK_TIMEOUT = aclshm_sys::ACL_ERROR_RT_TASK_TIMEOUT;
 }
 
 impl AclError {
@@ -166,6 +168,37 @@ pub enum Error {
         /// The pool the handle belongs to.
         found: u32,
     },
+    /// The runtime's sharing rules forbid this (import in the exporting process, a second export of one
+    /// handle, exporting imported memory, ...); the message says which. Nothing was changed.
+    #[error("not permitted: {0}")]
+    NotPermitted(String),
+    /// A rendezvous peer or a chunk table broke the protocol (malformed, another version, another pool).
+    /// The other side is at fault or incompatible; retrying will not help.
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The owner turned the worker away; its reason.
+    #[error("refused by the pool's owner: {0}")]
+    Refused(String),
+    /// A descriptor is malformed, of another pool, out of bounds, or from a generation the pool never
+    /// reached: it was not made by this pool's owner as it is now. Nothing was mapped.
+    #[error("bad descriptor: {0}")]
+    BadDescriptor(String),
+    /// A descriptor's memory is not what it was made over any more: the allocation was freed and its
+    /// chunks given back (and perhaps regrown) since. Ask the owner for a current one.
+    #[error("stale descriptor: {len:#x} bytes at {offset:#x} are no longer the allocation it named")]
+    StaleDescriptor {
+        /// Its offset.
+        offset: u64,
+        /// Its length.
+        len: u64,
+    },
+    /// A wait ran out of time (a notify not recorded, importers that did not close); the message says
+    /// what was waited for and what was done about it.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The pool is not shared (call `Pool::share` first).
+    #[error("the pool is not shared")]
+    NotShared,
     /// The pool was closed: everything it had is released. Make a new one.
     #[error("the pool is closed")]
     Closed,

@@ -10,8 +10,13 @@
 //!
 //! ```text
 //!   aclshm (this crate)
-//!     raw        one fallible function per ACL call                      <- this release
-//!     runtime    the one seam: a table of ACL entry points
+//!     share, ipc, notify   a pool shared with other processes (mirrors, descriptors, the rendezvous),
+//!                          IPC memory by key, IPC notifies
+//!     registry             exports and imports of this process: one-to-one, enforced
+//!     pool                 a chunked pool: reserve once, grow and trim by physical chunks
+//!     vmm                  RAII ranges, physical memory, mappings
+//!     raw                  one fallible function per ACL call
+//!     runtime              the one seam: a table of ACL entry points
 //!   aclshm-sys   the C API as data: our declarations, bindgen output, the libascendcl.so loader
 //!   aclshm-sim   the ACL runtime simulated on host shared memory (embedded, or as a drop-in .so)
 //! ```
@@ -39,14 +44,24 @@
 
 mod error;
 mod info;
+pub mod ipc;
+pub mod notify;
+mod os;
 pub mod pool;
 pub mod raw;
+pub mod registry;
 mod runtime;
+pub mod share;
+mod stream;
 mod sync;
 pub mod vmm;
 
 pub use aclshm_sys as sys;
 pub use error::{AclError, Error, Result};
 pub use info::{DeviceInfo, RuntimeInfo, SimulatorInfo};
+pub use ipc::{IpcMemConfig, IpcMemDesc, IpcMemImport, IpcMemory};
+pub use notify::Notify;
 pub use pool::{Allocation, Block, BlockClassId, Pool, PoolConfig, PoolStats};
 pub use runtime::{Backend, Runtime};
+pub use share::{AllocDesc, Mirror, ShareConfig, ShareDesc};
+pub use stream::Stream;

@@ -22,6 +22,7 @@ use std::sync::{Arc, OnceLock};
 use aclshm_sys::{AclFns, ENTRY_POINTS, Library};
 
 use crate::error::{Error, Result};
+use crate::raw;
 use crate::sync::StaticMutex;
 use crate::sync::stat::{AtomicU64, Ordering};
 
@@ -226,6 +227,21 @@ pub(crate) mod tests_support {
     /// A runtime with no entry points at all.
     pub(crate) fn empty() -> Runtime {
         Runtime::new(AclFns::default(), Backend::EmbeddedSimulator)
+    }
+}
+
+/// Run `f` with `device` current in the calling thread, restoring the thread's device after.
+pub(crate) fn on_device<T>(rt: &Runtime, device: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match raw::get_device(rt) {
+        Ok(d) if d == device => f(),
+        before => {
+            raw::set_device(rt, device)?;
+            let r = f();
+            if let Ok(d) = before {
+                raw::set_device(rt, d)?;
+            }
+            r
+        }
     }
 }
 

@@ -1,9 +1,12 @@
 //! The one place aclshm takes its synchronisation primitives from, so that a `--cfg loom` build can swap
 //! in loom's models of them (see `loom-tests/`). Nothing else in the crate names `parking_lot`,
 //! `std::sync::atomic` or `std::thread` directly.
+//!
+//! The interface is parking_lot's (a guard straight from `lock`, `Condvar::wait(&mut guard)`); under loom,
+//! thin wrappers give loom's types the same shape.
 
 #[cfg(not(loom))]
-pub(crate) use parking_lot::Mutex;
+pub(crate) use parking_lot::{Condvar, Mutex};
 #[cfg(not(loom))]
 pub(crate) use std::sync::Arc;
 #[cfg(not(loom))]
@@ -14,7 +17,17 @@ pub(crate) use loom::sync::Arc;
 #[cfg(loom)]
 pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
 #[cfg(loom)]
-pub(crate) use loom_mutex::Mutex;
+pub(crate) use loom_shims::{Condvar, Mutex};
+
+/// Threads: always std's (the sharing layer's background threads are not part of any model).
+pub(crate) use std::thread;
+
+/// Atomics in memory shared with other processes (chunk tables, importer files): always std's, since a
+/// model cannot see the other processes. They order what those processes see, so they are real atomics
+/// with real orderings.
+pub(crate) mod shm {
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+}
 
 /// Counters for statistics and ids: std atomics even under loom, since they order nothing and modelling
 /// them would only multiply the interleavings.
@@ -26,19 +39,54 @@ pub(crate) mod stat {
 /// exercises.
 pub(crate) type StaticMutex<T> = parking_lot::Mutex<T>;
 
-/// loom's mutex behind parking_lot's interface (no poisoning), so code reads the same under both.
+/// loom's mutex and condition variable behind parking_lot's interface (no poisoning).
 #[cfg(loom)]
-mod loom_mutex {
+mod loom_shims {
+    use std::ops::{Deref, DerefMut};
+
     /// A mutex modelled by loom.
     #[derive(Debug, Default)]
     pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+    /// Its guard; the `Option` lets `Condvar::wait` hand it to loom and take it back.
+    pub(crate) struct MutexGuard<'a, T>(Option<loom::sync::MutexGuard<'a, T>>);
 
     impl<T> Mutex<T> {
         pub(crate) fn new(v: T) -> Self {
             Mutex(loom::sync::Mutex::new(v))
         }
-        pub(crate) fn lock(&self) -> loom::sync::MutexGuard<'_, T> {
-            self.0.lock().unwrap_or_else(|e| e.into_inner())
+        pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+            MutexGuard(Some(self.0.lock().unwrap_or_else(|e| e.into_inner())))
+        }
+    }
+
+    impl<T> Deref for MutexGuard<'_, T> {
+        type Target = T;
+        fn deref(&self) -> &T {
+            self.0.as_ref().expect("held")
+        }
+    }
+
+    impl<T> DerefMut for MutexGuard<'_, T> {
+        fn deref_mut(&mut self) -> &mut T {
+            self.0.as_mut().expect("held")
+        }
+    }
+
+    /// A condition variable modelled by loom.
+    #[derive(Debug, Default)]
+    pub(crate) struct Condvar(loom::sync::Condvar);
+
+    impl Condvar {
+        pub(crate) fn new() -> Self {
+            Condvar(loom::sync::Condvar::new())
+        }
+        pub(crate) fn wait<T>(&self, g: &mut MutexGuard<'_, T>) {
+            let inner = g.0.take().expect("held");
+            g.0 = Some(self.0.wait(inner).unwrap_or_else(|e| e.into_inner()));
+        }
+        pub(crate) fn notify_all(&self) {
+            self.0.notify_all();
         }
     }
 }

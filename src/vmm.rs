@@ -30,6 +30,7 @@ use aclshm_sys::{
 
 use crate::error::{Error, Result};
 use crate::raw;
+use crate::registry::ImportRegistry;
 use crate::runtime::Runtime;
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 
@@ -187,7 +188,7 @@ impl Drop for VaRange {
     }
 }
 
-/// Physical device memory from `aclrtMallocPhysical` (or an import, in the sharing layer). Freed with
+/// Physical device memory from `aclrtMallocPhysical`, or imported from another process. Freed with
 /// `aclrtFreePhysical` when the last holder goes: exactly once, after every mapping of it in this process.
 pub struct PhysicalMem {
     rt: Runtime,
@@ -195,6 +196,22 @@ pub struct PhysicalMem {
     size: usize,
     device: i32,
     errors: Arc<DropErrors>,
+    origin: Origin,
+}
+
+/// Where a physical allocation came from.
+enum Origin {
+    /// `aclrtMallocPhysical` here; exported at most once, the shareable handle kept here.
+    /// (The mutex is boxed to keep the handle small: loom's mutex, under `--cfg loom`, is large.)
+    Local { export: Box<Mutex<Option<Export>>>, registry: ImportRegistry },
+    /// Imported (once per process) through the registry.
+    Imported { shareable: u64, registry: ImportRegistry },
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Export {
+    shareable: u64,
+    flags: u64,
 }
 
 // SAFETY: a physical memory handle is a process-wide token; the runtime accepts it from any thread.
@@ -217,16 +234,30 @@ impl PhysicalMem {
         page: PageSize,
         errors: &Arc<DropErrors>,
     ) -> Result<Arc<PhysicalMem>> {
-        let h = raw::malloc_physical(rt, size, &device_prop(device, page), 0)?;
-        // SAFETY: h is a live handle just allocated through rt, owned by nobody else.
-        Ok(Arc::new(unsafe { PhysicalMem::from_raw(rt, h, size, device, errors) }?))
+        Self::allocate_in(rt, device, size, page, errors, ImportRegistry::for_process())
     }
 
-    /// Take ownership of a physical memory handle.
+    /// As [`allocate`](PhysicalMem::allocate), listing its export (if any) in `registry`.
+    pub fn allocate_in(
+        rt: &Runtime,
+        device: i32,
+        size: usize,
+        page: PageSize,
+        errors: &Arc<DropErrors>,
+        registry: ImportRegistry,
+    ) -> Result<Arc<PhysicalMem>> {
+        let h = raw::malloc_physical(rt, size, &device_prop(device, page), 0)?;
+        // SAFETY: h is a live handle just allocated through rt, owned by nobody else.
+        Ok(Arc::new(unsafe { PhysicalMem::from_raw_in(rt, h, size, device, errors, registry) }?))
+    }
+
+    /// Take ownership of a physical memory handle this process allocated (its exports are listed in the
+    /// process's [`ImportRegistry`]).
     ///
     /// # Safety
-    /// 1. `handle` is a live physical memory handle of `rt`, of `size` bytes on `device`, that nothing
-    ///    else will free.
+    /// 1. `handle` is a live physical memory handle of `rt` from `aclrtMallocPhysical`, of `size` bytes on
+    ///    `device`, not exported yet, that nothing else will free.
+    #[cfg(not(loom))]
     pub unsafe fn from_raw(
         rt: &Runtime,
         handle: aclrtDrvMemHandle,
@@ -234,9 +265,110 @@ impl PhysicalMem {
         device: i32,
         errors: &Arc<DropErrors>,
     ) -> Result<PhysicalMem> {
+        // SAFETY: forwarded to the caller (precondition 1).
+        unsafe { Self::from_raw_in(rt, handle, size, device, errors, ImportRegistry::global().clone()) }
+    }
+
+    /// As [`from_raw`](PhysicalMem::from_raw), listing exports in `registry`.
+    ///
+    /// # Safety
+    /// 1. As for [`from_raw`](PhysicalMem::from_raw).
+    pub unsafe fn from_raw_in(
+        rt: &Runtime,
+        handle: aclrtDrvMemHandle,
+        size: usize,
+        device: i32,
+        errors: &Arc<DropErrors>,
+        registry: ImportRegistry,
+    ) -> Result<PhysicalMem> {
         let handle = NonNull::new(handle)
             .ok_or_else(|| Error::InvalidArgument("a physical memory handle is never NULL".to_string()))?;
-        Ok(PhysicalMem { rt: rt.clone(), handle, size, device, errors: Arc::clone(errors) })
+        let origin = Origin::Local { export: Box::new(Mutex::new(None)), registry };
+        Ok(PhysicalMem { rt: rt.clone(), handle, size, device, errors: Arc::clone(errors), origin })
+    }
+
+    /// Wrap a handle imported through `registry` (which alone calls this).
+    ///
+    /// # Safety
+    /// 1. `handle` is a live handle of `rt` just imported from `shareable`, of `size` bytes on `device`,
+    ///    that nothing else will free.
+    pub(crate) unsafe fn from_import(
+        rt: &Runtime,
+        handle: aclrtDrvMemHandle,
+        size: usize,
+        device: i32,
+        errors: &Arc<DropErrors>,
+        shareable: u64,
+        registry: ImportRegistry,
+    ) -> Result<PhysicalMem> {
+        let handle = NonNull::new(handle)
+            .ok_or_else(|| Error::InvalidArgument("a physical memory handle is never NULL".to_string()))?;
+        let origin = Origin::Imported { shareable, registry };
+        Ok(PhysicalMem { rt: rt.clone(), handle, size, device, errors: Arc::clone(errors), origin })
+    }
+
+    /// Export it as a shareable handle, once: later calls return the same handle without calling the
+    /// runtime (a handle and its shareable handle are one-to-one). `flags` is
+    /// `ACL_RT_VMM_EXPORT_FLAG_DEFAULT` (importers must be whitelisted) or
+    /// `ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION`; asking again with other flags, or exporting
+    /// imported memory, is refused.
+    pub fn export(&self, flags: u64) -> Result<u64> {
+        let (export, registry) = match &self.origin {
+            Origin::Local { export, registry } => (export, registry),
+            Origin::Imported { .. } => {
+                return Err(Error::NotPermitted("imported memory cannot be exported again".to_string()));
+            }
+        };
+        let mut e = export.lock();
+        if let Some(e) = *e {
+            if e.flags != flags {
+                return Err(Error::NotPermitted(format!(
+                    "exported already with flags {:#x}; a handle has one shareable handle",
+                    e.flags
+                )));
+            }
+            return Ok(e.shareable);
+        }
+        // SAFETY: our live handle.
+        let shareable = unsafe {
+            raw::mem_export_to_shareable_handle(
+                &self.rt,
+                self.as_raw(),
+                aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
+                flags,
+            )?
+        };
+        registry.exported(shareable);
+        *e = Some(Export { shareable, flags });
+        Ok(shareable)
+    }
+
+    /// The shareable handle, if exported.
+    pub fn exported(&self) -> Option<u64> {
+        match &self.origin {
+            Origin::Local { export, .. } => export.lock().map(|e| e.shareable),
+            Origin::Imported { .. } => None,
+        }
+    }
+
+    /// The shareable handle it was imported from, if it was.
+    pub fn imported_from(&self) -> Option<u64> {
+        match &self.origin {
+            Origin::Imported { shareable, .. } => Some(*shareable),
+            Origin::Local { .. } => None,
+        }
+    }
+
+    /// Tell the registry this handle is gone (after its free).
+    fn forget(&self) {
+        match &self.origin {
+            Origin::Local { export, registry } => {
+                if let Some(e) = *export.lock() {
+                    registry.unexported(e.shareable);
+                }
+            }
+            Origin::Imported { shareable, registry } => registry.released(*shareable),
+        }
     }
 
     /// The runtime's handle.
@@ -260,10 +392,12 @@ impl PhysicalMem {
         // SAFETY: self is owned, so no Mapping holds it: nothing of ours maps it any more.
         match unsafe { raw::free_physical(&this.rt, this.handle.as_ptr()) } {
             Ok(()) => {
+                this.forget();
                 // SAFETY: the fields are moved out exactly once, and `this` is never used or dropped again.
                 unsafe {
                     drop(std::ptr::read(&this.rt));
                     drop(std::ptr::read(&this.errors));
+                    drop(std::ptr::read(&this.origin));
                 }
                 Ok(())
             }
@@ -275,8 +409,14 @@ impl PhysicalMem {
 impl Drop for PhysicalMem {
     fn drop(&mut self) {
         // SAFETY: the last holder is gone, so no Mapping of ours maps it any more.
-        if let Err(e) = unsafe { raw::free_physical(&self.rt, self.handle.as_ptr()) } {
-            self.errors.record(e);
+        match unsafe { raw::free_physical(&self.rt, self.handle.as_ptr()) } {
+            Ok(()) => self.forget(),
+            Err(e) => {
+                self.errors.record(e);
+                // The handle may live on in the driver; an imported one can still be imported again
+                // (the runtime will say whether it agrees), so the registry is told either way.
+                self.forget();
+            }
         }
     }
 }

@@ -32,6 +32,7 @@
 mod generated;
 pub use generated::*;
 
+pub mod host;
 mod loader;
 mod table;
 

@@ -1,4 +1,4 @@
-//! A fake ACL runtime for models: just the virtual-memory calls, on a recording "device" that checks the
+//! A fake ACL runtime for models: just the virtual-memory and export/import calls, on a recording "device" that checks the
 //! rules the pool must keep and logs every call, so a model can assert on the order of events.
 //!
 //! The fake's own state is behind a std mutex that loom does not see: each fake call runs without a
@@ -25,6 +25,10 @@ pub enum Event {
     Free(usize),
     /// aclrtReleaseMemAddress of a range.
     Release(usize),
+    /// aclrtMemExportToShareableHandle of a handle, giving a shareable handle.
+    Export(usize, u64),
+    /// aclrtMemImportFromShareableHandle of a shareable handle, giving a handle.
+    Import(u64, usize),
 }
 
 #[derive(Default)]
@@ -36,6 +40,10 @@ struct Device {
     ranges: BTreeMap<usize, usize>,
     /// Live allocations a model registered: (address, length).
     live: BTreeSet<(usize, usize)>,
+    /// Handles that came from an import, and the shareable handle each came from.
+    imported: BTreeMap<usize, u64>,
+    /// Handles exported, and their shareable handles.
+    exported: BTreeMap<usize, u64>,
     events: Vec<Event>,
     violations: Vec<String>,
 }
@@ -138,6 +146,8 @@ unsafe extern "C" fn free(h: aclrtDrvMemHandle) -> aclError {
         if d.handles.remove(&k).is_none() {
             d.violations.push(format!("handle {k} freed twice or never allocated"));
         }
+        d.imported.remove(&k);
+        d.exported.remove(&k);
         if d.mappings.values().any(|&(hk, _)| hk == k) {
             d.violations.push(format!("handle {k} freed while mapped"));
         }
@@ -173,6 +183,52 @@ unsafe extern "C" fn unmap(va: *mut c_void) -> aclError {
     0
 }
 
+unsafe extern "C" fn export(h: aclrtDrvMemHandle, _t: aclrtMemHandleType, _f: u64, s: *mut u64) -> aclError {
+    let shareable = with(|d| {
+        let k = h as usize;
+        if !d.handles.contains_key(&k) {
+            d.violations.push(format!("export of unknown handle {k}"));
+        }
+        if d.exported.contains_key(&k) {
+            d.violations.push(format!("handle {k} exported twice"));
+        }
+        let shareable = 0x5000_0000 + k as u64;
+        d.exported.insert(k, shareable);
+        d.events.push(Event::Export(k, shareable));
+        shareable
+    });
+    // SAFETY: aclshm passes a valid out-parameter.
+    unsafe { *s = shareable };
+    0
+}
+
+unsafe extern "C" fn import(shareable: u64, _device: i32, h: *mut aclrtDrvMemHandle) -> aclError {
+    let k = with(|d| {
+        // The rules of one process: a shareable handle is imported at most once at a time, and never
+        // by the process that exported it.
+        if d.imported.values().any(|&s| s == shareable) {
+            d.violations.push(format!("shareable handle {shareable:#x} imported while an import of it lives"));
+        }
+        if d.exported.values().any(|&s| s == shareable) {
+            d.violations.push(format!("shareable handle {shareable:#x} imported by its exporter"));
+        }
+        d.next += 1;
+        let k = d.next;
+        d.handles.insert(k, GRAN);
+        d.imported.insert(k, shareable);
+        d.events.push(Event::Import(shareable, k));
+        k
+    });
+    // SAFETY: aclshm passes a valid out-parameter.
+    unsafe { *h = k as aclrtDrvMemHandle };
+    0
+}
+
+/// Imports alive now.
+pub fn live_imports() -> usize {
+    with(|d| d.imported.len())
+}
+
 /// A runtime whose virtual-memory calls go to the fake device.
 pub fn runtime() -> Runtime {
     let fns = AclFns {
@@ -183,6 +239,8 @@ pub fn runtime() -> Runtime {
         aclrtFreePhysical: Some(free),
         aclrtMapMem: Some(map),
         aclrtUnmapMem: Some(unmap),
+        aclrtMemExportToShareableHandle: Some(export),
+        aclrtMemImportFromShareableHandle: Some(import),
         ..AclFns::default()
     };
     // SAFETY: each function has its declared signature, is static code, and does what aclshm relies on

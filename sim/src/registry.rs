@@ -286,7 +286,8 @@ unsafe impl Sync for Registry {}
 impl Registry {
     /// Open the registry in `cfg.dir`, creating it (and the directory) if needed.
     pub(crate) fn attach(cfg: &Config) -> Result<Registry, String> {
-        sys::ensure_private_dir(&cfg.dir).map_err(|e| format!("simulator directory {}: {e}", cfg.dir.display()))?;
+        sys::ensure_private_dir(&cfg.dir)
+            .map_err(|e| format!("simulator directory {}: {e} (ACLSHM_SIM_DIR chooses another)", cfg.dir.display()))?;
         let path = cfg.dir.join(REGISTRY_FILE);
         // Another process may be creating or removing the registry at the same moment: retry a few times.
         for _ in 0..50 {

@@ -111,6 +111,11 @@ impl BlockClass {
         Some((slot, c.id, index as u32))
     }
 
+    /// Whether block `index` of chunk `slot` (use `id`) is allocated.
+    pub fn is_allocated(&self, slot: usize, id: u32, index: u32) -> bool {
+        self.chunks.get(&slot).is_some_and(|c| c.id == id && c.bits.get(index as usize).is_some_and(|b| *b))
+    }
+
     /// Free block `index` of chunk `slot` (use `id`). Returns whether the chunk is now fully free.
     pub fn free_block(&mut self, slot: usize, id: u32, index: u32) -> Result<bool, BlockFreeError> {
         let c = match self.chunks.get_mut(&slot) {

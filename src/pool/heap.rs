@@ -323,6 +323,12 @@ impl Heap {
         Ok(())
     }
 
+    /// Whether `blk` is a live allocation of this heap.
+    pub fn is_allocated(&self, blk: &HeapBlock) -> bool {
+        matches!(self.blocks.get(blk.key as usize),
+            Some(b) if !b.free && b.generation == blk.generation && b.offset == blk.offset && b.size == blk.size)
+    }
+
     /// Add `[offset, offset+len)`, newly mapped, as free memory, merging with adjacent blocks of ours.
     pub fn add_range(&mut self, offset: u64, len: u64) {
         debug_assert!(offset.is_multiple_of(GRANULE) && len.is_multiple_of(GRANULE) && len > 0);

@@ -39,7 +39,8 @@ pub use heap::GRANULE;
 
 use crate::error::{AclError, Error, Result};
 use crate::raw;
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, on_device};
+use crate::share::{AllocDesc, ShareConfig, ShareDesc, ShareStats, Sharing};
 use crate::sync::stat::{AtomicU32, Ordering as StatOrdering};
 use crate::sync::{Arc, Mutex};
 use crate::vmm::{DropErrors, Mapping, PageSize, PhysicalMem, VaRange};
@@ -238,8 +239,8 @@ enum Owner {
 enum Leftover {
     /// The unmap failed: it may still be mapped.
     Mapped(Mapping),
-    /// The unmap worked, the free failed.
-    Unmapped(PhysicalMem),
+    /// The unmap worked, the free failed (boxed: errors stay small).
+    Unmapped(Box<PhysicalMem>),
 }
 
 #[derive(Debug)]
@@ -289,6 +290,10 @@ struct Inner {
     reserved: u64,
     errors: Arc<DropErrors>,
     state: Mutex<State>,
+    /// The pool's sharing, once [`Pool::share`] started it. Its lock is taken before the state's (never
+    /// after) and held across a grow's publication and commit, so a chunk is published exactly once
+    /// whether it was mapped before sharing started or during it.
+    sharing: Mutex<Option<Arc<Sharing>>>,
 }
 
 /// A pool of device memory on one device: variable-size allocations and fixed-size blocks over one
@@ -323,21 +328,6 @@ impl fmt::Debug for Pool {
 }
 
 static NEXT_POOL: AtomicU32 = AtomicU32::new(1);
-
-/// Run `f` with `device` current in the calling thread, restoring the thread's device after.
-fn on_device<T>(rt: &Runtime, device: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match raw::get_device(rt) {
-        Ok(d) if d == device => f(),
-        before => {
-            raw::set_device(rt, device)?;
-            let r = f();
-            if let Ok(d) = before {
-                raw::set_device(rt, d)?;
-            }
-            r
-        }
-    }
-}
 
 impl Pool {
     /// A pool on `device` of `rt`. Reserves its range and maps `config.reserve_chunks` chunks.
@@ -396,6 +386,7 @@ impl Pool {
                 reserved: bytes,
                 errors,
                 state: Mutex::new(state),
+                sharing: Mutex::new(None),
             }),
         };
         if config.reserve_chunks > 0 {
@@ -658,8 +649,98 @@ impl Pool {
             drop(phys);
             grow.mapped.push((s, m));
         }
+        // A shared pool publishes new chunks (export, whitelist, table) before they can be allocated from,
+        // so every descriptor made over them names chunks the mirrors can find.
+        let sharing = self.inner.sharing.lock();
+        if let Some(sh) = sharing.as_ref() {
+            let chunks: Vec<(usize, &Arc<PhysicalMem>)> = grow.mapped.iter().map(|(s, m)| (*s, m.phys())).collect();
+            sh.publish(&chunks)?;
+        }
         grow.commit(owner);
+        drop(sharing);
         Ok(())
+    }
+
+    /// Share the pool with other processes (see [`crate::share`]): export every chunk (now and as it
+    /// grows), publish the chunk table, open the rendezvous. Returns what workers attach with; calling it
+    /// again returns the same.
+    pub fn share(&self, config: ShareConfig) -> Result<ShareDesc> {
+        let mut slot = self.inner.sharing.lock();
+        if let Some(sh) = slot.as_ref() {
+            return Ok(sh.desc());
+        }
+        let (slots, mapped): (usize, Vec<(usize, Arc<PhysicalMem>)>) = {
+            let st = self.inner.state.lock();
+            self.check_open(&st)?;
+            let mapped = st
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| match s {
+                    Slot::Mapped { mapping, .. } => Some((i, Arc::clone(mapping.phys()))),
+                    _ => None,
+                })
+                .collect();
+            (st.slots.len(), mapped)
+        };
+        let sh =
+            Sharing::start(&self.inner.rt, self.inner.device, self.inner.chunk, slots, &config, &self.inner.errors)?;
+        let chunks: Vec<(usize, &Arc<PhysicalMem>)> = mapped.iter().map(|(s, p)| (*s, p)).collect();
+        if let Err(e) = sh.publish(&chunks) {
+            // Its threads hold it: stop it explicitly, or it would outlive this call.
+            sh.stop();
+            return Err(e);
+        }
+        let desc = sh.desc();
+        *slot = Some(sh);
+        Ok(desc)
+    }
+
+    /// The descriptor of a live allocation of this shared pool, for a mirror to map (64 bytes). No
+    /// runtime call.
+    pub fn descriptor(&self, a: &Allocation) -> Result<AllocDesc> {
+        if a.pool != self.inner.id {
+            return Err(Error::WrongPool { expected: self.inner.id, found: a.pool });
+        }
+        self.describe(a.block.offset, a.block.size, |st| st.heap.is_allocated(&a.block))
+    }
+
+    /// The descriptor of a live block of this shared pool (as [`descriptor`](Pool::descriptor)).
+    pub fn block_descriptor(&self, b: &Block) -> Result<AllocDesc> {
+        if b.pool != self.inner.id {
+            return Err(Error::WrongPool { expected: self.inner.id, found: b.pool });
+        }
+        self.describe(b.offset, b.size, |st| {
+            st.classes.get(b.class as usize).is_some_and(|c| c.is_allocated(b.slot as usize, b.chunk, b.index))
+        })
+    }
+
+    /// The descriptor of `len` bytes at `offset`, if `live` says they are allocated.
+    fn describe(&self, offset: u64, len: u64, live: impl FnOnce(&State) -> bool) -> Result<AllocDesc> {
+        let sharing = self.inner.sharing.lock().clone().ok_or(Error::NotShared)?;
+        {
+            let st = self.inner.state.lock();
+            self.check_open(&st)?;
+            if !live(&st) {
+                return Err(Error::NotAllocated { pool: self.inner.id, offset, len });
+            }
+        }
+        let chunk = self.inner.chunk;
+        let (first, last) = ((offset / chunk) as usize, ((offset + len - 1) / chunk) as usize);
+        // Not published: another thread freed it and the chunk was trimmed meanwhile.
+        let (ids, generation) =
+            sharing.chunk_ids(first, last).ok_or(Error::NotAllocated { pool: self.inner.id, offset, len })?;
+        Ok(AllocDesc { pool: sharing.token(), generation, offset, len, fingerprint: crate::share::fingerprint(ids) })
+    }
+
+    /// The sharing's state, if the pool is shared.
+    pub fn share_stats(&self) -> Option<ShareStats> {
+        self.inner.sharing.lock().as_ref().map(|s| s.stats())
+    }
+
+    /// The sharing, if any.
+    fn sharing(&self) -> Option<Arc<Sharing>> {
+        self.inner.sharing.lock().clone()
     }
 
     fn grow_and_alloc(&self, size: u64, align: u64) -> Result<Allocation> {
@@ -741,9 +822,10 @@ impl Pool {
             out
         };
         let n = retiring.len() as u32;
+        let sharing = self.sharing();
         let mut results = Vec::with_capacity(retiring.len());
         for (s, m) in retiring {
-            results.push((s, teardown(m)));
+            results.push((s, teardown(m, sharing.as_deref().map(|sh| (sh, s)))));
         }
         let mut first_error = None;
         let mut st = self.inner.state.lock();
@@ -779,7 +861,9 @@ impl Pool {
         };
         let mut done = 0;
         let mut first_error = None;
-        let results: Vec<_> = leftovers.into_iter().map(|(s, l)| (s, finish(l))).collect();
+        let sharing = self.sharing();
+        let results: Vec<_> =
+            leftovers.into_iter().map(|(s, l)| (s, finish(l, sharing.as_deref().map(|sh| (sh, s))))).collect();
         let mut st = self.inner.state.lock();
         for (s, r) in results {
             st.slots[s] = match r {
@@ -833,6 +917,11 @@ impl Pool {
     /// is released the pool is closed: every later call fails with [`Error::Closed`]. Allocations still
     /// live become invalid.
     pub fn close(&self) -> Result<()> {
+        // Sharing goes first: the table closes (mirrors keep what they mapped), the rendezvous stops,
+        // retired chunks are freed. Then the pool's own chunks are freed directly.
+        if let Some(sh) = self.inner.sharing.lock().take() {
+            sh.stop();
+        }
         let slots: Vec<(usize, Slot)> = {
             let mut st = self.inner.state.lock();
             if st.closed {
@@ -850,8 +939,8 @@ impl Pool {
             .into_iter()
             .map(|(i, s)| {
                 let r = match s {
-                    Slot::Mapped { mapping, .. } => teardown(mapping),
-                    Slot::Unknown(l) => finish(l),
+                    Slot::Mapped { mapping, .. } => teardown(mapping, None),
+                    Slot::Unknown(l) => finish(l, None),
                     _ => Ok(()),
                 };
                 (i, r)
@@ -909,23 +998,28 @@ impl Drop for Pool {
     }
 }
 
-/// Unmap, then free: a chunk's teardown. On failure, what is left.
-fn teardown(m: Mapping) -> std::result::Result<(), (Error, Leftover)> {
-    finish(Leftover::Mapped(m))
+/// Unmap, then free: a chunk's teardown. A shared chunk (`retire`: the sharing and its slot) is handed to
+/// the sharing instead of freed, to be freed once no mirror can need it. On failure, what is left.
+fn teardown(m: Mapping, retire: Option<(&Sharing, usize)>) -> std::result::Result<(), (Error, Leftover)> {
+    finish(Leftover::Mapped(m), retire)
 }
 
 /// Carry a leftover's teardown on from where it stopped.
-fn finish(l: Leftover) -> std::result::Result<(), (Error, Leftover)> {
+fn finish(l: Leftover, retire: Option<(&Sharing, usize)>) -> std::result::Result<(), (Error, Leftover)> {
     let phys = match l {
         Leftover::Mapped(m) => match m.unmap() {
             Ok(phys) => phys,
             Err((e, m)) => return Err((e, Leftover::Mapped(m))),
         },
-        Leftover::Unmapped(p) => Arc::new(p),
+        Leftover::Unmapped(p) => Arc::new(*p),
     };
+    if let Some((sharing, slot)) = retire {
+        sharing.retire(slot, phys);
+        return Ok(());
+    }
     match Arc::try_unwrap(phys) {
-        Ok(p) => p.free().map_err(|(e, p)| (e, Leftover::Unmapped(p))),
-        // Someone else holds the physical memory too (the sharing layer): it is freed with their reference.
+        Ok(p) => p.free().map_err(|(e, p)| (e, Leftover::Unmapped(Box::new(p)))),
+        // Someone else holds the physical memory too: it is freed with their reference.
         Err(_) => Ok(()),
     }
 }
@@ -971,7 +1065,7 @@ impl Drop for Grow<'_> {
         if self.committed {
             return;
         }
-        let results: Vec<_> = self.mapped.drain(..).map(|(s, m)| (s, teardown(m))).collect();
+        let results: Vec<_> = self.mapped.drain(..).map(|(s, m)| (s, teardown(m, None))).collect();
         let mut st = self.pool.inner.state.lock();
         for &s in &self.slots {
             st.slots[s] = Slot::Empty;

@@ -162,6 +162,19 @@ pub fn prop(device: u32, attr: aclshm::sys::aclrtMemAttr) -> aclshm::sys::aclrtP
     }
 }
 
+/// The simulator's call count of every ACL function.
+pub fn sim_calls(rt: &Runtime) -> Vec<(&'static str, u64)> {
+    aclshm::sys::ENTRY_POINTS
+        .iter()
+        .filter(|e| e.group == aclshm::sys::Group::Acl)
+        .map(|e| (e.name, raw::sim_get_call_count(rt, e.name).unwrap()))
+        .collect()
+}
+
+pub fn calls_since(before: &[(&'static str, u64)], after: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
+    before.iter().zip(after).filter(|(b, a)| a.1 > b.1).map(|(b, a)| (b.0, a.1 - b.1)).collect()
+}
+
 /// 2 MiB.
 pub const MIB2: usize = 2 << 20;
 
@@ -172,6 +185,8 @@ pub struct Scenario {
     test: String,
     dir: PathBuf,
     env: Vec<(String, String)>,
+    /// The children's share directory (`ACLSHM_SHARE_DIR`), if [`shared`](Scenario::shared).
+    share: Option<PathBuf>,
 }
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -188,7 +203,17 @@ impl Scenario {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = base().join(format!("aclshm-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        Scenario { test, dir, env: Vec::new() }
+        Scenario { test, dir, env: Vec::new(), share: None }
+    }
+
+    /// Give the children a share directory of this scenario's own (for pool sharing and IPC files), which
+    /// [`finish`](Scenario::finish) checks is left empty.
+    pub fn shared(self) -> Scenario {
+        let share = PathBuf::from(format!("{}-share", self.dir.display()));
+        let _ = std::fs::remove_dir_all(&share);
+        let mut sc = self.env("ACLSHM_SHARE_DIR", share.to_str().expect("a UTF-8 path"));
+        sc.share = Some(share);
+        sc
     }
 
     /// Set an environment variable for every child spawned from now on.
@@ -257,9 +282,16 @@ impl Scenario {
         peer
     }
 
-    /// Check that the simulator left nothing behind: the directory is gone (the last process removed it).
+    /// Check that nothing was left behind: the simulator's directory is gone (the last process removed
+    /// it), and the share directory, if any, is empty.
     pub fn finish(self) {
         assert_dir_gone(&self.dir);
+        if let Some(share) = &self.share {
+            let left: Vec<String> = std::fs::read_dir(share)
+                .map(|it| it.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            assert!(left.is_empty(), "sharing left {left:?} behind");
+        }
     }
 }
 
@@ -267,6 +299,9 @@ impl Drop for Scenario {
     fn drop(&mut self) {
         // Leave nothing in /dev/shm even when the test failed.
         let _ = std::fs::remove_dir_all(&self.dir);
+        if let Some(share) = &self.share {
+            let _ = std::fs::remove_dir_all(share);
+        }
     }
 }
 
@@ -340,6 +375,28 @@ impl Peer {
             Some(rest) => rest.trim_start().to_string(),
             None => self.fail(&format!("sent {line:?}, expected {word:?}")),
         }
+    }
+
+    /// Send `msg` to each of `peers` in turn, waiting for each one's `reply` before the next.
+    pub fn tell_each(peers: &mut [&mut Peer], msg: &str, reply: &str) {
+        for p in peers.iter_mut() {
+            p.send(msg);
+            p.expect(reply);
+        }
+    }
+
+    /// Pass this child's next `word` line on to `to`, as is; returns the rest of the line.
+    pub fn relay(&mut self, word: &str, to: &mut Peer) -> String {
+        let rest = self.expect(word);
+        to.send(format!("{word} {rest}"));
+        rest
+    }
+
+    /// Tell the child it is `done`, wait for its `ok`, and for it to exit successfully.
+    pub fn done(mut self) {
+        self.send("done");
+        self.expect("ok");
+        self.join();
     }
 
     /// Wait for the child to exit successfully.

@@ -8,8 +8,10 @@ mod harness;
 
 mod basic;
 mod ipc;
+mod keyed;
 mod lifecycle;
 mod loader;
 mod notify;
 mod pool;
+mod share;
 mod vmm;

@@ -44,19 +44,6 @@ fn verify(rt: &Runtime, a: &Allocation, seed: u64) {
     assert_eq!(read_dev(rt, a.as_ptr(), a.len() as usize).unwrap(), pattern(seed, a.len() as usize), "{a:?}");
 }
 
-/// The simulator's call count of every ACL function.
-fn sim_calls(rt: &Runtime) -> Vec<(&'static str, u64)> {
-    aclshm::sys::ENTRY_POINTS
-        .iter()
-        .filter(|e| e.group == aclshm::sys::Group::Acl)
-        .map(|e| (e.name, raw::sim_get_call_count(rt, e.name).unwrap()))
-        .collect()
-}
-
-fn calls_since(before: &[(&'static str, u64)], after: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
-    before.iter().zip(after).filter(|(b, a)| a.1 > b.1).map(|(b, a)| (b.0, a.1 - b.1)).collect()
-}
-
 #[test]
 fn growth_spans_chunks_and_keeps_every_byte() {
     if role().is_some() {

@@ -1,0 +1,518 @@
+//! IPC memory by key (`aclrtIpcMem*`): `aclrtMalloc` memory one process exports and others import.
+//!
+//! ```text
+//!   exporter                                          importer (any process of this user)
+//!   IpcMemory::new ── malloc whole, page-aligned ─┐
+//!     export key; allow(tgid) (pid validation)    │   desc (text: key, size, importer file)
+//!     desc() ─────────────────────────────────────┼─> IpcMemImport::open: take a slot in the importer
+//!                                                 │   file (a byte lock), then import by key
+//!   close: refuse new importers, wait until every │   close: aclrtIpcMemClose, then let the slot go
+//!   slot is free, then aclrtIpcMemClose, aclrtFree│   (a crash lets it go too: the kernel drops the lock)
+//! ```
+//!
+//! The runtime's rules, kept here: only whole allocations are exported (the runtime refuses part of one,
+//! so as not to leak neighbouring data), which this type guarantees by allocating them itself, rounded up
+//! to 2 MiB pages; importers close before the exporter ("otherwise an exception may occur"), and the
+//! exporter keeps its memory until importers imported it. The second rule is enforced with a small
+//! importer file next to the pool sharing files: each import holds a lock on a byte of it while it lives,
+//! so the exporter knows, from the kernel, which imports are still open, whatever their process did (a
+//! killed importer's lock is gone with it). Closing the exporter first refuses new imports, then waits
+//! for the open ones; if they do not close in time it returns [`Error::Timeout`] and keeps the memory
+//! (closing under a live importer is what the runtime forbids; the memory goes when the process ends).
+//!
+//! One key may be imported several times in a process; each import is a separate [`IpcMemImport`] (the
+//! runtime returns the same address and counts the imports).
+
+use crate::sync::shm::{AtomicU32, AtomicU64, Ordering, fence};
+use std::ffi::c_void;
+use std::fmt;
+use std::path::PathBuf;
+use std::ptr::NonNull;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use aclshm_sys::{
+    ACL_RT_IPC_MEM_EXPORT_FLAG_DEFAULT, ACL_RT_IPC_MEM_EXPORT_FLAG_DISABLE_PID_VALIDATION,
+    ACL_RT_IPC_MEM_IMPORT_FLAG_ENABLE_PEER_ACCESS, aclrtMemMallocPolicy,
+};
+
+use crate::error::{Error, Result};
+use crate::os::{self, SharedMap};
+use crate::raw::{self, IpcKey};
+use crate::runtime::{Runtime, on_device};
+
+/// Exported allocations are whole multiples of this (the runtime wants page-table-aligned ranges).
+pub const IPC_ALIGN: usize = 2 << 20;
+/// Most imports of one export open at once.
+pub const MAX_IMPORTS: u32 = 64;
+
+const MAGIC: u64 = u64::from_le_bytes(*b"ACLSHMIK");
+const VERSION: u32 = 1;
+const OPEN: u32 = 1;
+const CLOSING: u32 = 2;
+const HEADER: u64 = 64;
+
+/// The importer file's header; byte `HEADER + i` is import slot `i`'s lock byte (the file has no data
+/// there: locks need no data).
+#[repr(C)]
+struct Header {
+    magic: AtomicU64,
+    version: AtomicU32,
+    state: AtomicU32,
+    /// Bumped (and futex-woken) when an import closes.
+    changes: AtomicU32,
+    _pad: AtomicU32,
+    size: AtomicU64,
+}
+
+/// How memory is exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpcMemConfig {
+    /// Export with pid validation (the default): only processes whitelisted with
+    /// [`IpcMemory::allow`] can import. `false` is the documented opt-out.
+    pub validate_pids: bool,
+    /// Directory for the importer file; default as for pool sharing (`$ACLSHM_SHARE_DIR`, else
+    /// `/dev/shm/aclshm-share-<uid>`).
+    pub dir: Option<PathBuf>,
+    /// How long [`IpcMemory::close`] (and drop) waits for importers to close.
+    pub close_timeout: Duration,
+}
+
+impl Default for IpcMemConfig {
+    fn default() -> Self {
+        IpcMemConfig { validate_pids: true, dir: None, close_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// What an importer needs: the key, the size, and the importer file. Text form
+/// `aclshm-ipcmem:1:<key>:<size in hex>:<importer file>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IpcMemDesc {
+    /// The runtime's key.
+    pub key: IpcKey,
+    /// Bytes exported.
+    pub size: usize,
+    /// The importer file.
+    pub importers: PathBuf,
+}
+
+const DESC_PREFIX: &str = "aclshm-ipcmem:1:";
+
+impl fmt::Display for IpcMemDesc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{DESC_PREFIX}{}:{:x}:{}", self.key, self.size, self.importers.display())
+    }
+}
+
+impl FromStr for IpcMemDesc {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<IpcMemDesc> {
+        let bad = |why: &str| Error::BadDescriptor(format!("IPC memory descriptor {s:?}: {why}"));
+        let rest = s.strip_prefix(DESC_PREFIX).ok_or_else(|| bad("expected aclshm-ipcmem:1:<key>:<size>:<path>"))?;
+        let mut parts = rest.splitn(3, ':');
+        let (Some(key), Some(size), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(bad("missing fields"));
+        };
+        let key: IpcKey = key.parse().map_err(|_| bad("not a key"))?;
+        let size = usize::from_str_radix(size, 16).map_err(|_| bad("the size is not hex"))?;
+        let importers = PathBuf::from(path);
+        if size == 0 || !size.is_multiple_of(IPC_ALIGN) || !importers.is_absolute() {
+            return Err(bad("a size that is not a multiple of 2 MiB, or a relative path"));
+        }
+        Ok(IpcMemDesc { key, size, importers })
+    }
+}
+
+/// The importer file, as either side maps it.
+#[derive(Debug)]
+struct Importers {
+    map: SharedMap,
+    path: PathBuf,
+    /// The exporter's: removes the file when dropped.
+    owner: bool,
+}
+
+impl Drop for Importers {
+    fn drop(&mut self) {
+        if self.owner {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl Importers {
+    fn len() -> usize {
+        HEADER as usize + MAX_IMPORTS as usize
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least HEADER bytes and starts with a Header, all atomics.
+        unsafe { &*self.map.ptr().cast::<Header>() }
+    }
+
+    fn create(path: PathBuf, size: usize) -> Result<Importers> {
+        let map = SharedMap::create(&path, Self::len())
+            .map_err(|e| Error::InvalidArgument(format!("create {}: {e}", path.display())))?;
+        let f = Importers { map, path, owner: true };
+        // Byte 0 stays locked while the exporter lives: how importers and sweepers tell it died.
+        if !f.map.try_lock_byte(0).map_err(|e| Error::InvalidArgument(format!("lock {}: {e}", f.path.display())))? {
+            return Err(Error::InvalidArgument(format!("{} is locked by another process", f.path.display())));
+        }
+        let h = f.header();
+        h.version.store(VERSION, Ordering::Relaxed);
+        h.size.store(size as u64, Ordering::Relaxed);
+        h.state.store(OPEN, Ordering::Relaxed);
+        h.magic.store(MAGIC, Ordering::Release);
+        Ok(f)
+    }
+
+    fn open(desc: &IpcMemDesc) -> Result<Importers> {
+        let bad = |why: String| Error::BadDescriptor(format!("importer file {}: {why}", desc.importers.display()));
+        let map = SharedMap::open(&desc.importers, Self::len()).map_err(|e| match e.kind() {
+            // The exporter closed (and removed it): there is nothing to import any more.
+            std::io::ErrorKind::NotFound => Error::Closed,
+            _ => bad(e.to_string()),
+        })?;
+        let f = Importers { map, path: desc.importers.clone(), owner: false };
+        let h = f.header();
+        if h.magic.load(Ordering::Acquire) != MAGIC || h.version.load(Ordering::Relaxed) != VERSION {
+            return Err(bad("not an aclshm importer file of this version".into()));
+        }
+        if h.size.load(Ordering::Relaxed) != desc.size as u64 {
+            return Err(bad("it describes an export of another size".into()));
+        }
+        Ok(f)
+    }
+
+    /// Take a free import slot; refused when the exporter is closing or every slot is taken.
+    fn claim(&self) -> Result<u32> {
+        for i in 0..MAX_IMPORTS {
+            if self.map.try_lock_byte(HEADER + u64::from(i)).map_err(|e| Error::Protocol(format!("lock: {e}")))? {
+                // Pairs with `close`'s fence: either it sees our lock, or we see it closing.
+                fence(Ordering::SeqCst);
+                if self.header().state.load(Ordering::SeqCst) != OPEN {
+                    self.release(i);
+                    return Err(Error::Closed);
+                }
+                return Ok(i);
+            }
+        }
+        Err(Error::NotPermitted(format!("{MAX_IMPORTS} imports of this memory are open already")))
+    }
+
+    fn release(&self, slot: u32) {
+        self.map.unlock_byte(HEADER + u64::from(slot));
+        let h = self.header();
+        h.changes.fetch_add(1, Ordering::AcqRel);
+        os::futex_wake_all(&h.changes);
+    }
+
+    /// Imports open now (held by other opens of the file: every importer).
+    fn open_imports(&self) -> Result<u32> {
+        let mut n = 0;
+        for i in 0..MAX_IMPORTS {
+            if self
+                .map
+                .byte_locked_by_other(HEADER + u64::from(i))
+                .map_err(|e| Error::Protocol(format!("lock: {e}")))?
+            {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Device memory under a key: what exporter and importer both hold.
+struct Keyed {
+    rt: Runtime,
+    ptr: NonNull<c_void>,
+    size: usize,
+    device: i32,
+    key: IpcKey,
+}
+
+// SAFETY: device memory and its key are process-wide runtime objects, usable from any thread.
+unsafe impl Send for Keyed {}
+// SAFETY: as above; nothing here is mutated through a shared reference.
+unsafe impl Sync for Keyed {}
+
+impl fmt::Debug for Keyed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyed").field("key", &self.key).field("size", &self.size).field("device", &self.device).finish()
+    }
+}
+
+/// Exported `aclrtMalloc` memory (see the [module](self) docs). Closing (or dropping) it waits for
+/// importers to close first.
+#[derive(Debug)]
+pub struct IpcMemory {
+    mem: Keyed,
+    validate_pids: bool,
+    close_timeout: Duration,
+    importers: Importers,
+    /// Closed (or given up on): nothing left to do.
+    done: bool,
+}
+
+impl IpcMemory {
+    /// Allocate `size` bytes (rounded up to 2 MiB) on `device` and export the whole allocation.
+    pub fn new(rt: &Runtime, device: i32, size: usize, config: IpcMemConfig) -> Result<IpcMemory> {
+        if size == 0 {
+            return Err(Error::InvalidArgument("IPC memory of 0 bytes".into()));
+        }
+        let size = size
+            .checked_next_multiple_of(IPC_ALIGN)
+            .ok_or_else(|| Error::InvalidArgument(format!("{size:#x} bytes of IPC memory")))?;
+        let dir = config.dir.clone().unwrap_or_else(os::default_share_dir);
+        os::private_dir(&dir).map_err(|e| Error::InvalidArgument(format!("share directory {}: {e}", dir.display())))?;
+        crate::share::sweep(&dir);
+        let flags = if config.validate_pids {
+            ACL_RT_IPC_MEM_EXPORT_FLAG_DEFAULT
+        } else {
+            ACL_RT_IPC_MEM_EXPORT_FLAG_DISABLE_PID_VALIDATION
+        };
+        let importers = Importers::create(dir.join(format!("ipcmem-{:016x}.importers", os::random_u64())), size)?;
+        on_device(rt, device, || {
+            let p = raw::malloc(rt, size, aclrtMemMallocPolicy::ACL_MEM_MALLOC_HUGE_FIRST)?;
+            let ptr = NonNull::new(p).ok_or_else(|| Error::InvalidArgument("aclrtMalloc returned NULL".into()))?;
+            // SAFETY: p is the whole allocation just made.
+            match unsafe { raw::ipc_mem_get_export_key(rt, p, size, flags) } {
+                Ok(key) => Ok(IpcMemory {
+                    mem: Keyed { rt: rt.clone(), ptr, size, device, key },
+                    validate_pids: config.validate_pids,
+                    close_timeout: config.close_timeout,
+                    importers,
+                    done: false,
+                }),
+                Err(e) => {
+                    // SAFETY: ours, unexported, unused.
+                    let _ = unsafe { raw::free(rt, p) };
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// What importers open it with.
+    pub fn desc(&self) -> IpcMemDesc {
+        IpcMemDesc { key: self.mem.key, size: self.mem.size, importers: self.importers.path.clone() }
+    }
+
+    /// Whitelist a process (its pid from `aclrtDeviceGetBareTgid`) to import it.
+    pub fn allow(&self, tgid: i32) -> Result<()> {
+        if !self.validate_pids {
+            return Err(Error::NotPermitted("exported without pid validation: there is no whitelist".into()));
+        }
+        raw::ipc_mem_set_import_pid(&self.mem.rt, &self.mem.key, &[tgid])
+    }
+
+    /// The memory's device address.
+    pub fn as_ptr(&self) -> *mut c_void {
+        self.mem.ptr.as_ptr()
+    }
+
+    /// Bytes exported (the requested size rounded up to 2 MiB).
+    pub fn len(&self) -> usize {
+        self.mem.size
+    }
+
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Its device.
+    pub fn device(&self) -> i32 {
+        self.mem.device
+    }
+
+    /// Imports open now, in all processes.
+    pub fn open_imports(&self) -> Result<u32> {
+        self.importers.open_imports()
+    }
+
+    /// Close: refuse new imports, wait (up to the configured timeout) for open ones to close, then close
+    /// the key and free the memory. On [`Error::Timeout`] the memory is kept (see the module docs).
+    pub fn close(mut self) -> Result<()> {
+        self.shut()
+    }
+
+    fn shut(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        let importers = &self.importers;
+        let h = importers.header();
+        h.state.store(CLOSING, Ordering::SeqCst);
+        // Pairs with `claim`'s fence: an importer either sees CLOSING or holds its lock by now.
+        fence(Ordering::SeqCst);
+        let deadline = Instant::now() + self.close_timeout;
+        loop {
+            let seen = h.changes.load(Ordering::Acquire);
+            let open = importers.open_imports()?;
+            if open == 0 {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // Closing under a live importer is what the runtime forbids: keep the memory (and the key)
+                // for the rest of the process; the importer file goes, so nobody new comes.
+                self.done = true;
+                let _ = std::fs::remove_file(&importers.path);
+                return Err(Error::Timeout(format!(
+                    "{open} import(s) of IPC memory {} still open after {:?}; the memory is kept until the \
+                     process ends",
+                    self.mem.key, self.close_timeout
+                )));
+            }
+            // Woken when an import closes; the timeout bounds the wait for one that ends by dying.
+            os::futex_wait(&h.changes, seen, (deadline - now).min(Duration::from_millis(100)));
+        }
+        self.done = true;
+        let _ = std::fs::remove_file(&importers.path);
+        let ptr = self.mem.ptr.as_ptr();
+        on_device(&self.mem.rt, self.mem.device, || {
+            // SAFETY: every importer closed; then the memory, ours and unused, is freed once.
+            unsafe {
+                let closed = raw::ipc_mem_close(&self.mem.rt, &self.mem.key);
+                let freed = raw::free(&self.mem.rt, ptr);
+                closed.and(freed)
+            }
+        })
+    }
+}
+
+impl Drop for IpcMemory {
+    fn drop(&mut self) {
+        if let Err(e) = self.shut() {
+            eprintln!("aclshm: while dropping IPC memory: {e}");
+        }
+    }
+}
+
+/// An import of another process's [`IpcMemory`]. Closed on drop.
+#[derive(Debug)]
+pub struct IpcMemImport {
+    mem: Keyed,
+    importers: Importers,
+    slot: u32,
+    open: bool,
+}
+
+impl IpcMemImport {
+    /// Import the memory `desc` describes, on `device`, with peer access enabled. Refused with
+    /// [`Error::Closed`] once the exporter is closing, and by the runtime if this process is not
+    /// whitelisted.
+    pub fn open(rt: &Runtime, desc: &IpcMemDesc, device: i32) -> Result<IpcMemImport> {
+        let importers = Importers::open(desc)?;
+        let slot = importers.claim()?;
+        let imported = on_device(rt, device, || {
+            raw::ipc_mem_import_by_key(rt, &desc.key, ACL_RT_IPC_MEM_IMPORT_FLAG_ENABLE_PEER_ACCESS)
+        });
+        let p = match imported.and_then(|p| NonNull::new(p).ok_or_else(|| Error::InvalidArgument("NULL import".into())))
+        {
+            Ok(p) => p,
+            Err(e) => {
+                importers.release(slot);
+                return Err(e);
+            }
+        };
+        let mem = Keyed { rt: rt.clone(), ptr: p, size: desc.size, device, key: desc.key };
+        Ok(IpcMemImport { mem, importers, slot, open: true })
+    }
+
+    /// The memory's address in this process.
+    pub fn as_ptr(&self) -> *mut c_void {
+        self.mem.ptr.as_ptr()
+    }
+
+    /// Its size.
+    pub fn len(&self) -> usize {
+        self.mem.size
+    }
+
+    /// Always false.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// Close the import (the exporter may close once every import did).
+    pub fn close(mut self) -> Result<()> {
+        self.shut()
+    }
+
+    fn shut(&mut self) -> Result<()> {
+        if !std::mem::replace(&mut self.open, false) {
+            return Ok(());
+        }
+        // SAFETY: the caller is done with the memory (we are being closed or dropped).
+        let r = on_device(&self.mem.rt, self.mem.device, || unsafe { raw::ipc_mem_close(&self.mem.rt, &self.mem.key) });
+        // The slot goes whatever the runtime said: this import is over either way.
+        self.importers.release(self.slot);
+        if !self.importers.map.byte_locked_by_other(0).unwrap_or(true) {
+            // The exporter died: its file is ours to remove.
+            let _ = std::fs::remove_file(&self.importers.path);
+        }
+        r
+    }
+}
+
+impl Drop for IpcMemImport {
+    fn drop(&mut self) {
+        if let Err(e) = self.shut() {
+            eprintln!("aclshm: while closing an IPC memory import: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptors_round_trip_and_bad_text_is_refused() {
+        let d = IpcMemDesc {
+            key: "ab".repeat(32).parse().unwrap(),
+            size: 4 << 20,
+            importers: PathBuf::from("/dev/shm/x/ipcmem-1.importers"),
+        };
+        assert_eq!(d.to_string().parse::<IpcMemDesc>().unwrap(), d);
+        for bad in [
+            "",
+            "aclshm-ipcmem:1:",
+            "aclshm-ipcmem:2:abcd:200000:/x",
+            "aclshm-ipcmem:1:abcd:zz:/x",
+            "aclshm-ipcmem:1:abcd:1000:/x",
+            "aclshm-ipcmem:1:abcd:200000:relative",
+            "aclshm-ipcmem:1::200000:/x",
+        ] {
+            assert!(matches!(bad.parse::<IpcMemDesc>(), Err(Error::BadDescriptor(_))), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_slot_is_held_until_released_and_closing_refuses_new_ones() {
+        let dir = os::TestDir::new("ipc");
+        let path = dir.0.join("f.importers");
+        let exporter = Importers::create(path.clone(), IPC_ALIGN).unwrap();
+        let desc = IpcMemDesc { key: "k".parse().unwrap(), size: IPC_ALIGN, importers: path.clone() };
+        // Each import opens the file on its own: its locks conflict with every other open's.
+        let a = Importers::open(&desc).unwrap();
+        let b = Importers::open(&desc).unwrap();
+        let sa = a.claim().unwrap();
+        let sb = b.claim().unwrap();
+        assert_ne!(sa, sb);
+        assert_eq!(exporter.open_imports().unwrap(), 2);
+        b.release(sb);
+        assert_eq!(exporter.open_imports().unwrap(), 1);
+        drop(a); // closing the file drops its lock, as a crash would
+        assert_eq!(exporter.open_imports().unwrap(), 0);
+        exporter.header().state.store(CLOSING, Ordering::SeqCst);
+        let c = Importers::open(&desc).unwrap();
+        assert!(matches!(c.claim(), Err(Error::Closed)));
+        assert_eq!(exporter.open_imports().unwrap(), 0, "a refused claim lets its slot go");
+        let wrong = IpcMemDesc { size: 2 * IPC_ALIGN, ..desc };
+        assert!(matches!(Importers::open(&wrong), Err(Error::BadDescriptor(_))));
+    }
+}

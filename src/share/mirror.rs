@@ -1,0 +1,332 @@
+//! A worker's view of a shared pool: every chunk imported once and mapped at its pool offset in a
+//! reservation of the worker's own, on the worker's device.
+//!
+//! A follower thread sleeps on the chunk table's futex and syncs when it changes: it unmaps and releases
+//! chunks the owner retired, imports and maps chunks it added, and acknowledges the generation it reached
+//! (so the owner may free retired chunks). [`Mirror::ptr`] turns a descriptor into a local address with no
+//! runtime call when the chunks it lies in are mapped, and syncs first only when the descriptor is newer
+//! than what the mirror has.
+
+use std::ffi::c_void;
+use std::fmt;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::raw;
+use crate::registry::{ImportRegistry, Imported};
+use crate::runtime::{Runtime, on_device};
+use crate::sync::stat::{AtomicU64, Ordering};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering as SyncOrdering, thread};
+use crate::vmm::{DropErrors, Mapping, VaRange};
+
+use super::ShareDesc;
+use super::desc::{AllocDesc, fingerprint};
+use super::table::Table;
+use super::wire::{self, Message};
+
+/// One chunk as the mirror has it. Dropped: unmapped, then the import released.
+struct Chunk {
+    id: u64,
+    // Field order is teardown order: the mapping goes before the import it maps.
+    _mapping: Mapping,
+    _import: Imported,
+}
+
+struct Inner {
+    rt: Runtime,
+    device: i32,
+    token: u64,
+    chunk: u64,
+    table: Table,
+    range: Arc<VaRange>,
+    registry: ImportRegistry,
+    errors: Arc<DropErrors>,
+    /// The chunk ids mapped, by slot (0: none): what `ptr` reads.
+    ids: Mutex<Vec<u64>>,
+    /// The chunks themselves; the lock serialises syncs (held across runtime calls, never by `ptr`).
+    chunks: Mutex<Vec<Option<Chunk>>>,
+    synced: AtomicU64,
+    imports: AtomicU64,
+    conn: Mutex<Option<UnixStream>>,
+    /// The owner's rendezvous socket (removed with the table if the owner dies).
+    socket: std::path::PathBuf,
+    stop: AtomicBool,
+    /// The owner died without closing the table.
+    owner_lost: AtomicBool,
+}
+
+/// A worker's mirror of a shared pool (see the [module](super) docs).
+pub struct Mirror {
+    inner: Arc<Inner>,
+    follower: Option<thread::JoinHandle<()>>,
+}
+
+impl fmt::Debug for Mirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Mirror").field("token", &self.inner.token).field("device", &self.inner.device).finish()
+    }
+}
+
+/// What a mirror holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MirrorStats {
+    /// Chunks mapped.
+    pub chunks: u32,
+    /// The table generation the mirror has synced to.
+    pub generation: u64,
+    /// Chunks imported so far (one runtime import each).
+    pub imports: u64,
+}
+
+impl Mirror {
+    /// Attach to the pool `desc` describes, mapping it on `device` (any device: cross-device imports are
+    /// what the runtime supports). Goes through the owner's rendezvous, which whitelists this process.
+    pub fn attach(rt: &Runtime, desc: &ShareDesc, device: i32) -> Result<Mirror> {
+        Self::attach_in(rt, desc, device, ImportRegistry::for_process())
+    }
+
+    /// As [`attach`](Mirror::attach), importing through `registry`.
+    pub fn attach_in(rt: &Runtime, desc: &ShareDesc, device: i32, registry: ImportRegistry) -> Result<Mirror> {
+        let tgid = raw::device_get_bare_tgid(rt)?;
+        let mut conn = UnixStream::connect(&desc.socket)
+            .map_err(|e| Error::Protocol(format!("connect to {}: {e}", desc.socket.display())))?;
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+        Message::Hello { version: wire::VERSION, tgid, device }.send(&mut conn)?;
+        let (table, token, chunk, slots) = match Message::recv(&mut conn)? {
+            Some(Message::Welcome { table, token, chunk_bytes, slots, .. }) => (table, token, chunk_bytes, slots),
+            Some(Message::Refused { reason }) => return Err(Error::Refused(reason)),
+            Some(other) => return Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
+            None => return Err(Error::Protocol("the owner closed the rendezvous".into())),
+        };
+        if token != desc.token {
+            return Err(Error::Protocol("the rendezvous answered for another pool".into()));
+        }
+        let table = Table::open(&table, token)?;
+        let g = table.geometry();
+        if g.chunk_bytes != chunk || g.slots != slots {
+            return Err(Error::Protocol("the chunk table does not match the rendezvous".into()));
+        }
+        let _ = conn.set_read_timeout(None);
+        let errors = DropErrors::new();
+        let bytes = (slots as u64).checked_mul(chunk).filter(|&b| b <= isize::MAX as u64 / 2).ok_or_else(|| {
+            Error::Protocol(format!("{slots} chunks of {chunk:#x} bytes do not fit an address space"))
+        })?;
+        let range = VaRange::reserve(rt, bytes as usize, &errors)?;
+        let inner = Arc::new(Inner {
+            rt: rt.clone(),
+            device,
+            token,
+            chunk,
+            table,
+            range,
+            registry,
+            errors,
+            ids: Mutex::new(vec![0; slots as usize]),
+            chunks: Mutex::new((0..slots).map(|_| None).collect()),
+            synced: AtomicU64::new(0),
+            imports: AtomicU64::new(0),
+            conn: Mutex::new(Some(conn)),
+            socket: desc.socket.clone(),
+            stop: AtomicBool::new(false),
+            owner_lost: AtomicBool::new(false),
+        });
+        on_device(rt, device, || inner.sync())?;
+        let follower = {
+            let inner = Arc::clone(&inner);
+            thread::Builder::new()
+                .name("aclshm-mirror".into())
+                .spawn(move || inner.follow())
+                .map_err(|e| Error::InvalidArgument(format!("start the mirror's follower: {e}")))?
+        };
+        Ok(Mirror { inner, follower: Some(follower) })
+    }
+
+    /// Bring the mirror up to the owner's table now (the follower does this by itself too).
+    pub fn sync(&self) -> Result<u64> {
+        on_device(&self.inner.rt, self.inner.device, || self.inner.sync())
+    }
+
+    /// The local address of an allocation of the shared pool. No runtime call when the chunks it lies in
+    /// are mapped already; a descriptor newer than the mirror makes it sync first. Refused: a descriptor
+    /// of another pool, out of bounds, from a generation the pool never reached, or stale (its chunks are
+    /// not the ones it was made over).
+    pub fn ptr(&self, d: &AllocDesc) -> Result<*mut c_void> {
+        let i = &self.inner;
+        if d.pool != i.token {
+            return Err(Error::BadDescriptor("the descriptor is of another pool".into()));
+        }
+        let end = d.offset.checked_add(d.len).filter(|&e| e <= i.range.size() as u64);
+        if end.is_none() || d.len == 0 {
+            return Err(Error::BadDescriptor(format!(
+                "{:#x} bytes at offset {:#x} are outside the pool ({:#x} bytes)",
+                d.len,
+                d.offset,
+                i.range.size()
+            )));
+        }
+        if d.generation <= i.synced.load(Ordering::Acquire)
+            && let Some(p) = self.lookup(d)
+        {
+            return Ok(p);
+        }
+        // Newer than us, or not mapped yet: sync, and try again.
+        self.sync()?;
+        if d.generation > i.synced.load(Ordering::Acquire) {
+            return Err(Error::BadDescriptor(format!(
+                "generation {} is beyond the pool's ({})",
+                d.generation,
+                i.synced.load(Ordering::Acquire)
+            )));
+        }
+        self.lookup(d).ok_or(Error::StaleDescriptor { offset: d.offset, len: d.len })
+    }
+
+    fn lookup(&self, d: &AllocDesc) -> Option<*mut c_void> {
+        let i = &self.inner;
+        let first = (d.offset / i.chunk) as usize;
+        let last = ((d.offset + d.len - 1) / i.chunk) as usize;
+        let ids = i.ids.lock();
+        let span = &ids[first..=last];
+        if span.contains(&0) || fingerprint(span.iter().copied()) != d.fingerprint {
+            return None;
+        }
+        Some((i.range.base() + d.offset as usize) as *mut c_void)
+    }
+
+    /// What the mirror holds.
+    pub fn stats(&self) -> MirrorStats {
+        let ids = self.inner.ids.lock();
+        MirrorStats {
+            chunks: ids.iter().filter(|&&id| id != 0).count() as u32,
+            generation: self.inner.synced.load(Ordering::Acquire),
+            imports: self.inner.imports.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The mirror's base address (a pool offset maps to base + offset).
+    pub fn base(&self) -> usize {
+        self.inner.range.base()
+    }
+
+    /// Whether the owner has stopped sharing, or died (what is mapped stays valid until the mirror
+    /// closes either way).
+    pub fn owner_closed(&self) -> bool {
+        self.inner.table.is_closed() || self.inner.owner_lost.load(SyncOrdering::Acquire)
+    }
+
+    /// Detach: stop following, unmap and release every chunk, release the range, leave the rendezvous.
+    /// Reports every failure.
+    pub fn close(mut self) -> Result<()> {
+        self.shut_down();
+        let errors = self.inner.errors.take();
+        if errors.is_empty() { Ok(()) } else { Err(Error::Deferred(errors)) }
+    }
+
+    fn shut_down(&mut self) {
+        self.inner.stop.store(true, SyncOrdering::Release);
+        // Wake the follower out of its futex wait.
+        self.inner.table.wake();
+        if let Some(f) = self.follower.take() {
+            let _ = f.join();
+        }
+        // Unmap and release every chunk (each Chunk unmaps, then releases its import).
+        let chunks: Vec<Option<Chunk>> = std::mem::take(&mut *self.inner.chunks.lock());
+        self.inner.ids.lock().iter_mut().for_each(|id| *id = 0);
+        drop(chunks);
+        // Closing the socket tells the owner we are gone.
+        drop(self.inner.conn.lock().take());
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        self.shut_down();
+        for e in self.inner.errors.take() {
+            eprintln!("aclshm: while dropping a mirror: {e}");
+        }
+    }
+}
+
+impl Inner {
+    /// Follow the table until told to stop or the owner closes it.
+    fn follow(&self) {
+        if raw::set_device(&self.rt, self.device).is_err() {
+            return;
+        }
+        loop {
+            let seq = self.table.seq();
+            if self.stop.load(SyncOrdering::Acquire) {
+                return;
+            }
+            if self.table.generation() != self.synced.load(Ordering::Acquire)
+                && let Err(e) = self.sync()
+            {
+                self.errors.record(e);
+            }
+            if self.table.is_closed() {
+                return;
+            }
+            if !self.table.owner_alive() {
+                // The owner died: nothing will change any more. Its files are left to us to remove (the
+                // names are its alone); what we mapped stays valid until we release it.
+                self.owner_lost.store(true, SyncOrdering::Release);
+                let _ = std::fs::remove_file(self.table.path());
+                let _ = std::fs::remove_file(&self.socket);
+                return;
+            }
+            self.table.wait_change(seq, Duration::from_millis(200));
+        }
+    }
+
+    /// Reconcile the mapped chunks with the table, then acknowledge the generation reached.
+    fn sync(&self) -> Result<u64> {
+        let mut chunks = self.chunks.lock();
+        if self.stop.load(SyncOrdering::Acquire) {
+            return Ok(self.synced.load(Ordering::Acquire));
+        }
+        let snap = self.table.snapshot();
+        let mut first_error = None;
+        for (slot, e) in snap.entries.iter().enumerate() {
+            let have = chunks[slot].as_ref().map_or(0, |c| c.id);
+            if have == e.chunk {
+                continue;
+            }
+            if have != 0 {
+                // Retired by the owner: unmap, release the import.
+                self.ids.lock()[slot] = 0;
+                chunks[slot] = None;
+            }
+            if e.chunk == 0 || snap.closed {
+                continue;
+            }
+            match self.map_chunk(slot, e.shareable) {
+                Ok((mapping, import)) => {
+                    chunks[slot] = Some(Chunk { id: e.chunk, _mapping: mapping, _import: import });
+                    self.ids.lock()[slot] = e.chunk;
+                }
+                Err(err) => {
+                    first_error.get_or_insert(err);
+                }
+            }
+        }
+        // Acknowledge even after a failure: the chunks we have are what we have.
+        self.synced.store(snap.generation, Ordering::Release);
+        drop(chunks);
+        if let Some(conn) = self.conn.lock().as_mut() {
+            // The owner may be gone: then there is nobody to tell.
+            let _ = Message::Ack { generation: snap.generation }.send(conn);
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(snap.generation),
+        }
+    }
+
+    fn map_chunk(&self, slot: usize, shareable: u64) -> Result<(Mapping, Imported)> {
+        let import = self.registry.import(&self.rt, shareable, self.device, self.chunk as usize, &self.errors)?;
+        self.imports.fetch_add(1, Ordering::Relaxed);
+        let mapping = Mapping::map(&self.range, slot * self.chunk as usize, import.phys())?;
+        Ok((mapping, import))
+    }
+}

@@ -1,0 +1,69 @@
+//! A stream: the queue device work runs on, destroyed when dropped.
+
+use std::fmt;
+use std::ptr::NonNull;
+
+use aclshm_sys::aclrtStream;
+
+use crate::error::{Error, Result};
+use crate::raw;
+use crate::runtime::{Runtime, on_device};
+
+/// An `aclrtCreateStream` stream on one device. Work queued on it runs in order; errors of queued work
+/// surface at [`synchronize`](Stream::synchronize). Dropping it lets queued work finish, then destroys it.
+pub struct Stream {
+    rt: Runtime,
+    raw: NonNull<std::ffi::c_void>,
+    device: i32,
+}
+
+// SAFETY: a stream is a runtime object usable from any thread of the process; the runtime serialises
+// what is queued on it.
+unsafe impl Send for Stream {}
+// SAFETY: as above: every call on a stream is a runtime call, which the runtime makes thread-safe.
+unsafe impl Sync for Stream {}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Stream").field("raw", &self.raw).field("device", &self.device).finish()
+    }
+}
+
+impl Stream {
+    /// A stream on `device` (made current for the call only).
+    pub fn new(rt: &Runtime, device: i32) -> Result<Stream> {
+        let s = on_device(rt, device, || raw::create_stream(rt))?;
+        let raw = NonNull::new(s).ok_or_else(|| Error::InvalidArgument("the runtime returned a NULL stream".into()))?;
+        Ok(Stream { rt: rt.clone(), raw, device })
+    }
+
+    /// Wait for everything queued so far; reports the first failure of queued work since the last call.
+    pub fn synchronize(&self) -> Result<()> {
+        // SAFETY: our live stream.
+        unsafe { raw::synchronize_stream(&self.rt, self.as_raw()) }
+    }
+
+    /// The runtime's handle (valid while `self` lives).
+    pub fn as_raw(&self) -> aclrtStream {
+        self.raw.as_ptr()
+    }
+
+    /// Its device.
+    pub fn device(&self) -> i32 {
+        self.device
+    }
+
+    /// The runtime it belongs to.
+    pub fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        // SAFETY: our live stream, never used again.
+        if let Err(e) = unsafe { raw::destroy_stream(&self.rt, self.as_raw()) } {
+            eprintln!("aclshm: destroying a stream: {e}");
+        }
+    }
+}
