@@ -196,6 +196,21 @@ pub enum Error {
     /// what was waited for and what was done about it.
     #[error("timed out: {0}")]
     Timeout(String),
+    /// A KV block reference names a block that was freed (and perhaps reallocated) since: its generation
+    /// is not the block's now. Nothing was done.
+    #[error("stale block: block {id} is no longer generation {generation}")]
+    StaleBlock {
+        /// The block id.
+        id: u32,
+        /// The generation the reference carries.
+        generation: u32,
+    },
+    /// An unpin of a block this worker holds no pin on. Nothing was done.
+    #[error("block {id} is not pinned by this worker")]
+    NotPinned {
+        /// The block id.
+        id: u32,
+    },
     /// The pool is not shared (call `Pool::share` first).
     #[error("the pool is not shared")]
     NotShared,

@@ -151,13 +151,10 @@ impl Importers {
     }
 
     fn create(path: PathBuf, size: usize) -> Result<Importers> {
-        let map = SharedMap::create(&path, Self::len())
+        // Byte 0 stays locked while the exporter lives: how importers and sweepers tell it died.
+        let map = SharedMap::create_locked(&path, Self::len())
             .map_err(|e| Error::InvalidArgument(format!("create {}: {e}", path.display())))?;
         let f = Importers { map, path, owner: true };
-        // Byte 0 stays locked while the exporter lives: how importers and sweepers tell it died.
-        if !f.map.try_lock_byte(0).map_err(|e| Error::InvalidArgument(format!("lock {}: {e}", f.path.display())))? {
-            return Err(Error::InvalidArgument(format!("{} is locked by another process", f.path.display())));
-        }
         let h = f.header();
         h.version.store(VERSION, Ordering::Relaxed);
         h.size.store(size as u64, Ordering::Relaxed);
@@ -450,7 +447,7 @@ impl IpcMemImport {
         let r = on_device(&self.mem.rt, self.mem.device, || unsafe { raw::ipc_mem_close(&self.mem.rt, &self.mem.key) });
         // The slot goes whatever the runtime said: this import is over either way.
         self.importers.release(self.slot);
-        if !self.importers.map.byte_locked_by_other(0).unwrap_or(true) {
+        if !self.importers.map.creator_alive() {
             // The exporter died: its file is ours to remove.
             let _ = std::fs::remove_file(&self.importers.path);
         }

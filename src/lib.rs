@@ -45,6 +45,7 @@
 mod error;
 mod info;
 pub mod ipc;
+pub mod kv;
 pub mod notify;
 mod os;
 pub mod pool;
@@ -60,6 +61,7 @@ pub use aclshm_sys as sys;
 pub use error::{AclError, Error, Result};
 pub use info::{DeviceInfo, RuntimeInfo, SimulatorInfo};
 pub use ipc::{IpcMemConfig, IpcMemDesc, IpcMemImport, IpcMemory};
+pub use kv::{KvBlock, KvConfig, KvDesc, KvLayout, KvMirror, KvPool, KvStats, Pinned};
 pub use notify::Notify;
 pub use pool::{Allocation, Block, BlockClassId, Pool, PoolConfig, PoolStats};
 pub use runtime::{Backend, Runtime};

@@ -31,6 +31,32 @@ impl SharedMap {
         Self::map(fd, len)
     }
 
+    /// As [`create`](SharedMap::create), and lock byte 0 for as long as this map lives: how other
+    /// processes tell, with [`creator_alive`](SharedMap::creator_alive), that its creator still runs.
+    pub(crate) fn create_locked(path: &Path, len: usize) -> io::Result<SharedMap> {
+        let map = Self::create(path, len)?;
+        match map.try_lock_byte(0) {
+            Ok(true) => Ok(map),
+            Ok(false) => {
+                let _ = fs::remove_file(path);
+                Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} is locked by another open", path.display()),
+                ))
+            }
+            Err(e) => {
+                let _ = fs::remove_file(path);
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether the process that made the file with [`create_locked`](SharedMap::create_locked) still holds
+    /// it (the kernel drops the lock when that process ends, however it ends). From another open only.
+    pub(crate) fn creator_alive(&self) -> bool {
+        self.byte_locked_by_other(0).unwrap_or(true)
+    }
+
     /// Map an existing `path`, which must be ours, private, and `len` bytes long.
     pub(crate) fn open(path: &Path, len: usize) -> io::Result<SharedMap> {
         let fd = host::open_file(path)?;

@@ -359,6 +359,8 @@ impl Sim {
         let Ok(mut g) = self.reg.lock() else { return };
         let released = g.t().release_proc(self.me.slot, self.reg.words());
         registry::unlink_objects(self.reg.dir(), &released.destroyed);
+        // What processes that died left goes too: the last one out must not leave it behind.
+        self.reap(&mut g);
         if g.t().is_empty() {
             self.reg.retire(g);
         }

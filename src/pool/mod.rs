@@ -45,7 +45,7 @@ use crate::sync::stat::{AtomicU32, Ordering as StatOrdering};
 use crate::sync::{Arc, Mutex};
 use crate::vmm::{DropErrors, Mapping, PageSize, PhysicalMem, VaRange};
 
-use blocks::{BlockClass, BlockFreeError};
+use blocks::BlockClass;
 use heap::{FreeError, Heap, HeapBlock};
 
 /// How a [`Pool`] is set up. Every field has a default; each says what it trades.
@@ -144,6 +144,16 @@ impl fmt::Debug for Block {
 }
 
 impl Block {
+    /// Its chunk slot.
+    pub(crate) fn slot(&self) -> u32 {
+        self.slot
+    }
+
+    /// Its index in the chunk.
+    pub(crate) fn index(&self) -> u32 {
+        self.index
+    }
+
     /// The device address.
     pub fn as_ptr(&self) -> *mut std::ffi::c_void {
         self.addr as *mut std::ffi::c_void
@@ -547,35 +557,88 @@ impl Pool {
     }
 
     fn try_alloc_block(&self, class: BlockClassId) -> Result<Option<Block>> {
+        let mut out = Vec::with_capacity(1);
+        self.take_blocks(class, 1, &mut out)?;
+        Ok(out.pop())
+    }
+
+    /// Take up to `n - out.len()` blocks of `class` from mapped chunks, under one lock, into `out`.
+    fn take_blocks(&self, class: BlockClassId, n: usize, out: &mut Vec<Block>) -> Result<()> {
         let mut st = self.inner.state.lock();
         self.check_open(&st)?;
+        let st = &mut *st;
         let c = st.classes.get_mut(class.0 as usize).ok_or(Error::InvalidArgument("unknown block class".into()))?;
         let size = c.size();
         let per_chunk = c.per_chunk();
-        let Some((slot, chunk, index)) = c.alloc() else { return Ok(None) };
-        if c.free_in_chunk(slot) == per_chunk - 1 {
-            st.free_chunks -= 1;
+        while out.len() < n {
+            let Some((slot, chunk, index)) = c.alloc() else { break };
+            if c.free_in_chunk(slot) == per_chunk - 1 {
+                st.free_chunks -= 1;
+            }
+            let offset = slot as u64 * self.inner.chunk + u64::from(index) * size;
+            let addr = self.inner.base + offset as usize;
+            out.push(Block {
+                pool: self.inner.id,
+                class: class.0,
+                slot: slot as u32,
+                chunk,
+                index,
+                offset,
+                addr,
+                size,
+            });
         }
-        let offset = slot as u64 * self.inner.chunk + u64::from(index) * size;
-        let addr = self.inner.base + offset as usize;
-        Ok(Some(Block { pool: self.inner.id, class: class.0, slot: slot as u32, chunk, index, offset, addr, size }))
+        Ok(())
     }
 
-    /// Free a block of this pool.
-    pub fn free_block(&self, b: Block) -> Result<()> {
-        if b.pool != self.inner.id {
+    /// Allocate `n` blocks of `class` at once: all of them or, on failure, none (what was taken is given
+    /// back). One lock acquisition per chunk's worth of blocks; growth as for [`alloc_block`](Pool::alloc_block).
+    pub fn alloc_blocks(&self, class: BlockClassId, n: usize) -> Result<Vec<Block>> {
+        self.inner.errors.check()?;
+        let mut out = Vec::with_capacity(n);
+        loop {
+            let taken = self.take_blocks(class, n, &mut out);
+            if taken.is_ok() && out.len() == n {
+                return Ok(out);
+            }
+            // Each grow adds a chunk of blocks (the range filling up ends the loop with OutOfMemory).
+            let grown = taken.and_then(|()| {
+                let size = self.inner.state.lock().classes[class.0 as usize].size();
+                self.grow(Owner::Class(class.0), size)
+            });
+            if let Err(e) = grown {
+                // All or nothing: give back what was taken.
+                if let Err(undo) = self.free_blocks(&out) {
+                    self.inner.errors.record(undo);
+                }
+                return Err(e);
+            }
+        }
+    }
+
+    /// Free many blocks of this pool under one lock. Every block is checked first: if any is foreign or not
+    /// allocated, nothing is freed.
+    pub fn free_blocks(&self, blocks: &[Block]) -> Result<()> {
+        if let Some(b) = blocks.iter().find(|b| b.pool != self.inner.id) {
             return Err(Error::WrongPool { expected: self.inner.id, found: b.pool });
         }
         let over = {
             let mut st = self.inner.state.lock();
             self.check_open(&st)?;
-            let c = st.classes.get_mut(b.class as usize).ok_or(Error::InvalidArgument("unknown block class".into()))?;
-            let now_free =
-                c.free_block(b.slot as usize, b.chunk, b.index).map_err(|BlockFreeError::NotAllocated| {
-                    Error::NotAllocated { pool: b.pool, offset: b.offset, len: b.size }
-                })?;
-            if now_free {
-                st.free_chunks += 1;
+            // A block listed twice is a double free too.
+            let mut seen = std::collections::HashSet::with_capacity(if blocks.len() > 1 { blocks.len() } else { 0 });
+            for b in blocks {
+                let c = st.classes.get(b.class as usize).ok_or(Error::InvalidArgument("unknown block class".into()))?;
+                let twice = blocks.len() > 1 && !seen.insert((b.class, b.slot, b.index));
+                if twice || !c.is_allocated(b.slot as usize, b.chunk, b.index) {
+                    return Err(Error::NotAllocated { pool: b.pool, offset: b.offset, len: b.size });
+                }
+            }
+            for b in blocks {
+                let c = &mut st.classes[b.class as usize];
+                if c.free_block(b.slot as usize, b.chunk, b.index) == Ok(true) {
+                    st.free_chunks += 1;
+                }
             }
             self.over_watermark(&st)
         };
@@ -583,6 +646,11 @@ impl Pool {
             self.auto_trim();
         }
         Ok(())
+    }
+
+    /// Free a block of this pool.
+    pub fn free_block(&self, b: Block) -> Result<()> {
+        self.free_blocks(std::slice::from_ref(&b))
     }
 
     /// Claim slots with `pick` under the lock (marking them `Growing`).

@@ -182,6 +182,28 @@ impl Mirror {
         self.lookup(d).ok_or(Error::StaleDescriptor { offset: d.offset, len: d.len })
     }
 
+    /// The local address of `len` bytes at pool `offset`, if the chunks they lie in are mapped here as the
+    /// owner publishes them now (syncing once if not). For callers that validated the range themselves
+    /// (the KV block pool checks a block's generation). No runtime call when mapped.
+    pub(crate) fn resolve(&self, offset: u64, len: u64) -> Result<*mut c_void> {
+        let i = &self.inner;
+        let end = offset.checked_add(len).filter(|&e| e <= i.range.size() as u64 && len > 0);
+        if end.is_none() {
+            return Err(Error::BadDescriptor(format!("{len:#x} bytes at offset {offset:#x} are outside the pool")));
+        }
+        let (first, last) = ((offset / i.chunk) as usize, ((offset + len - 1) / i.chunk) as usize);
+        let current = |ids: &[u64]| (first..=last).all(|s| ids[s] != 0 && ids[s] == i.table.chunk_at(s));
+        if current(&i.ids.lock()) {
+            return Ok((i.range.base() + offset as usize) as *mut c_void);
+        }
+        self.sync()?;
+        if current(&i.ids.lock()) {
+            Ok((i.range.base() + offset as usize) as *mut c_void)
+        } else {
+            Err(Error::StaleDescriptor { offset, len })
+        }
+    }
+
     fn lookup(&self, d: &AllocDesc) -> Option<*mut c_void> {
         let i = &self.inner;
         let first = (d.offset / i.chunk) as usize;
@@ -202,6 +224,11 @@ impl Mirror {
             generation: self.inner.synced.load(Ordering::Acquire),
             imports: self.inner.imports.load(Ordering::Relaxed),
         }
+    }
+
+    /// The pool's chunk size.
+    pub fn chunk_bytes(&self) -> u64 {
+        self.inner.chunk
     }
 
     /// The mirror's base address (a pool offset maps to base + offset).

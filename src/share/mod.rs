@@ -463,7 +463,9 @@ impl Drop for Sharing {
 /// whose creator no longer holds its lock on them (pool tables with their sockets, importer files).
 pub(crate) fn sweep(dir: &std::path::Path) {
     let ours = |n: &str| {
-        (n.starts_with("pool-") && n.ends_with(".table")) || (n.starts_with("ipcmem-") && n.ends_with(".importers"))
+        (n.starts_with("pool-") && n.ends_with(".table"))
+            || (n.starts_with("ipcmem-") && n.ends_with(".importers"))
+            || (n.starts_with("kv-") && (n.ends_with(".blocks") || n.ends_with(".pins")))
     };
     os::sweep_orphans(dir, ours, Duration::from_secs(60), |p| {
         if p.extension().is_some_and(|e| e == "table") {

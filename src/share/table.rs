@@ -116,13 +116,10 @@ impl Table {
         if g.slots == 0 || g.slots > MAX_SLOTS {
             return Err(Error::InvalidArgument(format!("a shared pool has 1 to {MAX_SLOTS} slots, not {}", g.slots)));
         }
-        let map = SharedMap::create(path, len_for(g.slots))
+        // Byte 0 stays locked while the owner lives: how mirrors and sweepers tell it died.
+        let map = SharedMap::create_locked(path, len_for(g.slots))
             .map_err(|e| Error::InvalidArgument(format!("create {}: {e}", path.display())))?;
         let t = Table { map, path: path.to_path_buf(), owner: true, geometry: g };
-        // Byte 0 stays locked while the owner lives: how mirrors and sweepers tell it died.
-        if !t.map.try_lock_byte(0).map_err(|e| Error::InvalidArgument(format!("lock {}: {e}", path.display())))? {
-            return Err(Error::InvalidArgument(format!("{} is locked by another process", path.display())));
-        }
         let h = t.header();
         h.version.store(VERSION, Ordering::Relaxed);
         h.slots.store(g.slots, Ordering::Relaxed);
@@ -208,7 +205,7 @@ impl Table {
     /// Whether the owner process still lives (it holds a lock on the table while it does; the kernel
     /// drops the lock when the process ends, however it ends).
     pub(crate) fn owner_alive(&self) -> bool {
-        self.map.byte_locked_by_other(0).unwrap_or(true)
+        self.map.creator_alive()
     }
 
     /// Sleep until the table changes from `seq` (or `timeout` passes).
@@ -252,6 +249,11 @@ impl Table {
             os::futex_wake_all(&h.seq);
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+
+    /// The chunk id published in `slot` now (0: none); one atomic load.
+    pub(crate) fn chunk_at(&self, slot: usize) -> u64 {
+        self.entry(slot).chunk.load(Ordering::Acquire)
     }
 
     /// A consistent copy of every entry.

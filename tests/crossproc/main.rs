@@ -9,6 +9,7 @@ mod harness;
 mod basic;
 mod ipc;
 mod keyed;
+mod kv;
 mod lifecycle;
 mod loader;
 mod notify;

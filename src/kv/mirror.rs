@@ -1,0 +1,203 @@
+//! A worker's view of a KV pool: a [`Mirror`] of the pool, the block table, and the worker's pin file.
+
+use std::ffi::c_void;
+use std::fmt;
+
+use crate::error::{Error, Result};
+use crate::runtime::Runtime;
+use crate::share::{Mirror, MirrorStats};
+use crate::sync::shm::{Ordering, fence};
+
+use super::table::{BlockTable, Geometry, PinFile};
+use super::{KvBlock, KvDesc};
+
+/// A worker's mirror of a [`KvPool`](super::KvPool) (see the [module](super) docs).
+pub struct KvMirror {
+    /// Taken by `close`.
+    mirror: Option<Mirror>,
+    table: BlockTable,
+    pins: PinFile,
+    geometry: Geometry,
+}
+
+impl fmt::Debug for KvMirror {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvMirror").field("geometry", &self.geometry).finish()
+    }
+}
+
+/// Pins held until dropped (from [`KvMirror::pinned`]).
+#[must_use = "the pins go when this is dropped"]
+pub struct Pinned<'a> {
+    mirror: &'a KvMirror,
+    blocks: Vec<KvBlock>,
+}
+
+impl fmt::Debug for Pinned<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pinned").field("blocks", &self.blocks.len()).finish()
+    }
+}
+
+impl Pinned<'_> {
+    /// The blocks pinned.
+    pub fn blocks(&self) -> &[KvBlock] {
+        &self.blocks
+    }
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.mirror.unpin(&self.blocks) {
+            eprintln!("aclshm: while dropping pins: {e}");
+        }
+    }
+}
+
+impl KvMirror {
+    /// Attach to the KV pool `desc` describes, mapping it on `device`: a [`Mirror`] of the pool (through
+    /// the owner's rendezvous), the block table, and a pin file of this worker's own.
+    pub fn attach(rt: &Runtime, desc: &KvDesc, device: i32) -> Result<KvMirror> {
+        let mirror = Mirror::attach(rt, desc.share(), device)?;
+        let table = BlockTable::open(&desc.dir(), desc.share().token, mirror.chunk_bytes())?;
+        let geometry = table.geometry();
+        let pins = PinFile::create(&desc.dir(), geometry.token, geometry.blocks)?;
+        table.bump_epoch();
+        Ok(KvMirror { mirror: Some(mirror), table, pins, geometry })
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(&self) -> u64 {
+        self.geometry.block_bytes
+    }
+
+    /// Check `b` is a block of this pool.
+    fn check(&self, b: &KvBlock) -> Result<()> {
+        if b.pool != self.geometry.token {
+            return Err(Error::BadDescriptor(format!("block {b} is of another pool")));
+        }
+        if b.id >= self.geometry.blocks {
+            return Err(Error::BadDescriptor(format!("block {b}: the pool has {} blocks", self.geometry.blocks)));
+        }
+        Ok(())
+    }
+
+    /// The local address of block `b`, if it is allocated as `b` says: no runtime call when its chunk is
+    /// mapped here. The answer holds while the scheduler keeps the block; [`pin`](KvMirror::pin) it to be
+    /// sure of that while reading a block another request owns.
+    pub fn ptr(&self, b: &KvBlock) -> Result<*mut c_void> {
+        self.check(b)?;
+        if self.table.generation(b.id) != b.generation {
+            return Err(Error::StaleBlock { id: b.id, generation: b.generation });
+        }
+        self.mirror().resolve(self.geometry.offset(b.id), self.geometry.block_bytes)
+    }
+
+    /// The local addresses of many blocks (all, or the first error).
+    pub fn ptrs(&self, blocks: &[KvBlock]) -> Result<Vec<*mut c_void>> {
+        blocks.iter().map(|b| self.ptr(b)).collect()
+    }
+
+    /// Pin blocks: the scheduler will not reuse them until they are unpinned (or this worker dies). All
+    /// or none: a block that is not allocated as its reference says ([`Error::StaleBlock`]) unpins what
+    /// was pinned and fails. Pins nest (pin twice, unpin twice).
+    pub fn pin(&self, blocks: &[KvBlock]) -> Result<()> {
+        for (i, b) in blocks.iter().enumerate() {
+            let ok = self.check(b).and_then(|()| {
+                self.pins.count(b.id).fetch_add(1, Ordering::SeqCst);
+                // Pairs with the scheduler's free (generation, then pins): either it sees our pin, or we see
+                // its new generation.
+                fence(Ordering::SeqCst);
+                if self.table.generation(b.id) == b.generation {
+                    Ok(())
+                } else {
+                    self.pins.count(b.id).fetch_sub(1, Ordering::SeqCst);
+                    Err(Error::StaleBlock { id: b.id, generation: b.generation })
+                }
+            });
+            if let Err(e) = ok {
+                // Undo this call's pins; they were all ours.
+                let _ = self.unpin(&blocks[..i]);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Unpin blocks. A block this worker does not pin is [`Error::NotPinned`], and nothing is unpinned.
+    pub fn unpin(&self, blocks: &[KvBlock]) -> Result<()> {
+        for b in blocks {
+            self.check(b)?;
+        }
+        // Check every count first (a block listed twice needs two pins).
+        let mut need: std::collections::HashMap<u32, u32> = std::collections::HashMap::new();
+        for b in blocks {
+            *need.entry(b.id).or_default() += 1;
+        }
+        if let Some((&id, _)) = need.iter().find(|&(&id, &n)| self.pins.count(id).load(Ordering::SeqCst) < n) {
+            return Err(Error::NotPinned { id });
+        }
+        let mut released = false;
+        for b in blocks {
+            if self.pins.count(b.id).fetch_sub(1, Ordering::SeqCst) == 1 {
+                released = true;
+            }
+        }
+        if released {
+            self.table.bump_unpins();
+        }
+        Ok(())
+    }
+
+    /// Pin blocks for as long as the returned guard lives.
+    pub fn pinned(&self, blocks: &[KvBlock]) -> Result<Pinned<'_>> {
+        self.pin(blocks)?;
+        Ok(Pinned { mirror: self, blocks: blocks.to_vec() })
+    }
+
+    /// This worker's pins on block `b`.
+    pub fn pins(&self, b: &KvBlock) -> Result<u32> {
+        self.check(b)?;
+        Ok(self.pins.count(b.id).load(Ordering::SeqCst))
+    }
+
+    /// The pool mirror underneath.
+    pub fn mirror(&self) -> &Mirror {
+        self.mirror.as_ref().expect("present until closed")
+    }
+
+    /// What the mirror holds.
+    pub fn stats(&self) -> MirrorStats {
+        self.mirror().stats()
+    }
+
+    /// Detach: drop every pin (the scheduler may reuse those blocks), then the mirror. Reports the
+    /// mirror's release failures.
+    pub fn close(mut self) -> Result<()> {
+        self.leave();
+        self.mirror.take().map_or(Ok(()), Mirror::close)
+    }
+
+    /// Let the scheduler know this worker's pins are gone.
+    fn leave(&mut self) {
+        // Zero every count, so an owner still holding the file open sees no pins; then say so.
+        for id in 0..self.geometry.blocks {
+            self.pins.count(id).store(0, Ordering::SeqCst);
+        }
+        self.pins.remove();
+        self.table.bump_epoch();
+        self.table.bump_unpins();
+        if !self.table.owner_alive() {
+            // The scheduler died: its table is ours to remove.
+            let _ = std::fs::remove_file(self.table.path());
+        }
+    }
+}
+
+impl Drop for KvMirror {
+    fn drop(&mut self) {
+        if self.mirror.is_some() {
+            self.leave();
+        }
+    }
+}

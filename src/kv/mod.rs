@@ -1,0 +1,569 @@
+//! KV-cache blocks shared between a scheduler and its workers.
+//!
+//! A [`KvPool`] (the scheduler's) is a shared [`Pool`] with one block size: it allocates and frees
+//! fixed-size blocks and names each by a [`KvBlock`] (pool token, block id, generation: 16 bytes). Workers
+//! attach a [`KvMirror`] on any device and turn a block into a pointer of their own with no runtime call.
+//!
+//! ```text
+//!   scheduler: KvPool ── alloc / alloc_many ──> KvBlock { pool, id, generation }  ──(any channel)──┐
+//!                 │  free: generation + 1; a block some worker pins is kept until every pin is gone │
+//!                 │                                                                                 v
+//!   kv-<token>.blocks   one generation per block (owner writes)        worker: KvMirror::ptr(block)
+//!   kv-<token>-*.pins   one pin count per block, per worker (the worker writes)   pin / unpin / pinned
+//! ```
+//!
+//! **Pins (prefix sharing).** A worker that reads blocks another request produced pins them: the pin is
+//! counted in the worker's own pin file, then the block's generation is checked (a freed block cannot be
+//! pinned: [`Error::StaleBlock`]). The scheduler, freeing a block, bumps its generation, then reads every
+//! worker's count: if any pins it, the block is set aside (not reused) until the pins are gone. The two
+//! sides order their write-then-read with sequentially consistent atomics, so either the worker sees the
+//! free or the scheduler sees the pin. A worker that dies drops its pins with it: its pin file's lock goes
+//! with the process, and the scheduler ignores (and removes) the pins of a worker that is gone.
+//!
+//! **Block ids** are `slot * blocks_per_chunk + index`: a block's place in the pool's range, so a worker
+//! computes its offset without asking. A block reference from another pool is [`Error::BadDescriptor`];
+//! one whose block was freed since is [`Error::StaleBlock`].
+
+mod mirror;
+mod table;
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+pub use mirror::{KvMirror, Pinned};
+
+use crate::error::{Error, Result};
+use crate::pool::{Block, BlockClassId, GRANULE, Pool, PoolConfig, PoolStats};
+use crate::runtime::Runtime;
+use crate::share::{ShareConfig, ShareDesc};
+use crate::sync::Mutex;
+use crate::sync::shm::{Ordering, fence};
+
+use table::{BlockTable, Geometry, PinFile};
+
+/// The shape of a model's KV cache, to size blocks from: a block holds `block_tokens` tokens of keys and
+/// values for every layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    /// Transformer layers.
+    pub layers: u32,
+    /// Key/value heads per layer.
+    pub kv_heads: u32,
+    /// Dimension of a head.
+    pub head_dim: u32,
+    /// Bytes per element (2 for fp16/bf16, 1 for fp8/int8).
+    pub dtype_bytes: u32,
+    /// Tokens per block.
+    pub block_tokens: u32,
+}
+
+impl KvLayout {
+    /// Bytes of one block: keys and values, every layer, rounded up to the pool's granule.
+    ///
+    /// ```
+    /// use aclshm::KvLayout;
+    /// // A 7B-class model: 32 layers, 8 KV heads of 128, fp16, 16 tokens per block.
+    /// let l = KvLayout { layers: 32, kv_heads: 8, head_dim: 128, dtype_bytes: 2, block_tokens: 16 };
+    /// assert_eq!(l.block_bytes().unwrap(), 2 << 20);
+    /// ```
+    pub fn block_bytes(&self) -> Result<u64> {
+        [self.layers, self.kv_heads, self.head_dim, self.dtype_bytes, self.block_tokens]
+            .iter()
+            .try_fold(2u64, |acc, &x| if x == 0 { None } else { acc.checked_mul(u64::from(x)) })
+            .and_then(|b| b.checked_next_multiple_of(GRANULE))
+            .ok_or_else(|| Error::InvalidArgument(format!("{self:?} has a zero or an overflowing dimension")))
+    }
+}
+
+/// How a [`KvPool`] is made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvConfig {
+    /// Bytes per block (a multiple of 512, at most the chunk size); see [`KvLayout::block_bytes`].
+    pub block_bytes: u64,
+    /// The pool under the blocks. Its chunk size should be a multiple of the block size, or the tail of
+    /// each chunk that does not hold a whole block is wasted.
+    pub pool: PoolConfig,
+    /// How the pool is shared.
+    pub share: ShareConfig,
+}
+
+/// A block of a KV pool: which pool, which block, which allocation of it. 16 bytes; `Copy`; send it to
+/// workers any way you like (its text form is `<pool>:<id>:<generation>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KvBlock {
+    pool: u64,
+    id: u32,
+    generation: u32,
+}
+
+impl KvBlock {
+    /// The pool's token.
+    pub fn pool(&self) -> u64 {
+        self.pool
+    }
+
+    /// The block id (its place in the pool).
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Which allocation of the block this is (odd; bumped by every allocation and free).
+    pub fn generation(&self) -> u32 {
+        self.generation
+    }
+
+    /// A reference from its parts, for tools and tests: every use checks it against the pool, so a
+    /// forged one is refused, never a pointer elsewhere.
+    #[doc(hidden)]
+    pub fn from_parts(pool: u64, id: u32, generation: u32) -> KvBlock {
+        KvBlock { pool, id, generation }
+    }
+}
+
+impl fmt::Display for KvBlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}:{}:{}", self.pool, self.id, self.generation)
+    }
+}
+
+impl FromStr for KvBlock {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<KvBlock> {
+        let bad = || Error::BadDescriptor(format!("{s:?} is not a KV block (<pool hex>:<id>:<generation>)"));
+        let mut it = s.split(':');
+        let (Some(pool), Some(id), Some(generation), None) = (it.next(), it.next(), it.next(), it.next()) else {
+            return Err(bad());
+        };
+        Ok(KvBlock {
+            pool: u64::from_str_radix(pool, 16).map_err(|_| bad())?,
+            id: id.parse().map_err(|_| bad())?,
+            generation: generation.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// What workers attach a [`KvMirror`] with. Text form `aclshm-kv:1:<token>:<socket>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct KvDesc {
+    share: ShareDesc,
+}
+
+const DESC_PREFIX: &str = "aclshm-kv:1:";
+
+impl KvDesc {
+    /// The pool's share descriptor.
+    pub fn share(&self) -> &ShareDesc {
+        &self.share
+    }
+
+    /// The directory of the pool's shared files.
+    fn dir(&self) -> PathBuf {
+        self.share.socket.parent().map(|p| p.to_path_buf()).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for KvDesc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{DESC_PREFIX}{:016x}:{}", self.share.token, self.share.socket.display())
+    }
+}
+
+impl FromStr for KvDesc {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<KvDesc> {
+        let rest = s
+            .strip_prefix(DESC_PREFIX)
+            .ok_or_else(|| Error::BadDescriptor(format!("{s:?}: expected aclshm-kv:1:<token>:<socket>")))?;
+        Ok(KvDesc { share: format!("aclshm-share:1:{rest}").parse()? })
+    }
+}
+
+/// What a KV pool holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvStats {
+    /// Bytes per block.
+    pub block_bytes: u64,
+    /// Blocks per chunk.
+    pub blocks_per_chunk: u32,
+    /// Blocks the pool's range can hold.
+    pub capacity: u32,
+    /// Blocks allocated now.
+    pub allocated: u32,
+    /// Blocks freed while pinned, kept until their pins are gone.
+    pub deferred: u32,
+    /// Workers with a pin file now (attached KV mirrors).
+    pub workers: u32,
+    /// The pool underneath.
+    pub pool: PoolStats,
+}
+
+struct Owner {
+    /// Allocated blocks by id.
+    live: HashMap<u32, Block>,
+    /// Blocks freed while some worker pinned them.
+    deferred: HashMap<u32, Block>,
+    /// Workers' pin files.
+    workers: Vec<PinFile>,
+    epoch_seen: Option<u32>,
+    unpins_seen: u32,
+}
+
+/// A scheduler's pool of KV-cache blocks, shared with workers (see the [module](self) docs).
+pub struct KvPool {
+    pool: Pool,
+    class: BlockClassId,
+    table: BlockTable,
+    desc: KvDesc,
+    dir: PathBuf,
+    geometry: Geometry,
+    owner: Mutex<Owner>,
+}
+
+impl fmt::Debug for KvPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvPool").field("desc", &self.desc).field("geometry", &self.geometry).finish()
+    }
+}
+
+impl KvPool {
+    /// A KV pool on `device`: the pool, its block class, sharing, the block table.
+    ///
+    /// ```
+    /// # let dir = std::env::temp_dir().join(format!("aclshm-doc-kv-{}", std::process::id()));
+    /// # unsafe { std::env::set_var("ACLSHM_SIM_DIR", &dir) };
+    /// # unsafe { std::env::set_var("ACLSHM_SHARE_DIR", dir.with_extension("share")) };
+    /// use aclshm::{KvConfig, KvPool, PoolConfig, Runtime, ShareConfig};
+    /// let rt = Runtime::simulator();
+    /// let pool = PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 64 << 20, ..PoolConfig::default() };
+    /// let kv = KvPool::new(&rt, 0, KvConfig { block_bytes: 256 << 10, pool, share: ShareConfig::default() })?;
+    /// let blocks = kv.alloc_many(20)?;                 // 8 blocks per chunk: 3 chunks
+    /// assert_eq!(kv.stats().pool.chunks, 3);
+    /// let workers_see = kv.desc().to_string();         // "aclshm-kv:1:...": what workers attach with
+    /// # assert!(workers_see.starts_with("aclshm-kv:1:"));
+    /// kv.free_many(&blocks)?;
+    /// kv.close()?;
+    /// # std::fs::remove_dir_all(dir.with_extension("share")).unwrap();
+    /// # Ok::<(), aclshm::Error>(())
+    /// ```
+    pub fn new(rt: &Runtime, device: i32, config: KvConfig) -> Result<KvPool> {
+        let pool = Pool::new(rt, device, config.pool)?;
+        let class = pool.block_class(config.block_bytes)?;
+        let per_chunk = pool.blocks_per_chunk(class)?;
+        let chunk_bytes = pool.config().chunk_bytes;
+        let slots = pool.stats().reserved_bytes / chunk_bytes;
+        let blocks = u32::try_from(slots * u64::from(per_chunk))
+            .map_err(|_| Error::InvalidArgument(format!("{slots} chunks of {per_chunk} blocks: too many blocks")))?;
+        let share = pool.share(config.share.clone())?;
+        let dir = share.socket.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+        let geometry = Geometry { token: share.token, block_bytes: config.block_bytes, chunk_bytes, per_chunk, blocks };
+        let table = BlockTable::create(&dir, geometry)?;
+        Ok(KvPool {
+            pool,
+            class,
+            table,
+            desc: KvDesc { share },
+            dir,
+            geometry,
+            owner: Mutex::new(Owner {
+                live: HashMap::new(),
+                deferred: HashMap::new(),
+                workers: Vec::new(),
+                epoch_seen: None,
+                unpins_seen: 0,
+            }),
+        })
+    }
+
+    /// What workers attach with.
+    pub fn desc(&self) -> &KvDesc {
+        &self.desc
+    }
+
+    /// The pool underneath (statistics, sharing statistics).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(&self) -> u64 {
+        self.geometry.block_bytes
+    }
+
+    /// Allocate one block.
+    pub fn alloc(&self) -> Result<KvBlock> {
+        Ok(self.alloc_many(1)?[0])
+    }
+
+    /// Allocate `n` blocks: all or none. Blocks freed while pinned are reused once their pins are gone;
+    /// when the device is full, those are looked at again (and workers that died are forgotten) before
+    /// giving up with [`Error::OutOfMemory`].
+    pub fn alloc_many(&self, n: usize) -> Result<Vec<KvBlock>> {
+        {
+            let mut st = self.owner.lock();
+            if !st.deferred.is_empty() && self.table.unpins() != st.unpins_seen {
+                self.reclaim_locked(&mut st);
+            }
+        }
+        let blocks = match self.pool.alloc_blocks(self.class, n) {
+            Err(Error::OutOfMemory { .. }) if !self.owner.lock().deferred.is_empty() => {
+                self.reclaim()?;
+                self.pool.alloc_blocks(self.class, n)?
+            }
+            r => r?,
+        };
+        let mut st = self.owner.lock();
+        let out = blocks
+            .into_iter()
+            .map(|b| {
+                let id = b.slot() * self.geometry.per_chunk + b.index();
+                let generation = self.table.generation(id).wrapping_add(1);
+                debug_assert!(generation % 2 == 1, "block {id} was free");
+                self.table.set_generation(id, generation);
+                st.live.insert(id, b);
+                KvBlock { pool: self.geometry.token, id, generation }
+            })
+            .collect();
+        Ok(out)
+    }
+
+    /// Check `b` names a live block of this pool.
+    fn check(&self, st: &Owner, b: &KvBlock) -> Result<Block> {
+        if b.pool != self.geometry.token {
+            return Err(Error::BadDescriptor(format!("block {b} is of another pool")));
+        }
+        if b.id >= self.geometry.blocks {
+            return Err(Error::BadDescriptor(format!("block {b}: the pool has {} blocks", self.geometry.blocks)));
+        }
+        match st.live.get(&b.id) {
+            Some(blk) if self.table.generation(b.id) == b.generation => Ok(*blk),
+            _ => Err(Error::StaleBlock { id: b.id, generation: b.generation }),
+        }
+    }
+
+    /// Free one block (see [`free_many`](KvPool::free_many)).
+    pub fn free(&self, b: KvBlock) -> Result<()> {
+        self.free_many(std::slice::from_ref(&b))
+    }
+
+    /// Free blocks. Every reference is checked first (another pool, out of range, stale, listed twice: an
+    /// error, and nothing is freed). A block a worker pins is not reused until every pin on it is gone.
+    pub fn free_many(&self, blocks: &[KvBlock]) -> Result<()> {
+        let to_pool = {
+            let mut st = self.owner.lock();
+            let mut checked = Vec::with_capacity(blocks.len());
+            let mut seen = std::collections::HashSet::with_capacity(if blocks.len() > 1 { blocks.len() } else { 0 });
+            for b in blocks {
+                let blk = self.check(&st, b)?;
+                // Listed twice: the second is a double free.
+                if blocks.len() > 1 && !seen.insert(b.id) {
+                    return Err(Error::StaleBlock { id: b.id, generation: b.generation });
+                }
+                checked.push((b.id, blk));
+            }
+            for (b, _) in blocks.iter().zip(&checked) {
+                st.live.remove(&b.id);
+                // Even: free. From here on no worker can pin it.
+                self.table.set_generation(b.id, b.generation.wrapping_add(1));
+            }
+            // Pairs with the workers' pin-then-check: either they see the new generation, or we see their pin.
+            fence(Ordering::SeqCst);
+            self.refresh_workers(&mut st);
+            let mut to_pool = Vec::with_capacity(checked.len());
+            for (id, blk) in checked {
+                if self.pins_locked(&mut st, id) == 0 {
+                    to_pool.push(blk);
+                } else {
+                    st.deferred.insert(id, blk);
+                }
+            }
+            to_pool
+        };
+        self.pool.free_blocks(&to_pool)
+    }
+
+    /// Pins on block `b` now, over every live worker.
+    pub fn pins(&self, b: &KvBlock) -> Result<u32> {
+        let mut st = self.owner.lock();
+        if b.pool != self.geometry.token || b.id >= self.geometry.blocks {
+            return Err(Error::BadDescriptor(format!("block {b} is not of this pool")));
+        }
+        self.refresh_workers(&mut st);
+        Ok(self.pins_locked(&mut st, b.id))
+    }
+
+    /// Sum block `id`'s pins over the workers, forgetting workers that died (their pins with them).
+    fn pins_locked(&self, st: &mut Owner, id: u32) -> u32 {
+        let mut total = 0u32;
+        let mut dead = Vec::new();
+        for (i, w) in st.workers.iter().enumerate() {
+            let n = w.count(id).load(Ordering::SeqCst);
+            if n > 0 {
+                if w.holder_alive() {
+                    total = total.saturating_add(n);
+                } else {
+                    dead.push(i);
+                }
+            }
+        }
+        for i in dead.into_iter().rev() {
+            let w = st.workers.swap_remove(i);
+            w.remove();
+        }
+        total
+    }
+
+    /// Pick up pin files workers added or removed since the last look.
+    fn refresh_workers(&self, st: &mut Owner) {
+        let epoch = self.table.epoch();
+        if st.epoch_seen == Some(epoch) {
+            return;
+        }
+        st.epoch_seen = Some(epoch);
+        let now = PinFile::list(&self.dir, self.geometry.token);
+        st.workers.retain(|w| now.iter().any(|p| p == w.path()));
+        for p in now {
+            if !st.workers.iter().any(|w| w.path() == p)
+                && let Some(f) = PinFile::open(&p, self.geometry.token, self.geometry.blocks)
+            {
+                st.workers.push(f);
+            }
+        }
+    }
+
+    fn reclaim_locked(&self, st: &mut Owner) -> Vec<Block> {
+        st.unpins_seen = self.table.unpins();
+        self.refresh_workers(st);
+        // Workers that died go, pinned or not.
+        let mut i = 0;
+        while i < st.workers.len() {
+            if st.workers[i].holder_alive() {
+                i += 1;
+            } else {
+                st.workers.swap_remove(i).remove();
+            }
+        }
+        let ids: Vec<u32> = st.deferred.keys().copied().collect();
+        let mut free = Vec::new();
+        for id in ids {
+            if self.pins_locked(st, id) == 0 {
+                free.extend(st.deferred.remove(&id));
+            }
+        }
+        free
+    }
+
+    /// Give back the blocks freed while pinned whose pins are gone (workers that died count as gone).
+    /// Returns how many went back. Allocation does this by itself when it needs to.
+    pub fn reclaim(&self) -> Result<u32> {
+        let free = {
+            let mut st = self.owner.lock();
+            self.reclaim_locked(&mut st)
+        };
+        self.pool.free_blocks(&free)?;
+        Ok(free.len() as u32)
+    }
+
+    /// Wait until no block is kept for its pins (reclaiming as pins go), at most `timeout`. Returns
+    /// whether none is left.
+    pub fn wait_unpinned(&self, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.table.unpins();
+            self.reclaim()?;
+            if self.owner.lock().deferred.is_empty() {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            // Woken by an unpin; the bound catches a worker that dies holding pins.
+            self.table.wait_unpins(seen, (deadline - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// The scheduler's own address of block `b`.
+    pub fn ptr(&self, b: &KvBlock) -> Result<*mut c_void> {
+        let st = self.owner.lock();
+        Ok(self.check(&st, b)?.as_ptr())
+    }
+
+    /// Give fully free chunks back to the device (after reclaiming what pins no longer hold).
+    pub fn trim(&self) -> Result<u32> {
+        self.reclaim()?;
+        self.pool.trim()
+    }
+
+    /// What the pool holds.
+    pub fn stats(&self) -> KvStats {
+        let mut st = self.owner.lock();
+        self.refresh_workers(&mut st);
+        KvStats {
+            block_bytes: self.geometry.block_bytes,
+            blocks_per_chunk: self.geometry.per_chunk,
+            capacity: self.geometry.blocks,
+            allocated: st.live.len() as u32,
+            deferred: st.deferred.len() as u32,
+            workers: st.workers.len() as u32,
+            pool: self.pool.stats(),
+        }
+    }
+
+    /// Close: the block table goes (workers keep what they mapped), then the pool. Pin files of workers
+    /// that died are removed.
+    pub fn close(&self) -> Result<()> {
+        {
+            let mut st = self.owner.lock();
+            st.epoch_seen = None;
+            self.refresh_workers(&mut st);
+            for w in std::mem::take(&mut st.workers) {
+                if !w.holder_alive() {
+                    w.remove();
+                }
+            }
+        }
+        self.table.close();
+        self.pool.close()
+    }
+}
+
+impl Drop for KvPool {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            eprintln!("aclshm: while dropping a KV pool: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_and_descriptors_have_text_forms() {
+        let b = KvBlock { pool: 0xab, id: 7, generation: 3 };
+        assert_eq!(b.to_string(), "00000000000000ab:7:3");
+        assert_eq!(b.to_string().parse::<KvBlock>().unwrap(), b);
+        for bad in ["", "ab:7", "ab:7:3:1", "zz:7:3", "ab:-1:3", "ab:7:x"] {
+            assert!(bad.parse::<KvBlock>().is_err(), "{bad:?}");
+        }
+        let d: KvDesc = "aclshm-kv:1:00000000000000ab:/dev/shm/x/pool-00000000000000ab.sock".parse().unwrap();
+        assert_eq!(d.share().token, 0xab);
+        assert_eq!(d.to_string().parse::<KvDesc>().unwrap(), d);
+        assert!("aclshm-share:1:ab:/x".parse::<KvDesc>().is_err());
+    }
+
+    #[test]
+    fn layouts_give_block_sizes() {
+        let l = KvLayout { layers: 2, kv_heads: 1, head_dim: 64, dtype_bytes: 2, block_tokens: 1 };
+        assert_eq!(l.block_bytes().unwrap(), 512, "2 x 2 x 64 x 2 = 512");
+        let odd = KvLayout { head_dim: 65, ..l };
+        assert_eq!(odd.block_bytes().unwrap(), 1024, "520 rounds up to the granule");
+        assert!(KvLayout { layers: 0, ..l }.block_bytes().is_err());
+        assert!(KvLayout { layers: u32::MAX, kv_heads: u32::MAX, head_dim: u32::MAX, ..l }.block_bytes().is_err());
+    }
+}
