@@ -21,7 +21,7 @@ use std::str::FromStr;
 use aclshm_sys::{
     Entry, aclError, aclrtDrvMemHandle, aclrtMemAccessDesc, aclrtMemAttr, aclrtMemGranularityOptions,
     aclrtMemHandleType, aclrtMemMallocPolicy, aclrtMemcpyKind, aclrtNotify, aclrtPhysicalMemProp, aclrtStream,
-    aclshmSimInfo, aclshmSimStats,
+    aclshmSimInfo, aclshmSimProcess, aclshmSimStats,
 };
 
 use crate::error::{AclError, Error, Result};
@@ -632,6 +632,24 @@ pub fn sim_reclaim(rt: &Runtime) -> Result<u32> {
     let mut n = 0;
     call!(rt, aclshmSimReclaim(&mut n))?;
     Ok(n)
+}
+
+/// The processes attached to the simulator directory and what each holds, dead ones included until
+/// reclaimed. Reclaims nothing.
+#[doc(alias = "aclshmSimListProcesses")]
+pub fn sim_list_processes(rt: &Runtime) -> Result<Vec<aclshmSimProcess>> {
+    loop {
+        let mut n = 0usize;
+        call!(rt, aclshmSimListProcesses(std::ptr::null_mut(), 0, &mut n))?;
+        let mut v = vec![aclshmSimProcess::default(); n + 4];
+        let mut got = 0usize;
+        call!(rt, aclshmSimListProcesses(v.as_mut_ptr(), v.len(), &mut got))?;
+        // More processes attached between the two calls than the slack: ask again.
+        if got <= v.len() {
+            v.truncate(got);
+            return Ok(v);
+        }
+    }
 }
 
 #[cfg(test)]

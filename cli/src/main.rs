@@ -1,9 +1,16 @@
 //! `aclshm`: the command-line face of the library.
 
+mod demo;
+mod report;
+mod sim;
+
 use std::process::ExitCode;
 
 use aclshm::{Runtime, RuntimeInfo};
 use clap::{Parser, Subcommand, ValueEnum};
+use serde::Serialize;
+
+use report::bytes;
 
 /// Share Ascend NPU memory between processes through the ACL runtime.
 ///
@@ -34,9 +41,45 @@ enum BackendArg {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the multi-process serving demo: a scheduler (this process) and worker processes share one pool
+    /// of KV-cache blocks through the rendezvous; workers on every device write blocks, verify each
+    /// other's (pinned, while the scheduler frees them), and IPC notifies signal each phase. Prints a
+    /// summary (runtime calls, imports per worker, bytes verified, time per phase); fails if any byte does
+    /// not verify.
+    Demo(demo::DemoArgs),
+    /// A worker of `aclshm demo` (started by it).
+    #[command(hide = true)]
+    DemoWorker(demo::WorkerArgs),
     /// Show the ACL runtime in use: backend, version, devices (memory, granularity) and, for the
     /// simulator, its directory and configuration.
-    Info,
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look after the simulator: what its processes hold, and reclaiming what dead ones left.
+    Sim {
+        #[command(subcommand)]
+        command: SimCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum SimCommand {
+    /// List the processes attached to the simulator's directory, alive or dead, and the objects each
+    /// holds; and the files in the share directory.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Release what processes that died left in the simulator (as the driver does when a process exits),
+    /// remove share files whose creator is gone, and show what is left.
+    Clean {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn runtime(cli: &Cli) -> aclshm::Result<Runtime> {
@@ -51,19 +94,63 @@ fn runtime(cli: &Cli) -> aclshm::Result<Runtime> {
     Runtime::select(&backend, lib.as_deref())
 }
 
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+/// `aclshm info --json`.
+#[derive(Serialize)]
+struct InfoJson {
+    backend: String,
+    version: Option<String>,
+    simulator: Option<SimJson>,
+    devices: Vec<DeviceJson>,
+    missing: Vec<&'static str>,
 }
 
-fn info(rt: &Runtime) -> aclshm::Result<()> {
+#[derive(Serialize)]
+struct SimJson {
+    version: String,
+    dir: String,
+    hbm_bytes: u64,
+    processes: u32,
+    phys_objects: u32,
+}
+
+#[derive(Serialize)]
+struct DeviceJson {
+    id: i32,
+    total_bytes: usize,
+    free_bytes: usize,
+    granularity: usize,
+    granularity_recommended: usize,
+}
+
+fn info(rt: &Runtime, json: bool) -> aclshm::Result<()> {
     let info = RuntimeInfo::gather(rt)?;
+    if json {
+        let j = InfoJson {
+            backend: info.backend.to_string(),
+            version: info.version.map(|(a, b, c)| format!("{a}.{b}.{c}")),
+            simulator: info.simulator.as_ref().map(|s| SimJson {
+                version: s.version.clone(),
+                dir: s.dir.display().to_string(),
+                hbm_bytes: s.hbm_bytes,
+                processes: s.processes,
+                phys_objects: s.phys_objects,
+            }),
+            devices: info
+                .devices
+                .iter()
+                .map(|d| DeviceJson {
+                    id: d.id,
+                    total_bytes: d.total_bytes,
+                    free_bytes: d.free_bytes,
+                    granularity: d.granularity,
+                    granularity_recommended: d.granularity_recommended,
+                })
+                .collect(),
+            missing: info.missing.clone(),
+        };
+        println!("{}", serde_json::to_string_pretty(&j).expect("plain data serialises"));
+        return Ok(());
+    }
     println!("backend:      {}", info.backend);
     match info.version {
         Some((a, b, c)) => println!("ACL version:  {a}.{b}.{c}"),
@@ -97,9 +184,24 @@ fn info(rt: &Runtime) -> aclshm::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = runtime(&cli).and_then(|rt| match cli.command {
-        Command::Info => info(&rt),
-    });
+    if let Command::DemoWorker(args) = &cli.command {
+        // A worker takes its runtime from the environment the scheduler gave it.
+        return demo::worker(args);
+    }
+    let rt = match runtime(&cli) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("aclshm: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match &cli.command {
+        Command::Demo(args) => return demo::demo(&rt, args),
+        Command::DemoWorker(_) => unreachable!("handled above"),
+        Command::Info { json } => info(&rt, *json),
+        Command::Sim { command: SimCommand::Status { json } } => sim::run_status(&rt, *json),
+        Command::Sim { command: SimCommand::Clean { json } } => sim::run_clean(&rt, *json),
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

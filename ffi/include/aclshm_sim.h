@@ -63,6 +63,31 @@ typedef struct aclshmSimStats {
     uint32_t localIpcImports;
 } aclshmSimStats;
 
+/** A process attached to the simulator directory, and what it holds there. */
+typedef struct aclshmSimProcess {
+    /** Its pid, as the simulator's processes see it. */
+    int32_t pid;
+    /** Its pid as the host sees it (aclrtDeviceGetBareTgid). */
+    int32_t bareTgid;
+    /** 1 while it runs; 0 once it is gone and what it holds waits for a reclaim. */
+    uint32_t alive;
+    /** Physical memory objects it allocated (aclrtMallocPhysical or aclrtMalloc) that are still alive. */
+    uint32_t physAllocated;
+    /** Physical memory objects it holds a handle to (allocated or imported). */
+    uint32_t physHeld;
+    /** Its exports still open (shareable handles not freed yet). */
+    uint32_t exports;
+    /** IPC memory keys it exported and has not closed. */
+    uint32_t ipcKeys;
+    /** IPC memory keys it imported and has not closed. */
+    uint32_t ipcImports;
+    /** Notifies it created or imported and has not destroyed. */
+    uint32_t notifies;
+    uint32_t reserved;
+    /** Bytes of device memory it allocated that are still alive. */
+    uint64_t bytesAllocated;
+} aclshmSimProcess;
+
 /** Describe the simulator. */
 aclError aclshmSimGetInfo(aclshmSimInfo *info);
 /**
@@ -83,6 +108,12 @@ aclError aclshmSimInjectFault(const char *func, uint64_t nth, uint64_t times, ac
 aclError aclshmSimClearFaults(void);
 /** Release what dead processes left in the simulator directory; reclaimed receives how many there were. */
 aclError aclshmSimReclaim(uint32_t *reclaimed);
+/**
+ * List the processes attached to the simulator directory, dead ones included until they are reclaimed: up to
+ * cap entries into procs (which may be NULL when cap is 0); count receives how many there are. Reclaims
+ * nothing.
+ */
+aclError aclshmSimListProcesses(aclshmSimProcess *procs, size_t cap, size_t *count);
 
 #ifdef __cplusplus
 }

@@ -615,6 +615,72 @@ const _: () = {
         "Offset of field: aclshmSimStats::localIpcImports",
     ][::core::mem::offset_of!(aclshmSimStats, localIpcImports) - 172usize];
 };
+/// A process attached to the simulator directory, and what it holds there.
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aclshmSimProcess {
+    /// Its pid, as the simulator's processes see it.
+    pub pid: i32,
+    /// Its pid as the host sees it (aclrtDeviceGetBareTgid).
+    pub bareTgid: i32,
+    /// 1 while it runs; 0 once it is gone and what it holds waits for a reclaim.
+    pub alive: u32,
+    /// Physical memory objects it allocated (aclrtMallocPhysical or aclrtMalloc) that are still alive.
+    pub physAllocated: u32,
+    /// Physical memory objects it holds a handle to (allocated or imported).
+    pub physHeld: u32,
+    /// Its exports still open (shareable handles not freed yet).
+    pub exports: u32,
+    /// IPC memory keys it exported and has not closed.
+    pub ipcKeys: u32,
+    /// IPC memory keys it imported and has not closed.
+    pub ipcImports: u32,
+    /// Notifies it created or imported and has not destroyed.
+    pub notifies: u32,
+    pub reserved: u32,
+    /// Bytes of device memory it allocated that are still alive.
+    pub bytesAllocated: u64,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of aclshmSimProcess"][::core::mem::size_of::<aclshmSimProcess>() - 48usize];
+    [
+        "Alignment of aclshmSimProcess",
+    ][::core::mem::align_of::<aclshmSimProcess>() - 8usize];
+    [
+        "Offset of field: aclshmSimProcess::pid",
+    ][::core::mem::offset_of!(aclshmSimProcess, pid) - 0usize];
+    [
+        "Offset of field: aclshmSimProcess::bareTgid",
+    ][::core::mem::offset_of!(aclshmSimProcess, bareTgid) - 4usize];
+    [
+        "Offset of field: aclshmSimProcess::alive",
+    ][::core::mem::offset_of!(aclshmSimProcess, alive) - 8usize];
+    [
+        "Offset of field: aclshmSimProcess::physAllocated",
+    ][::core::mem::offset_of!(aclshmSimProcess, physAllocated) - 12usize];
+    [
+        "Offset of field: aclshmSimProcess::physHeld",
+    ][::core::mem::offset_of!(aclshmSimProcess, physHeld) - 16usize];
+    [
+        "Offset of field: aclshmSimProcess::exports",
+    ][::core::mem::offset_of!(aclshmSimProcess, exports) - 20usize];
+    [
+        "Offset of field: aclshmSimProcess::ipcKeys",
+    ][::core::mem::offset_of!(aclshmSimProcess, ipcKeys) - 24usize];
+    [
+        "Offset of field: aclshmSimProcess::ipcImports",
+    ][::core::mem::offset_of!(aclshmSimProcess, ipcImports) - 28usize];
+    [
+        "Offset of field: aclshmSimProcess::notifies",
+    ][::core::mem::offset_of!(aclshmSimProcess, notifies) - 32usize];
+    [
+        "Offset of field: aclshmSimProcess::reserved",
+    ][::core::mem::offset_of!(aclshmSimProcess, reserved) - 36usize];
+    [
+        "Offset of field: aclshmSimProcess::bytesAllocated",
+    ][::core::mem::offset_of!(aclshmSimProcess, bytesAllocated) - 40usize];
+};
 
 /// Calls `$m!` once with every entry point, in declaration order: first the ACL runtime functions of
 /// `include/aclshm_acl.h` (group `Acl`), then the simulator extensions of `include/aclshm_sim.h`
@@ -731,6 +797,8 @@ macro_rules! for_each_fn {
             Sim aclshmSimClearFaults() -> $crate::aclError;
             #[doc = " Release what dead processes left in the simulator directory; reclaimed receives how many there were."]
             Sim aclshmSimReclaim(reclaimed: *mut u32) -> $crate::aclError;
+            #[doc = " List the processes attached to the simulator directory, dead ones included until they are reclaimed: up to\n cap entries into procs (which may be NULL when cap is 0); count receives how many there are. Reclaims\n nothing."]
+            Sim aclshmSimListProcesses(procs: *mut $crate::aclshmSimProcess, cap: usize, count: *mut usize) -> $crate::aclError;
         }
     };
 }

@@ -33,8 +33,8 @@ pub(crate) unsafe fn aclshmSimGetInfo(info: *mut aclshmSimInfo) -> R {
 
 pub(crate) unsafe fn aclshmSimGetDir(buf: *mut c_char, len: usize, needed: *mut usize) -> R {
     not_null(needed, "needed")?;
-    let s = sim()?;
-    let path = s.reg.dir().as_os_str().as_bytes();
+    let dir = crate::state::dir()?;
+    let path = dir.as_os_str().as_bytes();
     // SAFETY: non-null out-parameter (C API contract).
     unsafe { put(needed, path.len() + 1) };
     if buf.is_null() || len < path.len() + 1 {
@@ -125,10 +125,61 @@ pub(crate) unsafe fn aclshmSimClearFaults() -> R {
 }
 
 pub(crate) unsafe fn aclshmSimReclaim(reclaimed: *mut u32) -> R {
-    let n = sim()?.reclaim()?;
+    let n = crate::state::reclaim_observed()?;
     if !reclaimed.is_null() {
         // SAFETY: a non-null out-parameter (C API contract; NULL means not wanted).
         unsafe { put(reclaimed, n) };
     }
+    Ok(())
+}
+
+pub(crate) unsafe fn aclshmSimListProcesses(procs: *mut aclshmSimProcess, cap: usize, count: *mut usize) -> R {
+    not_null(count, "count")?;
+    if cap > 0 {
+        not_null(procs, "procs")?;
+    }
+    let Some(obs) = crate::state::observe()? else {
+        // SAFETY: non-null out-parameter (C API contract).
+        unsafe { put(count, 0) };
+        return Ok(());
+    };
+    let reg = obs.reg();
+    let mut g = reg.lock().map_err(|e| fail(ACL_ERROR_RT_INTERNAL_ERROR, e))?;
+    let t = g.t();
+    let list: Vec<aclshmSimProcess> = if reg.retired() {
+        Vec::new()
+    } else {
+        t.proc_live
+            .iter()
+            .map(|p| {
+                let slot = &t.procs[p];
+                let owned = || t.phys_live.iter().map(|i| &t.phys[i]).filter(move |ph| ph.owner as usize == p);
+                aclshmSimProcess {
+                    pid: slot.pid,
+                    bareTgid: slot.bare_tgid,
+                    alive: u32::from(crate::sys::alive(slot.pid, slot.start)),
+                    physAllocated: owned().count() as u32,
+                    physHeld: t.phys_live.iter().filter(|&i| t.phys[i].holders.get(p)).count() as u32,
+                    exports: owned().filter(|ph| ph.export_open == 1).count() as u32,
+                    ipcKeys: t
+                        .key_live
+                        .iter()
+                        .filter(|&i| t.keys[i].exporter as usize == p && t.keys[i].open == 1)
+                        .count() as u32,
+                    ipcImports: t.key_live.iter().filter(|&i| t.keys[i].importers.get(p)).count() as u32,
+                    notifies: t.notify_live.iter().filter(|&i| t.notifies[i].holders.get(p)).count() as u32,
+                    reserved: 0,
+                    bytesAllocated: owned().map(|ph| ph.size).sum(),
+                }
+            })
+            .collect()
+    };
+    drop(g);
+    for (i, e) in list.iter().take(cap).enumerate() {
+        // SAFETY: procs holds cap entries (C API contract), and i < cap.
+        unsafe { put(procs.add(i), *e) };
+    }
+    // SAFETY: non-null out-parameter (C API contract).
+    unsafe { put(count, list.len()) };
     Ok(())
 }

@@ -321,6 +321,24 @@ impl Registry {
         Err(format!("{} keeps appearing and disappearing; is something else using the directory?", path.display()))
     }
 
+    /// Open the registry in `dir` if there is one, creating nothing: for tools that look at a directory
+    /// without joining it. None if there is no registry (or its last user is retiring it).
+    pub(crate) fn open_existing(dir: &Path) -> Result<Option<Registry>, String> {
+        let path = dir.join(REGISTRY_FILE);
+        let fd = match sys::open_file(&path) {
+            Ok(fd) => fd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("open {}: {e}", path.display())),
+        };
+        let len = sys::check_private_file(&fd, &path).map_err(|e| e.to_string())?;
+        if len == 0 {
+            return Ok(None);
+        }
+        let reg = Self::map(&fd, dir)?;
+        reg.check_layout(len, &path)?;
+        Ok((reg.control().state.load(Ordering::Acquire) != STATE_DEAD).then_some(reg))
+    }
+
     fn create(cfg: &Config, path: &Path) -> io::Result<Registry> {
         sys::ensure_private_dir(&cfg.dir)?;
         let tmp = cfg.dir.join(format!(".registry-{}-{:x}", sys::pid(), sys::random_u64()));

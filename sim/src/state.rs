@@ -242,6 +242,69 @@ pub(crate) fn log_enabled() -> bool {
 }
 
 /// The simulator, attached on first use.
+/// The registry a tool looks at: this process's own if its simulator joined one, else the directory's,
+/// opened as an observer without joining (so looking changes nothing).
+pub(crate) enum Observed {
+    Joined(&'static Sim),
+    Observer(registry::Registry),
+}
+
+impl Observed {
+    pub(crate) fn reg(&self) -> &registry::Registry {
+        match self {
+            Observed::Joined(s) => &s.reg,
+            Observed::Observer(r) => r,
+        }
+    }
+}
+
+/// What a tool looks at (see [`Observed`]); None when the directory has no registry.
+pub(crate) fn observe() -> R<Option<Observed>> {
+    if let Some(Ok(s)) = SIM.get()
+        && !s.detached.load(Ordering::Acquire)
+    {
+        return Ok(Some(Observed::Joined(s)));
+    }
+    let cfg = Config::from_env().map_err(|e| fail(ACL_ERROR_INVALID_PARAM, e))?;
+    let reg = registry::Registry::open_existing(&cfg.dir).map_err(|e| fail(ACL_ERROR_RT_INTERNAL_ERROR, e))?;
+    Ok(reg.map(Observed::Observer))
+}
+
+/// The simulator directory this process uses (joined or not).
+pub(crate) fn dir() -> R<std::path::PathBuf> {
+    if let Some(Ok(s)) = SIM.get() {
+        return Ok(s.reg.dir().to_path_buf());
+    }
+    Ok(Config::from_env().map_err(|e| fail(ACL_ERROR_INVALID_PARAM, e))?.dir)
+}
+
+/// Release what dead processes left in the directory, without joining it if this process has not;
+/// an observer that leaves the registry empty retires it (removes the directory), as the last process to
+/// leave does. Returns how many dead processes there were.
+pub(crate) fn reclaim_observed() -> R<u32> {
+    let Some(obs) = observe()? else { return Ok(0) };
+    match obs {
+        Observed::Joined(s) => s.reclaim(),
+        Observed::Observer(reg) => {
+            let mut g = reg.lock().map_err(|e| fail(ACL_ERROR_RT_INTERNAL_ERROR, e))?;
+            if reg.retired() {
+                return Ok(0);
+            }
+            let dead = g.t().dead_procs(false);
+            let mut destroyed = Vec::new();
+            for &p in &dead {
+                destroyed.extend(g.t().release_proc(p, reg.words()).destroyed);
+            }
+            destroyed.extend(g.t().sweep(reg.words()));
+            registry::unlink_objects(reg.dir(), &destroyed);
+            if g.t().is_empty() {
+                reg.retire(g);
+            }
+            Ok(dead.len() as u32)
+        }
+    }
+}
+
 pub(crate) fn sim() -> R<&'static Sim> {
     if FORKED.load(Ordering::Relaxed) {
         return bail(

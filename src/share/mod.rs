@@ -460,18 +460,34 @@ impl Drop for Sharing {
 }
 
 /// Remove what owners and exporters that died left in a share directory: files at least a minute old
-/// whose creator no longer holds its lock on them (pool tables with their sockets, importer files).
+/// whose creator no longer holds its lock on them (pool tables with their sockets, importer files, KV block
+/// tables and pin files).
 pub(crate) fn sweep(dir: &std::path::Path) {
+    sweep_older_than(dir, Duration::from_secs(60));
+}
+
+/// As the automatic sweep, for files at least `min_age` old (what `aclshm sim clean` runs, with a second).
+/// Returns how many files it removed.
+pub fn sweep_older_than(dir: &std::path::Path, min_age: Duration) -> usize {
     let ours = |n: &str| {
         (n.starts_with("pool-") && n.ends_with(".table"))
             || (n.starts_with("ipcmem-") && n.ends_with(".importers"))
             || (n.starts_with("kv-") && (n.ends_with(".blocks") || n.ends_with(".pins")))
     };
-    os::sweep_orphans(dir, ours, Duration::from_secs(60), |p| {
+    let removed = std::cell::Cell::new(0usize);
+    os::sweep_orphans(dir, ours, min_age, |p| {
+        removed.set(removed.get() + 1);
         if p.extension().is_some_and(|e| e == "table") {
             let _ = std::fs::remove_file(p.with_extension("sock"));
         }
     });
+    removed.get()
+}
+
+/// The share directory this process uses by default (`$ACLSHM_SHARE_DIR`, else
+/// `/dev/shm/aclshm-share-<uid>`).
+pub fn default_dir() -> PathBuf {
+    os::default_share_dir()
 }
 
 /// Path of a shared pool's table, for tests that read it as an outsider would.
