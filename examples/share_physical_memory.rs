@@ -34,10 +34,14 @@ fn prop(device: u32) -> aclrtPhysicalMemProp {
 }
 
 /// Copy `text` to device memory at `dst` (NUL-padded to `len`).
-fn put(rt: &Runtime, dst: *mut c_void, text: &str, len: usize) -> Result<()> {
+///
+/// # Safety
+/// 1. `dst` is device memory of at least `len` bytes mapped in this process.
+unsafe fn put(rt: &Runtime, dst: *mut c_void, text: &str, len: usize) -> Result<()> {
     let mut buf = text.as_bytes().to_vec();
     buf.resize(len, 0);
-    // SAFETY: buf is a host buffer of len bytes; dst is mapped device memory of at least len bytes.
+    // SAFETY: buf is a host buffer of len bytes; dst is mapped device memory of at least len bytes
+    // (precondition 1).
     unsafe {
         raw::memcpy(rt, dst, len, buf.as_ptr().cast(), len, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE)?;
     }
@@ -45,9 +49,13 @@ fn put(rt: &Runtime, dst: *mut c_void, text: &str, len: usize) -> Result<()> {
 }
 
 /// Read a NUL-padded string of at most `len` bytes from device memory at `src`.
-fn get(rt: &Runtime, src: *const c_void, len: usize) -> Result<String> {
+///
+/// # Safety
+/// 1. `src` is device memory of at least `len` bytes mapped in this process.
+unsafe fn get(rt: &Runtime, src: *const c_void, len: usize) -> Result<String> {
     let mut buf = vec![0u8; len];
-    // SAFETY: buf is a host buffer of len bytes; src is mapped device memory of at least len bytes.
+    // SAFETY: buf is a host buffer of len bytes; src is mapped device memory of at least len bytes
+    // (precondition 1).
     unsafe {
         raw::memcpy(rt, buf.as_mut_ptr().cast(), len, src, len, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST)?;
     }
@@ -58,8 +66,12 @@ fn get(rt: &Runtime, src: *const c_void, len: usize) -> Result<String> {
 const MSG: usize = 256;
 
 /// Undo a mapping in the documented order: unmap, free the physical memory, release the range.
-fn teardown(rt: &Runtime, va: *mut c_void, handle: aclshm::sys::aclrtDrvMemHandle) -> Result<()> {
-    // SAFETY: the caller uses the mapping, handle and range no more.
+///
+/// # Safety
+/// 1. `va` is a range this process reserved with `handle` mapped whole at its start, and nothing uses the
+///    mapping, the handle or the range any more.
+unsafe fn teardown(rt: &Runtime, va: *mut c_void, handle: aclshm::sys::aclrtDrvMemHandle) -> Result<()> {
+    // SAFETY: forwarded to the caller (precondition 1).
     unsafe {
         raw::unmap_mem(rt, va)?;
         raw::free_physical(rt, handle)?;
@@ -84,7 +96,8 @@ fn owner() -> Result<()> {
         raw::map_mem(rt, va, size, 0, handle, 0)?;
         va
     };
-    put(rt, va, "hello from the owner, on device 0", MSG)?;
+    // SAFETY: va maps `size` >= 2 * MSG bytes.
+    unsafe { put(rt, va, "hello from the owner, on device 0", MSG)? };
     // SAFETY: our live handle.
     let shareable = unsafe {
         raw::mem_export_to_shareable_handle(
@@ -109,12 +122,15 @@ fn owner() -> Result<()> {
     writeln!(to_worker, "{shareable} {size}")?;
     println!("{}", next()?);
     println!("{}", next()?);
-    println!("owner: the worker wrote back: {:?}", get(rt, va.cast::<u8>().wrapping_add(MSG).cast(), MSG)?);
+    // SAFETY: as above.
+    let reply = unsafe { get(rt, va.cast::<u8>().wrapping_add(MSG).cast(), MSG)? };
+    println!("owner: the worker wrote back: {reply:?}");
     let status = worker.wait()?;
     if !status.success() {
         return Err(format!("the worker failed: {status}").into());
     }
-    teardown(rt, va, handle)?;
+    // SAFETY: our range with our handle mapped whole at its start; nothing uses them any more.
+    unsafe { teardown(rt, va, handle)? };
     println!("owner: unmapped, freed, released; done");
     Ok(())
 }
@@ -135,9 +151,13 @@ fn worker() -> Result<()> {
         raw::map_mem(rt, va, size, 0, handle, 0)?;
         va
     };
-    println!("worker: imported it on device 1 and read {:?}", get(rt, va, MSG)?);
-    put(rt, va.cast::<u8>().wrapping_add(MSG).cast(), "hello from the worker, on device 1", MSG)?;
-    teardown(rt, va, handle)?;
+    // SAFETY: va maps `size` >= 2 * MSG bytes.
+    let message = unsafe { get(rt, va, MSG)? };
+    println!("worker: imported it on device 1 and read {message:?}");
+    // SAFETY: as above.
+    unsafe { put(rt, va.cast::<u8>().wrapping_add(MSG).cast(), "hello from the worker, on device 1", MSG)? };
+    // SAFETY: our range with the imported handle mapped whole at its start; nothing uses them any more.
+    unsafe { teardown(rt, va, handle)? };
     println!("worker: wrote a reply, unmapped, freed, released");
     Ok(())
 }

@@ -242,6 +242,21 @@ impl fmt::Debug for Keyed {
 
 /// Exported `aclrtMalloc` memory (see the [module](self) docs). Closing (or dropping) it waits for
 /// importers to close first.
+///
+/// ```
+/// # let _dirs = unsafe { aclshm::doc_dirs() };
+/// use aclshm::{IpcMemConfig, IpcMemDesc, IpcMemory, Runtime, raw};
+/// let rt = Runtime::simulator();
+/// raw::set_device(&rt, 0)?;
+/// let mem = IpcMemory::new(&rt, 0, 3 << 20, IpcMemConfig::default())?;
+/// assert_eq!(mem.len(), 4 << 20); // whole 2 MiB pages
+/// let desc = mem.desc().to_string(); // "aclshm-ipcmem:1:<key>:<size>:<file>", for an importer
+/// assert_eq!(desc.parse::<IpcMemDesc>()?, mem.desc());
+/// // mem.allow(importer_tgid)?; then, in the importer: IpcMemImport::open(&rt, &desc, device)?
+/// assert_eq!(mem.open_imports()?, 0);
+/// mem.close()?; // waits for importers (none here), closes the key, frees the memory
+/// # Ok::<(), aclshm::Error>(())
+/// ```
 #[derive(Debug)]
 pub struct IpcMemory {
     mem: Keyed,

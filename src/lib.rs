@@ -29,8 +29,7 @@
 //! use aclshm::{Runtime, raw};
 //!
 //! # fn main() -> aclshm::Result<()> {
-//! # let dir = std::env::temp_dir().join(format!("aclshm-doc-{}", std::process::id()));
-//! # unsafe { std::env::set_var("ACLSHM_SIM_DIR", &dir) };
+//! # let _dirs = unsafe { aclshm::doc_dirs() };
 //! let rt = Runtime::simulator();
 //! let devices = raw::get_device_count(&rt)?;
 //! assert!(devices >= 1);
@@ -67,3 +66,31 @@ pub use pool::{Allocation, Block, BlockClassId, Pool, PoolConfig, PoolStats};
 pub use runtime::{Backend, Runtime};
 pub use share::{AllocDesc, Mirror, ShareConfig, ShareDesc};
 pub use stream::Stream;
+
+/// Private simulator and share directories for one process, for the documentation's examples (each runs
+/// as a process of its own): sets `ACLSHM_SIM_DIR` and `ACLSHM_SHARE_DIR`, and removes the share directory
+/// when dropped (the simulator removes its own when the process leaves it).
+///
+/// # Safety
+/// 1. No other thread of the process is running (it sets environment variables).
+#[doc(hidden)]
+pub unsafe fn doc_dirs() -> DocDirs {
+    let base = std::env::temp_dir().join(format!("aclshm-doc-{}-{:x}", std::process::id(), os::random_u64()));
+    let share = base.with_extension("share");
+    // SAFETY: no other thread runs (precondition 1).
+    unsafe {
+        std::env::set_var("ACLSHM_SIM_DIR", &base);
+        std::env::set_var("ACLSHM_SHARE_DIR", &share);
+    }
+    DocDirs(share)
+}
+
+/// See [`doc_dirs`].
+#[doc(hidden)]
+pub struct DocDirs(std::path::PathBuf);
+
+impl Drop for DocDirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -32,7 +32,24 @@ use crate::runtime::{Runtime, on_device};
 use crate::stream::Stream;
 use crate::sync::Mutex;
 
-/// A notify this process created or imported. Destroyed on drop.
+/// A notify this process created or imported. Destroyed on drop: synchronize the streams a record or
+/// wait of it was queued on first (what the runtime does with a task on a destroyed notify is not
+/// documented; the simulator fails the task).
+///
+/// ```
+/// # let _dirs = unsafe { aclshm::doc_dirs() };
+/// use std::time::Duration;
+/// use aclshm::{Notify, Runtime, raw};
+/// let rt = Runtime::simulator();
+/// raw::set_device(&rt, 0)?;
+/// let n = Notify::new(&rt, 0)?;
+/// let key = n.export(true)?; // for another process: Notify::import(&rt, &key, device)
+/// assert_eq!(n.export(true)?, key); // exported once; the key is cached
+/// // n.allow(importer_tgid)?; the importer records, the creator waits:
+/// n.signal()?; // (the creator may record too)
+/// assert!(n.wait_host(Duration::from_secs(5))?);
+/// # Ok::<(), aclshm::Error>(())
+/// ```
 pub struct Notify {
     rt: Runtime,
     raw: NonNull<std::ffi::c_void>,
@@ -139,7 +156,8 @@ impl Notify {
 
     /// Queue a record on `stream` (either side may record; importers are the usual recorders).
     pub fn record(&self, stream: &Stream) -> Result<()> {
-        // SAFETY: our live notify and a live stream.
+        self.check_stream(stream)?;
+        // SAFETY: our live notify and a live stream of the same runtime.
         unsafe { raw::record_notify(&self.rt, self.as_raw(), stream.as_raw()) }
     }
 
@@ -151,8 +169,17 @@ impl Notify {
                 "only the process that created a notify may wait on it; an importer records".into(),
             ));
         }
-        // SAFETY: our live notify and a live stream.
+        self.check_stream(stream)?;
+        // SAFETY: our live notify and a live stream of the same runtime.
         unsafe { raw::wait_and_reset_notify(&self.rt, self.as_raw(), stream.as_raw(), seconds(timeout)) }
+    }
+
+    fn check_stream(&self, stream: &Stream) -> Result<()> {
+        if stream.runtime().is_same(&self.rt) {
+            Ok(())
+        } else {
+            Err(Error::InvalidArgument("the stream and the notify are of different runtimes".into()))
+        }
     }
 
     /// Record from the host: queue a record on a stream of the notify's own and wait for it to run.

@@ -44,6 +44,24 @@ struct Tables {
 
 /// Shareable handles this process exported and imported. A handle to shared state: clones are the same
 /// registry.
+///
+/// ```
+/// # let _dirs = unsafe { aclshm::doc_dirs() };
+/// use aclshm::registry::ImportRegistry;
+/// use aclshm::vmm::{DropErrors, PageSize, PhysicalMem};
+/// use aclshm::{Error, Runtime, raw, sys};
+/// let rt = Runtime::simulator();
+/// raw::set_device(&rt, 0)?;
+/// let errors = DropErrors::new();
+/// let phys = PhysicalMem::allocate(&rt, 0, 2 << 20, PageSize::Huge2M, &errors)?;
+/// let shareable = phys.export(sys::ACL_RT_VMM_EXPORT_FLAG_DEFAULT)?;
+/// assert_eq!(phys.export(sys::ACL_RT_VMM_EXPORT_FLAG_DEFAULT)?, shareable); // exported once
+/// // This process exported it: importing it here is refused before the runtime is asked.
+/// let r = ImportRegistry::global().import(&rt, shareable, 0, 2 << 20, &errors);
+/// assert!(matches!(r, Err(Error::NotPermitted(_))));
+/// assert_eq!(rt.call_count("aclrtMemImportFromShareableHandle"), Some(0));
+/// # Ok::<(), aclshm::Error>(())
+/// ```
 #[derive(Clone)]
 pub struct ImportRegistry {
     shared: Arc<Shared>,

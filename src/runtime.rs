@@ -188,6 +188,13 @@ impl Runtime {
         &self.0.fns
     }
 
+    /// Whether `other` reaches the same runtime (two handles of one table, or two tables of one library):
+    /// objects of one runtime mean nothing to another.
+    pub fn is_same(&self, other: &Runtime) -> bool {
+        let map = |rt: &Runtime| rt.fns().aclrtMapMem.map(|f| f as usize);
+        Arc::ptr_eq(&self.0, &other.0) || (map(self).is_some() && map(self) == map(other))
+    }
+
     /// Where they come from.
     pub fn backend(&self) -> &Backend {
         &self.0.backend

@@ -11,6 +11,16 @@ use crate::runtime::{Runtime, on_device};
 
 /// An `aclrtCreateStream` stream on one device. Work queued on it runs in order; errors of queued work
 /// surface at [`synchronize`](Stream::synchronize). Dropping it lets queued work finish, then destroys it.
+///
+/// ```
+/// # let _dirs = unsafe { aclshm::doc_dirs() };
+/// use aclshm::{Runtime, Stream};
+/// let rt = Runtime::simulator();
+/// let s = Stream::new(&rt, 1)?;
+/// assert_eq!(s.device(), 1);
+/// s.synchronize()?; // nothing queued: returns at once
+/// # Ok::<(), aclshm::Error>(())
+/// ```
 pub struct Stream {
     rt: Runtime,
     raw: NonNull<std::ffi::c_void>,

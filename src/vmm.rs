@@ -18,6 +18,23 @@
 //! mapped. The explicit forms ([`Mapping::unmap`], [`PhysicalMem::free`], [`VaRange::release`]) return the
 //! error instead and hand the object back, so a caller can keep it aside (the pool marks it `Unknown`) and
 //! try again later.
+//!
+//! ```
+//! # let _dirs = unsafe { aclshm::doc_dirs() };
+//! use aclshm::vmm::{DropErrors, Mapping, PageSize, PhysicalMem, VaRange};
+//! use aclshm::{Runtime, raw};
+//! let rt = Runtime::simulator();
+//! raw::set_device(&rt, 0)?;
+//! let errors = DropErrors::new();
+//! let range = VaRange::reserve(&rt, 8 << 20, &errors)?;
+//! let phys = PhysicalMem::allocate(&rt, 0, 2 << 20, PageSize::Huge2M, &errors)?;
+//! let m = Mapping::map(&range, 2 << 20, &phys)?; // the second 2 MiB of the range
+//! drop(phys); // the mapping holds it
+//! drop(range); // and the range
+//! drop(m); // unmap, then free the physical memory, then release the range: in that order
+//! assert!(errors.take().is_empty());
+//! # Ok::<(), aclshm::Error>(())
+//! ```
 
 use std::ffi::c_void;
 use std::fmt;
@@ -452,9 +469,12 @@ impl Mapping {
             ))
         })?;
         let _ = end;
+        if !range.rt.is_same(&phys.rt) {
+            return Err(Error::InvalidArgument("the range and the physical memory are of different runtimes".into()));
+        }
         let addr = range.base() + offset;
-        // SAFETY: addr..addr+size lies inside our reserved range, and phys is a live handle of the same
-        // runtime (we hold it); the runtime refuses an overlap with an existing mapping.
+        // SAFETY: addr..addr+size lies inside our reserved range, and phys is a live handle (we hold it) of
+        // the same runtime (checked above); the runtime refuses an overlap with an existing mapping.
         unsafe { raw::map_mem(&range.rt, addr as *mut c_void, phys.size(), 0, phys.as_raw(), 0)? };
         Ok(Mapping {
             addr: NonNull::new(addr as *mut c_void).expect("inside a range that starts at a non-null base"),

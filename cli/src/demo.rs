@@ -125,7 +125,12 @@ fn blocks_of(words: &str) -> Result<Vec<KvBlock>, String> {
     words.split_whitespace().map(|w| w.parse().map_err(|e: aclshm::Error| e.to_string())).collect()
 }
 
-fn copy(
+/// Copy `len` bytes between the host and a device block.
+///
+/// # Safety
+/// 1. One side is a host buffer of at least `len` bytes, the other a device block of at least `len` bytes
+///    mapped in this process; `to_device` says which is the destination.
+unsafe fn copy(
     rt: &Runtime,
     dst: *mut std::ffi::c_void,
     src: *const std::ffi::c_void,
@@ -137,8 +142,7 @@ fn copy(
     } else {
         aclshm::sys::aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST
     };
-    // SAFETY: the callers pass a host buffer of `len` bytes and a device block of at least `len` bytes,
-    // mapped by the worker's mirror.
+    // SAFETY: forwarded to the caller (precondition 1).
     unsafe { raw::memcpy(rt, dst, len, src, len, kind) }
 }
 
@@ -172,7 +176,8 @@ fn worker_run(args: &WorkerArgs) -> Result<(), String> {
                 let ptrs = kv.ptrs(&blocks).map_err(e)?;
                 for (i, (b, p)) in blocks.iter().zip(&ptrs).enumerate() {
                     pattern(b, len, &mut buf);
-                    copy(&rt, *p, buf.as_ptr().cast(), len, true).map_err(e)?;
+                    // SAFETY: `buf` holds `len` bytes; `p` is the block, `len` bytes, mapped by the mirror.
+                    unsafe { copy(&rt, *p, buf.as_ptr().cast(), len, true) }.map_err(e)?;
                     if i % 8 == 7 {
                         say(format!("progress {}", 8 * len));
                     }
@@ -182,7 +187,8 @@ fn worker_run(args: &WorkerArgs) -> Result<(), String> {
                     && let Some(p) = ptrs.first()
                 {
                     let spoilt = [!buf_first_byte(&blocks[0], len)];
-                    copy(&rt, *p, spoilt.as_ptr().cast(), 1, true).map_err(e)?;
+                    // SAFETY: one host byte into the first byte of a mapped block.
+                    unsafe { copy(&rt, *p, spoilt.as_ptr().cast(), 1, true) }.map_err(e)?;
                 }
                 done.signal().map_err(e)?;
                 say(format!("written {}", blocks.len() * len));
@@ -191,7 +197,7 @@ fn worker_run(args: &WorkerArgs) -> Result<(), String> {
                 let blocks = blocks_of(rest)?;
                 // Another worker's blocks: pinned, so the scheduler cannot reuse them while we read.
                 let pinned = kv.pinned(&blocks).map_err(e)?;
-                let ptrs = kv.ptrs(&blocks).map_err(e)?;
+                let ptrs = pinned.ptrs().to_vec();
                 say("pinned");
                 if next()? != "go" {
                     return Err("expected go".into());
@@ -199,7 +205,8 @@ fn worker_run(args: &WorkerArgs) -> Result<(), String> {
                 let mut bad = 0usize;
                 for (i, (b, p)) in blocks.iter().zip(&ptrs).enumerate() {
                     pattern(b, len, &mut buf);
-                    copy(&rt, read.as_mut_ptr().cast(), *p, len, false).map_err(e)?;
+                    // SAFETY: `read` holds `len` bytes; `p` is a pinned block of `len` bytes mapped by the mirror.
+                    unsafe { copy(&rt, read.as_mut_ptr().cast(), *p, len, false) }.map_err(e)?;
                     bad += buf.iter().zip(&read).filter(|(x, y)| x != y).count();
                     if i % 8 == 7 {
                         say(format!("progress {}", 8 * len));
@@ -525,10 +532,11 @@ fn drive(
         s.worker(i).blocks = blocks;
     }
     for i in 0..n {
+        // The line first (progress lines on the way move the bar), then the signal that came before it.
+        let written: u64 = s.expect(i, "written")?.parse().unwrap_or(0);
         if !notifies[i as usize].wait_host(wait).map_err(e)? {
             return Err(format!("worker {i} did not signal the end of its writes"));
         }
-        let written: u64 = s.expect(i, "written")?.parse().unwrap_or(0);
         s.worker(i).report.bytes_written = written;
         report.bytes_written += written;
     }
@@ -551,10 +559,10 @@ fn drive(
         s.send(i, "go")?;
     }
     for i in 0..n {
+        let v = s.expect(i, "verified")?;
         if !notifies[i as usize].wait_host(wait).map_err(e)? {
             return Err(format!("worker {i} did not signal the end of its checks"));
         }
-        let v = s.expect(i, "verified")?;
         let mut it = v.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(u64::MAX));
         let (verified, bad) = (it.next().unwrap_or(0), it.next().unwrap_or(u64::MAX));
         let w = &mut s.worker(i).report;

@@ -156,9 +156,9 @@ impl Library {
 /// The file that holds `aclrtGetDeviceCount`, as the dynamic loader knows it.
 fn resolved_path(fns: &AclFns) -> Option<PathBuf> {
     let addr = fns.aclrtGetDeviceCount? as *const c_void;
-    // SAFETY: dladdr only reads loader state; info is a valid out-parameter.
+    // SAFETY: Dl_info is plain C data (pointers and integers), for which all-zero bytes are a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
+    // SAFETY: dladdr only reads loader state; info is a valid out-parameter.
     if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
         return None;
     }

@@ -92,7 +92,7 @@ pub(crate) unsafe fn aclshmSimGetStats(stats: *mut aclshmSimStats) -> R {
 /// A function name the caller passed.
 ///
 /// # Safety
-/// 1. `func` is non-null and NUL-terminated.
+/// 1. `func` is non-null and NUL-terminated, and stays valid and unchanged for `'a`.
 unsafe fn name<'a>(func: *const c_char) -> R<&'a str> {
     // SAFETY: forwarded to the caller (precondition 1).
     unsafe { CStr::from_ptr(func) }

@@ -255,7 +255,8 @@ struct Control {
     file_size: u64,
     tables_offset: u64,
     words_offset: u64,
-    mutex: libc::pthread_mutex_t,
+    /// Changed by pthread calls in every process while others hold `&Control`: hence the cell.
+    mutex: std::cell::UnsafeCell<libc::pthread_mutex_t>,
 }
 
 const TABLES_OFFSET: usize = 4096;
@@ -395,7 +396,7 @@ impl Registry {
             libc::pthread_mutexattr_init(&mut attr);
             libc::pthread_mutexattr_setpshared(&mut attr, libc::PTHREAD_PROCESS_SHARED);
             libc::pthread_mutexattr_setrobust(&mut attr, libc::PTHREAD_MUTEX_ROBUST);
-            let rc = libc::pthread_mutex_init(&raw mut (*c).mutex, &attr);
+            let rc = libc::pthread_mutex_init(std::cell::UnsafeCell::raw_get(&raw const (*c).mutex), &attr);
             libc::pthread_mutexattr_destroy(&mut attr);
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
@@ -435,7 +436,8 @@ impl Registry {
 
     fn control(&self) -> &Control {
         // SAFETY: the mapping starts with a Control; its fields other than the mutex and state are written
-        // once before the file is published, and state is atomic.
+        // once before the file is published, state is atomic, and the mutex is in an UnsafeCell (only ever
+        // reached through raw pointers).
         unsafe { &*self.base.as_ptr().cast::<Control>() }
     }
 
@@ -455,12 +457,12 @@ impl Registry {
     pub(crate) fn lock(&self) -> Result<Guard<'_>, String> {
         let c = self.base.as_ptr().cast::<Control>();
         // SAFETY: the mutex was initialised process-shared and robust before the file was published.
-        let rc = unsafe { libc::pthread_mutex_lock(&raw mut (*c).mutex) };
+        let rc = unsafe { libc::pthread_mutex_lock(std::cell::UnsafeCell::raw_get(&raw const (*c).mutex)) };
         let owner_died = match rc {
             0 => false,
             libc::EOWNERDEAD => {
                 // SAFETY: we hold the mutex; marking it consistent is how a robust mutex is recovered.
-                unsafe { libc::pthread_mutex_consistent(&raw mut (*c).mutex) };
+                unsafe { libc::pthread_mutex_consistent(std::cell::UnsafeCell::raw_get(&raw const (*c).mutex)) };
                 true
             }
             e => return Err(format!("lock the simulator registry: {}", io::Error::from_raw_os_error(e))),
@@ -515,7 +517,7 @@ impl Drop for Guard<'_> {
     fn drop(&mut self) {
         let c = self.reg.base.as_ptr().cast::<Control>();
         // SAFETY: we hold the mutex.
-        unsafe { libc::pthread_mutex_unlock(&raw mut (*c).mutex) };
+        unsafe { libc::pthread_mutex_unlock(std::cell::UnsafeCell::raw_get(&raw const (*c).mutex)) };
     }
 }
 

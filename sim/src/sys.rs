@@ -1,8 +1,10 @@
 //! Thin, checked wrappers over the Linux facilities the simulator is built on: anonymous and shared
 //! mappings, process identity from `/proc`, futexes, random bytes, and the simulator directory's checks.
 //!
-//! Everything `unsafe` about the operating system lives here, behind functions whose contracts say what
-//! the caller must keep true; the rest of the simulator is ordinary Rust over these.
+//! Most of what is `unsafe` about the operating system lives here (and in `aclshm_sys::host`, shared with
+//! the library), behind functions whose contracts say what the caller must keep true. The rest calls libc
+//! directly only where it owns the object: the registry's mapping and robust mutex (`registry.rs`), host
+//! allocations (`memory.rs`), the exit hook (`state.rs`), the effective uid (`config.rs`).
 
 use std::fs;
 use std::io;

@@ -12,6 +12,29 @@ use super::table::{BlockTable, Geometry, PinFile};
 use super::{KvBlock, KvDesc};
 
 /// A worker's mirror of a [`KvPool`](super::KvPool) (see the [module](super) docs).
+///
+/// A worker is another process, so this example does not run here; `examples/kv_worker.rs` is the
+/// runnable program.
+///
+/// ```no_run
+/// use aclshm::{KvBlock, KvDesc, KvMirror, Runtime, raw};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = Runtime::global()?;
+/// let desc: KvDesc = std::env::args().nth(1).ok_or("no KV descriptor")?.parse()?; // kv.desc() of the scheduler
+/// let prefix: Vec<KvBlock> = std::env::args().skip(2).map(|b| b.parse()).collect::<aclshm::Result<_>>()?;
+/// raw::set_device(rt, 1)?;
+/// let kv = KvMirror::attach(rt, &desc, 1)?;
+/// let p = kv.ptr(&prefix[0])?; // no runtime call; a freed block is Error::StaleBlock
+/// let pinned = kv.pinned(&prefix)?; // not reused by the scheduler until dropped
+/// for &q in pinned.ptrs() {
+///     // read the prefix through q
+/// #   let _ = (p, q);
+/// }
+/// drop(pinned);
+/// kv.close()?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct KvMirror {
     /// Taken by `close`.
     mirror: Option<Mirror>,
@@ -31,6 +54,7 @@ impl fmt::Debug for KvMirror {
 pub struct Pinned<'a> {
     mirror: &'a KvMirror,
     blocks: Vec<KvBlock>,
+    ptrs: Vec<*mut c_void>,
 }
 
 impl fmt::Debug for Pinned<'_> {
@@ -43,6 +67,12 @@ impl Pinned<'_> {
     /// The blocks pinned.
     pub fn blocks(&self) -> &[KvBlock] {
         &self.blocks
+    }
+
+    /// Their local addresses, valid while the pins are held, even once the scheduler has freed the
+    /// blocks (it cannot reuse them until they are unpinned).
+    pub fn ptrs(&self) -> &[*mut c_void] {
+        &self.ptrs
     }
 }
 
@@ -149,10 +179,18 @@ impl KvMirror {
         Ok(())
     }
 
-    /// Pin blocks for as long as the returned guard lives.
+    /// Pin blocks for as long as the returned guard lives, and resolve their addresses (see
+    /// [`Pinned::ptrs`]).
     pub fn pinned(&self, blocks: &[KvBlock]) -> Result<Pinned<'_>> {
         self.pin(blocks)?;
-        Ok(Pinned { mirror: self, blocks: blocks.to_vec() })
+        let ptrs = blocks.iter().map(|b| self.mirror().resolve(self.geometry.offset(b.id), self.geometry.block_bytes));
+        match ptrs.collect::<Result<Vec<_>>>() {
+            Ok(ptrs) => Ok(Pinned { mirror: self, blocks: blocks.to_vec(), ptrs }),
+            Err(e) => {
+                let _ = self.unpin(blocks);
+                Err(e)
+            }
+        }
     }
 
     /// This worker's pins on block `b`.

@@ -233,9 +233,7 @@ impl KvPool {
     /// A KV pool on `device`: the pool, its block class, sharing, the block table.
     ///
     /// ```
-    /// # let dir = std::env::temp_dir().join(format!("aclshm-doc-kv-{}", std::process::id()));
-    /// # unsafe { std::env::set_var("ACLSHM_SIM_DIR", &dir) };
-    /// # unsafe { std::env::set_var("ACLSHM_SHARE_DIR", dir.with_extension("share")) };
+    /// # let _dirs = unsafe { aclshm::doc_dirs() };
     /// use aclshm::{KvConfig, KvPool, PoolConfig, Runtime, ShareConfig};
     /// let rt = Runtime::simulator();
     /// let pool = PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 64 << 20, ..PoolConfig::default() };
@@ -246,7 +244,6 @@ impl KvPool {
     /// # assert!(workers_see.starts_with("aclshm-kv:1:"));
     /// kv.free_many(&blocks)?;
     /// kv.close()?;
-    /// # std::fs::remove_dir_all(dir.with_extension("share")).unwrap();
     /// # Ok::<(), aclshm::Error>(())
     /// ```
     pub fn new(rt: &Runtime, device: i32, config: KvConfig) -> Result<KvPool> {

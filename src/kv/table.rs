@@ -164,13 +164,14 @@ impl BlockTable {
 
     /// Block `id`'s generation now (odd: allocated).
     pub(crate) fn generation(&self, id: u32) -> u32 {
-        debug_assert!(id < self.geometry.blocks);
+        assert!(id < self.geometry.blocks, "block {id} of {}", self.geometry.blocks);
         u32_at(&self.map, id as usize).load(Ordering::SeqCst)
     }
 
     /// Set block `id`'s generation (the owner, under its lock).
     pub(crate) fn set_generation(&self, id: u32, generation: u32) {
-        debug_assert!(self.owner && id < self.geometry.blocks);
+        debug_assert!(self.owner);
+        assert!(id < self.geometry.blocks, "block {id} of {}", self.geometry.blocks);
         u32_at(&self.map, id as usize).store(generation, Ordering::SeqCst);
     }
 

@@ -310,8 +310,7 @@ struct Inner {
 /// reserved range that grows and shrinks by physical chunks. `Send + Sync`: share it by reference or `Arc`.
 ///
 /// ```
-/// # let dir = std::env::temp_dir().join(format!("aclshm-doc-pool-{}", std::process::id()));
-/// # unsafe { std::env::set_var("ACLSHM_SIM_DIR", &dir) };
+/// # let _dirs = unsafe { aclshm::doc_dirs() };
 /// use aclshm::{Pool, PoolConfig, Runtime};
 ///
 /// let rt = Runtime::simulator();
@@ -732,6 +731,24 @@ impl Pool {
     /// Share the pool with other processes (see [`crate::share`]): export every chunk (now and as it
     /// grows), publish the chunk table, open the rendezvous. Returns what workers attach with; calling it
     /// again returns the same.
+    ///
+    /// ```
+    /// # let _dirs = unsafe { aclshm::doc_dirs() };
+    /// use aclshm::{AllocDesc, Pool, PoolConfig, Runtime, ShareConfig, ShareDesc};
+    /// let rt = Runtime::simulator();
+    /// let pool = Pool::new(&rt, 0, PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 64 << 20, ..PoolConfig::default() })?;
+    /// let a = pool.alloc(1 << 20)?;
+    /// let share = pool.share(ShareConfig::default())?;         // the chunk is exported, the rendezvous opens
+    /// let text = share.to_string();                             // for a worker's command line or environment
+    /// assert_eq!(text.parse::<ShareDesc>()?, share);
+    /// let d = pool.descriptor(&a)?;                             // no runtime call
+    /// assert_eq!(AllocDesc::from_hex(&d.to_hex())?, d);        // 64 bytes, 128 hex digits
+    /// assert_eq!(pool.share_stats().unwrap().chunks, 1);
+    /// // A worker: `Mirror::attach(&rt, &share, device)?.ptr(&d)?` (in another process: see `Mirror`).
+    /// pool.free(a)?;
+    /// pool.close()?;
+    /// # Ok::<(), aclshm::Error>(())
+    /// ```
     pub fn share(&self, config: ShareConfig) -> Result<ShareDesc> {
         let mut slot = self.inner.sharing.lock();
         if let Some(sh) = slot.as_ref() {

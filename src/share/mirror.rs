@@ -57,6 +57,25 @@ struct Inner {
 }
 
 /// A worker's mirror of a shared pool (see the [module](super) docs).
+///
+/// A worker is another process (export and import may not happen in one process), so this example does
+/// not run here; `examples/serving_worker.rs` is the runnable program.
+///
+/// ```no_run
+/// use aclshm::{AllocDesc, Mirror, Runtime, ShareDesc, raw};
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let rt = Runtime::global()?;
+/// // What the owner printed: `pool.share(..)` and `pool.descriptor(&allocation)`.
+/// let share: ShareDesc = std::env::args().nth(1).ok_or("no share descriptor")?.parse()?;
+/// let desc = AllocDesc::from_hex(&std::env::args().nth(2).ok_or("no allocation descriptor")?)?;
+/// raw::set_device(rt, 1)?;
+/// let mirror = Mirror::attach(rt, &share, 1)?; // checked and whitelisted by the owner; chunks imported
+/// let p = mirror.ptr(&desc)?; // the allocation in this process: no runtime call
+/// # let _ = p;
+/// mirror.close()?;
+/// # Ok(())
+/// # }
+/// ```
 pub struct Mirror {
     inner: Arc<Inner>,
     follower: Option<thread::JoinHandle<()>>,
