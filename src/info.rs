@@ -2,10 +2,7 @@
 
 use std::path::PathBuf;
 
-use aclshm_sys::{
-    aclrtMemAllocationType, aclrtMemAttr, aclrtMemGranularityOptions, aclrtMemHandleType, aclrtMemLocation,
-    aclrtMemLocationType, aclrtPhysicalMemProp,
-};
+use aclshm_sys::{aclrtMemAttr, aclrtMemGranularityOptions};
 
 use crate::error::Result;
 use crate::raw;
@@ -56,17 +53,6 @@ pub struct RuntimeInfo {
     pub missing: Vec<&'static str>,
 }
 
-/// The properties of 2 MiB-page device memory on `device`.
-pub(crate) fn device_prop(device: i32) -> aclrtPhysicalMemProp {
-    aclrtPhysicalMemProp {
-        handleType: aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
-        allocationType: aclrtMemAllocationType::ACL_MEM_ALLOCATION_TYPE_PINNED,
-        memAttr: aclrtMemAttr::ACL_HBM_MEM_HUGE,
-        location: aclrtMemLocation { id: device as u32, type_: aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_DEVICE },
-        reserve: 0,
-    }
-}
-
 impl RuntimeInfo {
     /// Ask `rt`. Sets each device current in the calling thread in turn, and resets it after.
     pub fn gather(rt: &Runtime) -> Result<RuntimeInfo> {
@@ -76,7 +62,7 @@ impl RuntimeInfo {
             raw::set_device(rt, id)?;
             let described = (|| {
                 let (free_bytes, total_bytes) = raw::get_mem_info(rt, aclrtMemAttr::ACL_HBM_MEM)?;
-                let prop = device_prop(id);
+                let prop = crate::vmm::device_prop(id, crate::vmm::PageSize::Huge2M);
                 let granularity = raw::mem_get_allocation_granularity(
                     rt,
                     &prop,

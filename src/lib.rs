@@ -54,6 +54,7 @@ mod runtime;
 pub mod share;
 mod stream;
 mod sync;
+pub mod tune;
 pub mod vmm;
 
 pub use aclshm_sys as sys;

@@ -158,6 +158,18 @@ fn flock(kind: libc::c_short, at: u64) -> libc::flock {
 
 pub(crate) use aclshm_sys::host::{futex_wait, futex_wake_all};
 
+/// Wait until one of `fds` is ready (or `timeout` passes); `revents` says which. Interrupted: `Ok(0)`.
+pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
+    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
+    // SAFETY: fds is a valid array of fds.len() pollfd structures.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
+    }
+    Ok(n as usize)
+}
+
 /// The pid and uid of the process at the other end of a Unix socket, as the kernel knows them.
 pub(crate) fn peer_credentials(sock: &impl AsRawFd) -> io::Result<(i32, u32)> {
     let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };

@@ -32,7 +32,7 @@ pub(crate) mod shm {
 /// Counters for statistics and ids: std atomics even under loom, since they order nothing and modelling
 /// them would only multiply the interleavings.
 pub(crate) mod stat {
-    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+    pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 }
 
 /// A mutex usable in a `static` (loom's have no const constructor); for process-wide state that no model

@@ -126,8 +126,9 @@ impl PageSize {
     }
 }
 
-/// The properties of physical device memory of `page` pages on `device`.
-pub(crate) fn device_prop(device: i32, page: PageSize) -> aclrtPhysicalMemProp {
+/// The properties of physical device memory of `page` pages on `device`, as `aclrtMallocPhysical` and
+/// `aclrtMemGetAllocationGranularity` take them (pinned, no handle type).
+pub fn device_prop(device: i32, page: PageSize) -> aclrtPhysicalMemProp {
     aclrtPhysicalMemProp {
         handleType: aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
         allocationType: aclrtMemAllocationType::ACL_MEM_ALLOCATION_TYPE_PINNED,

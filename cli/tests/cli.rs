@@ -179,3 +179,77 @@ fn sim_status_shows_what_a_dead_process_left_and_clean_reclaims_it() {
     assert!(find(&c["after"]).is_none(), "{c:#}");
     d.check_empty();
 }
+
+#[test]
+fn tune_recommends_differently_for_a_model_server_and_a_kv_cache_and_writes_loadable_files() {
+    let d = Dirs::new("tune");
+    std::fs::create_dir_all(&d.share).unwrap();
+    let mut chunks = Vec::new();
+    for trace in ["serving", "kv"] {
+        let (cfg, js, svg) = (
+            d.share.join(format!("{trace}.conf")),
+            d.share.join(format!("{trace}.json")),
+            d.share.join(format!("{trace}.svg")),
+        );
+        let out = d.run(&[
+            "tune",
+            "--trace",
+            trace,
+            "--out-config",
+            cfg.to_str().unwrap(),
+            "--out-json",
+            js.to_str().unwrap(),
+            "--out-svg",
+            svg.to_str().unwrap(),
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+        assert!(text.contains("recommended:"), "{text}");
+        let r: Value = serde_json::from_str(&std::fs::read_to_string(&js).unwrap()).unwrap();
+        let outcomes = r["outcomes"].as_array().unwrap();
+        assert!(outcomes.len() > 20, "a whole grid");
+        assert_eq!(outcomes[0]["rank"], 1);
+        assert_eq!(r["recommended"], outcomes[0]);
+        // Every candidate made runtime calls (growth) and mapped memory.
+        assert!(
+            outcomes.iter().all(|o| o["runtime_calls"].as_u64().unwrap() > 0 && o["peak_mapped"].as_u64().unwrap() > 0)
+        );
+        let pool = aclshm::PoolConfig::load(&cfg).unwrap();
+        assert_eq!(pool.chunk_bytes, r["recommended"]["chunk_bytes"].as_u64().unwrap());
+        if trace == "kv" {
+            let kv = aclshm::KvConfig::load(&cfg, aclshm::ShareConfig::default()).unwrap();
+            assert_eq!(
+                kv.block_bytes,
+                128 << 10 << r["recommended"]["block_tokens"].as_u64().unwrap().trailing_zeros()
+            );
+        } else {
+            assert!(aclshm::KvConfig::load(&cfg, aclshm::ShareConfig::default()).is_err(), "not a KV configuration");
+        }
+        assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
+        chunks.push(pool.chunk_bytes);
+    }
+    // Model weights dominate the server's memory, so larger chunks cost nothing and save runtime calls; a
+    // KV cache under a load that rises and falls keeps more memory with larger chunks.
+    assert!(chunks[0] > chunks[1], "serving chose {} MiB chunks, kv {} MiB", chunks[0] >> 20, chunks[1] >> 20);
+    std::fs::remove_dir_all(&d.share).unwrap();
+    d.check_empty();
+}
+
+#[test]
+fn tune_refuses_a_bad_trace_naming_the_line() {
+    let d = Dirs::new("badtrace");
+    std::fs::create_dir_all(&d.share).unwrap();
+    let t = d.share.join("t.trace");
+    std::fs::write(&t, "aclshm-trace 1\nalloc 1 4K\nfree 2\n").unwrap();
+    let out = d.run(&["tune", "--trace", t.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("t.trace:3: id 2 is not live"), "{err}");
+    // A built-in trace written out reads back as a trace file.
+    let w = d.share.join("kv.trace");
+    assert!(d.run(&["tune", "--trace", "kv", "--write-trace", w.to_str().unwrap()]).status.success());
+    let back = aclshm::tune::Trace::load(&w).unwrap();
+    assert_eq!(back.ops, aclshm::tune::Trace::builtin("kv").unwrap().ops);
+    std::fs::remove_dir_all(&d.share).unwrap();
+    d.check_empty();
+}

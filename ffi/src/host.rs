@@ -71,6 +71,26 @@ impl Drop for SharedMapping {
     }
 }
 
+/// Parse a byte count: digits with an optional suffix K, M, G or T (also KiB, MiB, GiB, TiB; any case).
+pub fn parse_bytes(v: &str) -> Result<u64, String> {
+    let s = v.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, suffix) = s.split_at(split);
+    if digits.is_empty() {
+        return Err("expected a number of bytes, optionally with a suffix K, M, G or T".to_string());
+    }
+    let n: u64 = digits.parse().map_err(|_| "the number is too large".to_string())?;
+    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        other => return Err(format!("unknown suffix {other:?}; use K, M, G or T")),
+    };
+    n.checked_mul(1u64 << shift).ok_or_else(|| "the size overflows 64 bits".to_string())
+}
+
 /// A path as a C string.
 fn cstr(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))

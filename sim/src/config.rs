@@ -7,12 +7,15 @@
 //! | `ACLSHM_SIM_HBM_BYTES` | capacity of each device: bytes, or with a suffix K, M, G, T (powers of 1024) | 32G |
 //! | `ACLSHM_SIM_FAULTS` | faults to inject, see [`crate::fault`] | none |
 //! | `ACLSHM_SIM_LOG` | `1`: print every failing call and why to stderr | off |
+//! | `ACLSHM_SIM_COMMIT` | `eager`: device memory is backed when allocated (a full host fails the allocation, as a full device does); `lazy`: only when first written (for tools that measure allocation and never touch the memory) | `eager` |
 //!
 //! Every process attached to one directory sees the same devices. The first process configures them; a
 //! later one that sets `ACLSHM_SIM_DEVICES` or `ACLSHM_SIM_HBM_BYTES` to something else is refused while
 //! any other process is attached, and one that sets neither adopts what the directory has.
 
 use std::path::PathBuf;
+
+pub use aclshm_sys::host::parse_bytes;
 
 /// Most devices a simulator can have (the `deviceBytesUsed` array of `aclshmSimStats` has this many).
 pub const MAX_DEVICES: u32 = aclshm_sys::ACLSHM_SIM_MAX_DEVICES;
@@ -38,6 +41,8 @@ pub struct Config {
     pub devices_explicit: bool,
     /// Whether `hbm_bytes` was given explicitly.
     pub hbm_explicit: bool,
+    /// Back device memory only when it is first written (`ACLSHM_SIM_COMMIT=lazy`). Per process.
+    pub lazy_commit: bool,
 }
 
 impl Config {
@@ -67,7 +72,12 @@ impl Config {
                 "ACLSHM_SIM_HBM_BYTES={hbm_bytes} is below the 2 MiB granularity: a device must hold at least one page"
             ));
         }
-        Ok(Config { dir, devices, hbm_bytes, devices_explicit, hbm_explicit })
+        let lazy_commit = match var("ACLSHM_SIM_COMMIT").as_deref().map(str::trim) {
+            None | Some("eager") => false,
+            Some("lazy") => true,
+            Some(other) => return Err(format!("ACLSHM_SIM_COMMIT={other}: expected eager or lazy")),
+        };
+        Ok(Config { dir, devices, hbm_bytes, devices_explicit, hbm_explicit, lazy_commit })
     }
 }
 
@@ -85,26 +95,6 @@ fn parse_devices(v: &str) -> Result<u32, String> {
         Ok(n) if (1..=MAX_DEVICES).contains(&n) => Ok(n),
         _ => Err(format!("ACLSHM_SIM_DEVICES={v}: expected a number of devices from 1 to {MAX_DEVICES}")),
     }
-}
-
-/// Parse a byte count: digits with an optional suffix K, M, G or T (also KiB, MiB, GiB, TiB; any case).
-pub fn parse_bytes(v: &str) -> Result<u64, String> {
-    let s = v.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (digits, suffix) = s.split_at(split);
-    if digits.is_empty() {
-        return Err("expected a number of bytes, optionally with a suffix K, M, G or T".to_string());
-    }
-    let n: u64 = digits.parse().map_err(|_| "the number is too large".to_string())?;
-    let shift = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        other => return Err(format!("unknown suffix {other:?}; use K, M, G or T")),
-    };
-    n.checked_mul(1u64 << shift).ok_or_else(|| "the size overflows 64 bits".to_string())
 }
 
 #[cfg(test)]

@@ -27,7 +27,8 @@ pub(crate) fn create_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R
         let path = s.reg.dir().join(registry::phys_file(serial));
         let fd = sys::create_file(&path)
             .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("create {}: {e}", path.display())))?;
-        sys::allocate(&fd, size).map_err(|e| {
+        let sized = if s.lazy_commit { sys::set_len(&fd, size) } else { sys::allocate(&fd, size) };
+        sized.map_err(|e| {
             fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("no room for {size} bytes in {}: {e}", s.reg.dir().display()))
         })?;
         Alias::map(&fd, size as usize).map_err(|e| fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("map object: {e}")))

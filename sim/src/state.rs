@@ -221,6 +221,8 @@ pub(crate) struct Me {
 pub(crate) struct Sim {
     pub devices: u32,
     pub hbm_bytes: u64,
+    /// Device memory is backed only when first written (`ACLSHM_SIM_COMMIT=lazy`).
+    pub lazy_commit: bool,
     pub reg: Registry,
     pub me: Me,
     pub local: Mutex<Local>,
@@ -372,6 +374,7 @@ impl Sim {
         Ok(Sim {
             devices,
             hbm_bytes,
+            lazy_commit: cfg.lazy_commit,
             reg,
             me: Me { slot, pid, start, bare_tgid },
             local: Mutex::new(local),

@@ -150,6 +150,16 @@ impl Alias {
     }
 }
 
+/// Give `fd` a size of `len` bytes, backed only as it is written (sparse).
+pub(crate) fn set_len(fd: &OwnedFd, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    // SAFETY: fd is valid.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), len) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Give `fd` a size of `len` bytes, all of it allocated now: a shared-memory object that later ran out of
 /// room would kill the process with SIGBUS on a write, where a device allocation fails up front instead.
 pub(crate) fn allocate(fd: &OwnedFd, len: u64) -> io::Result<()> {

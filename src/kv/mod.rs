@@ -30,6 +30,7 @@ mod table;
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
@@ -42,6 +43,7 @@ use crate::runtime::Runtime;
 use crate::share::{ShareConfig, ShareDesc};
 use crate::sync::Mutex;
 use crate::sync::shm::{Ordering, fence};
+use crate::sync::stat::{AtomicUsize, Ordering as StatOrdering};
 
 use table::{BlockTable, Geometry, PinFile};
 
@@ -85,10 +87,23 @@ pub struct KvConfig {
     /// Bytes per block (a multiple of 512, at most the chunk size); see [`KvLayout::block_bytes`].
     pub block_bytes: u64,
     /// The pool under the blocks. Its chunk size should be a multiple of the block size, or the tail of
-    /// each chunk that does not hold a whole block is wasted.
+    /// each chunk that does not hold a whole block is wasted. `reserve_chunks` must be 0 (pre-mapped
+    /// chunks serve variable-size allocations, not blocks).
     pub pool: PoolConfig,
     /// How the pool is shared.
     pub share: ShareConfig,
+}
+
+impl KvConfig {
+    /// Read a configuration file (what `aclshm tune` writes for a KV trace): the pool's keys and
+    /// `kv_block_bytes`, which must be there. Sharing is as `share` says.
+    pub fn load(path: impl AsRef<std::path::Path>, share: ShareConfig) -> Result<KvConfig> {
+        let f = crate::pool::ConfigFile::load(path.as_ref())?;
+        let block_bytes = f.kv_block_bytes.ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: no kv_block_bytes: not a KV configuration", path.as_ref().display()))
+        })?;
+        Ok(KvConfig { block_bytes, pool: f.pool, share })
+    }
 }
 
 /// A block of a KV pool: which pool, which block, which allocation of it. 16 bytes; `Copy`; send it to
@@ -201,11 +216,31 @@ pub struct KvStats {
     pub pool: PoolStats,
 }
 
+/// Block ids are small distinct integers: they hash to themselves (spread by a multiply).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
 struct Owner {
     /// Allocated blocks by id.
-    live: HashMap<u32, Block>,
+    live: IdMap<Block>,
     /// Blocks freed while some worker pinned them.
-    deferred: HashMap<u32, Block>,
+    deferred: IdMap<Block>,
     /// Workers' pin files.
     workers: Vec<PinFile>,
     epoch_seen: Option<u32>,
@@ -221,6 +256,8 @@ pub struct KvPool {
     dir: PathBuf,
     geometry: Geometry,
     owner: Mutex<Owner>,
+    /// Blocks kept for pins (a copy of `deferred.len()`, read without the lock).
+    deferred: AtomicUsize,
 }
 
 impl fmt::Debug for KvPool {
@@ -247,6 +284,12 @@ impl KvPool {
     /// # Ok::<(), aclshm::Error>(())
     /// ```
     pub fn new(rt: &Runtime, device: i32, config: KvConfig) -> Result<KvPool> {
+        if config.pool.reserve_chunks > 0 {
+            return Err(Error::InvalidArgument(
+                "reserve_chunks pre-maps chunks for variable-size allocations, which KV blocks do not use: set it to 0"
+                    .into(),
+            ));
+        }
         let pool = Pool::new(rt, device, config.pool)?;
         let class = pool.block_class(config.block_bytes)?;
         let per_chunk = pool.blocks_per_chunk(class)?;
@@ -266,12 +309,13 @@ impl KvPool {
             dir,
             geometry,
             owner: Mutex::new(Owner {
-                live: HashMap::new(),
-                deferred: HashMap::new(),
+                live: IdMap::default(),
+                deferred: IdMap::default(),
                 workers: Vec::new(),
                 epoch_seen: None,
                 unpins_seen: 0,
             }),
+            deferred: AtomicUsize::new(0),
         })
     }
 
@@ -292,39 +336,55 @@ impl KvPool {
 
     /// Allocate one block.
     pub fn alloc(&self) -> Result<KvBlock> {
-        Ok(self.alloc_many(1)?[0])
+        self.reclaim_if_unpinned()?;
+        let b = match self.pool.alloc_block(self.class) {
+            Err(Error::OutOfMemory { .. }) if self.deferred.load(StatOrdering::Relaxed) > 0 => {
+                self.reclaim()?;
+                self.pool.alloc_block(self.class)?
+            }
+            r => r?,
+        };
+        let mut st = self.owner.lock();
+        Ok(self.register(&mut st, b))
+    }
+
+    /// Reclaim blocks kept for pins if a worker let go of some since the last look.
+    fn reclaim_if_unpinned(&self) -> Result<()> {
+        if self.deferred.load(StatOrdering::Relaxed) > 0 {
+            let mut st = self.owner.lock();
+            if self.table.unpins() != st.unpins_seen {
+                let free = self.reclaim_locked(&mut st);
+                drop(st);
+                self.pool.free_blocks(&free)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A block the pool just handed out becomes allocated: its generation goes odd.
+    fn register(&self, st: &mut Owner, b: Block) -> KvBlock {
+        let id = b.slot() * self.geometry.per_chunk + b.index();
+        let generation = self.table.generation(id).wrapping_add(1);
+        debug_assert!(generation % 2 == 1, "block {id} was free");
+        self.table.set_generation(id, generation);
+        st.live.insert(id, b);
+        KvBlock { pool: self.geometry.token, id, generation }
     }
 
     /// Allocate `n` blocks: all or none. Blocks freed while pinned are reused once their pins are gone;
     /// when the device is full, those are looked at again (and workers that died are forgotten) before
     /// giving up with [`Error::OutOfMemory`].
     pub fn alloc_many(&self, n: usize) -> Result<Vec<KvBlock>> {
-        {
-            let mut st = self.owner.lock();
-            if !st.deferred.is_empty() && self.table.unpins() != st.unpins_seen {
-                self.reclaim_locked(&mut st);
-            }
-        }
+        self.reclaim_if_unpinned()?;
         let blocks = match self.pool.alloc_blocks(self.class, n) {
-            Err(Error::OutOfMemory { .. }) if !self.owner.lock().deferred.is_empty() => {
+            Err(Error::OutOfMemory { .. }) if self.deferred.load(StatOrdering::Relaxed) > 0 => {
                 self.reclaim()?;
                 self.pool.alloc_blocks(self.class, n)?
             }
             r => r?,
         };
         let mut st = self.owner.lock();
-        let out = blocks
-            .into_iter()
-            .map(|b| {
-                let id = b.slot() * self.geometry.per_chunk + b.index();
-                let generation = self.table.generation(id).wrapping_add(1);
-                debug_assert!(generation % 2 == 1, "block {id} was free");
-                self.table.set_generation(id, generation);
-                st.live.insert(id, b);
-                KvBlock { pool: self.geometry.token, id, generation }
-            })
-            .collect();
-        Ok(out)
+        Ok(blocks.into_iter().map(|b| self.register(&mut st, b)).collect())
     }
 
     /// Check `b` names a live block of this pool.
@@ -343,7 +403,34 @@ impl KvPool {
 
     /// Free one block (see [`free_many`](KvPool::free_many)).
     pub fn free(&self, b: KvBlock) -> Result<()> {
-        self.free_many(std::slice::from_ref(&b))
+        let back = {
+            let mut st = self.owner.lock();
+            let blk = self.check(&st, &b)?;
+            self.retire_locked(&mut st, &b);
+            // Pairs with the workers' pin-then-check: either they see the new generation, or we see their pin.
+            fence(Ordering::SeqCst);
+            self.refresh_workers(&mut st);
+            self.settle_locked(&mut st, b.id, blk)
+        };
+        back.map_or(Ok(()), |blk| self.pool.free_block(blk))
+    }
+
+    /// Free `b` (checked) in the table: its generation goes even; from then on no worker can pin it.
+    fn retire_locked(&self, st: &mut Owner, b: &KvBlock) {
+        st.live.remove(&b.id);
+        self.table.set_generation(b.id, b.generation.wrapping_add(1));
+    }
+
+    /// After [`retire_locked`](KvPool::retire_locked) and a fence: `blk` for the pool to take back, unless a
+    /// worker pins it; then it is kept until its pins are gone.
+    fn settle_locked(&self, st: &mut Owner, id: u32, blk: Block) -> Option<Block> {
+        if self.pins_locked(st, id) == 0 {
+            Some(blk)
+        } else {
+            st.deferred.insert(id, blk);
+            self.deferred.store(st.deferred.len(), StatOrdering::Relaxed);
+            None
+        }
     }
 
     /// Free blocks. Every reference is checked first (another pool, out of range, stale, listed twice: an
@@ -361,23 +448,13 @@ impl KvPool {
                 }
                 checked.push((b.id, blk));
             }
-            for (b, _) in blocks.iter().zip(&checked) {
-                st.live.remove(&b.id);
-                // Even: free. From here on no worker can pin it.
-                self.table.set_generation(b.id, b.generation.wrapping_add(1));
+            for b in blocks {
+                self.retire_locked(&mut st, b);
             }
-            // Pairs with the workers' pin-then-check: either they see the new generation, or we see their pin.
+            // Pairs with the workers' pin-then-check, as in `free`.
             fence(Ordering::SeqCst);
             self.refresh_workers(&mut st);
-            let mut to_pool = Vec::with_capacity(checked.len());
-            for (id, blk) in checked {
-                if self.pins_locked(&mut st, id) == 0 {
-                    to_pool.push(blk);
-                } else {
-                    st.deferred.insert(id, blk);
-                }
-            }
-            to_pool
+            checked.into_iter().filter_map(|(id, blk)| self.settle_locked(&mut st, id, blk)).collect::<Vec<_>>()
         };
         self.pool.free_blocks(&to_pool)
     }
@@ -450,6 +527,7 @@ impl KvPool {
                 free.extend(st.deferred.remove(&id));
             }
         }
+        self.deferred.store(st.deferred.len(), StatOrdering::Relaxed);
         free
     }
 

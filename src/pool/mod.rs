@@ -31,10 +31,13 @@
 //!   [`Error::OutOfMemory`] with its statistics).
 
 mod blocks;
+pub(crate) mod config;
 mod heap;
 
 use std::fmt;
 
+pub(crate) use config::ConfigFile;
+pub use config::PoolConfig;
 pub use heap::GRANULE;
 
 use crate::error::{AclError, Error, Result};
@@ -43,44 +46,10 @@ use crate::runtime::{Runtime, on_device};
 use crate::share::{AllocDesc, ShareConfig, ShareDesc, ShareStats, Sharing};
 use crate::sync::stat::{AtomicU32, Ordering as StatOrdering};
 use crate::sync::{Arc, Mutex};
-use crate::vmm::{DropErrors, Mapping, PageSize, PhysicalMem, VaRange};
+use crate::vmm::{DropErrors, Mapping, PhysicalMem, VaRange};
 
 use blocks::BlockClass;
 use heap::{FreeError, Heap, HeapBlock};
-
-/// How a [`Pool`] is set up. Every field has a default; each says what it trades.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PoolConfig {
-    /// Virtual address space to reserve up front, in bytes (rounded up to whole chunks). `0`: as much as
-    /// the device has memory. Address space is cheap; more than the device holds only matters if the pool
-    /// is fragmented into chunks with holes between them.
-    pub reserve_bytes: u64,
-    /// Size of each physical chunk, a multiple of the page size. Larger chunks mean fewer runtime calls
-    /// per byte (each chunk costs an allocation and a map, and an export and an import per process when
-    /// shared) but coarser trimming and more memory held for small pools. 20 MiB, as torch_npu's large
-    /// segments, until the tuning benchmarks choose.
-    pub chunk_bytes: u64,
-    /// Page size of the physical memory.
-    pub page: PageSize,
-    /// When a free leaves more than this many bytes in fully free chunks, that free trims back down to it
-    /// (making runtime calls). `None`: trim only on [`Pool::trim`] or when the device is out of memory, as
-    /// a caching allocator does.
-    pub trim_watermark: Option<u64>,
-    /// Chunks mapped when the pool is made and never trimmed: a warm start for the first allocations.
-    pub reserve_chunks: u32,
-}
-
-impl Default for PoolConfig {
-    fn default() -> Self {
-        PoolConfig {
-            reserve_bytes: 0,
-            chunk_bytes: 20 << 20,
-            page: PageSize::Huge2M,
-            trim_watermark: None,
-            reserve_chunks: 0,
-        }
-    }
-}
 
 /// A variable-size allocation: its place in the pool and its device address.
 ///
@@ -969,6 +938,12 @@ impl Pool {
     }
 
     /// Statistics (cold: scans the slots and the heap's largest bin).
+    /// Bytes mapped now (one lock, no counting): what [`stats`](Pool::stats) says in `mapped_bytes`.
+    pub fn mapped_bytes(&self) -> u64 {
+        u64::from(self.inner.state.lock().mapped_chunks) * self.inner.chunk
+    }
+
+    /// What the pool holds, and what it cost.
     pub fn stats(&self) -> PoolStats {
         let st = self.inner.state.lock();
         let chunk = self.inner.chunk;

@@ -38,12 +38,13 @@ pub(crate) mod wire;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use desc::AllocDesc;
 pub(crate) use desc::fingerprint;
@@ -134,8 +135,6 @@ struct Attached {
     ack: u64,
     /// The generation when it attached: chunks retired before that it never saw.
     attached: u64,
-    /// Its connection (a second descriptor of it), to shut down when sharing stops.
-    conn: UnixStream,
 }
 
 struct Retired {
@@ -340,63 +339,113 @@ impl Sharing {
             let _ = h.join();
         }
         let _ = std::fs::remove_file(&self.socket);
-        // Hang up on every worker: their threads end, and nothing waits for their acknowledgements.
+        // The listener hung up on every worker as it ended: nothing waits for their acknowledgements.
         let retired: Vec<Retired> = {
             let mut st = self.state.lock();
-            for m in st.mirrors.values() {
-                let _ = m.conn.shutdown(std::net::Shutdown::Both);
-            }
             st.mirrors.clear();
             std::mem::take(&mut st.retired)
         };
         drop(retired);
     }
 
+    /// The rendezvous: one thread, polling the listening socket and every worker's connection. A new
+    /// connection has `ADMISSION` to say Hello; then it is admitted or refused, and from then on its
+    /// acknowledgements are read as they come. A connection that closes, errs or breaks the protocol is
+    /// a worker gone: it is forgotten. When sharing stops the thread ends, closing every connection.
     // (`this` rather than `self: Arc<Self>`: loom's Arc, under `--cfg loom`, cannot be a receiver.)
     fn listen(this: Arc<Self>, listener: UnixListener) {
-        for conn in listener.incoming() {
+        const ADMISSION: Duration = Duration::from_secs(10);
+        if let Err(e) = listener.set_nonblocking(true) {
+            this.errors.record(Error::Protocol(format!("rendezvous socket: {e}")));
+            return;
+        }
+        let mut peers: Vec<Peer> = Vec::new();
+        while !this.stop.load(SyncOrdering::Acquire) {
+            let now = Instant::now();
+            let wait = peers
+                .iter()
+                .filter_map(|p| p.admitting_since.map(|t| (t + ADMISSION).saturating_duration_since(now)))
+                .min()
+                .unwrap_or(Duration::from_secs(1));
+            let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
+                .chain(peers.iter().map(|p| p.conn.as_raw_fd()))
+                .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
+                .collect();
+            if os::poll(&mut fds, wait).is_err() {
+                continue;
+            }
             if this.stop.load(SyncOrdering::Acquire) {
                 break;
             }
-            let Ok(conn) = conn else { continue };
-            let s = Arc::clone(&this);
-            let spawned =
-                thread::Builder::new().name("aclshm-rendezvous-peer".into()).spawn(move || Sharing::serve(s, conn));
-            if let Err(e) = spawned {
-                this.errors.record(Error::InvalidArgument(format!("rendezvous: cannot start a thread: {e}")));
+            // Serve the connections polled (in reverse, so that removing one keeps the others' indices).
+            for i in (0..peers.len()).rev() {
+                let expired = peers[i].admitting_since.is_some_and(|t| t.elapsed() >= ADMISSION);
+                let keep = !expired && (fds[i + 1].revents == 0 || this.serve(&mut peers[i]));
+                if !keep {
+                    let p = peers.swap_remove(i);
+                    if let Some(id) = p.mirror {
+                        this.state.lock().mirrors.remove(&id);
+                        this.release_ready();
+                    }
+                }
+            }
+            if fds[0].revents != 0 {
+                while let Ok((conn, _)) = listener.accept() {
+                    if conn.set_nonblocking(true).is_ok() {
+                        peers.push(Peer { conn, buf: Vec::new(), admitting_since: Some(Instant::now()), mirror: None });
+                    }
+                }
             }
         }
     }
 
-    /// One worker: check it, whitelist it, welcome it, then follow its acknowledgements until it goes.
-    fn serve(this: Arc<Self>, mut conn: UnixStream) {
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(10)));
-        let admitted = this.admit(&mut conn);
-        let id = match admitted {
-            Ok(id) => id,
-            Err(e) => {
-                let _ = Message::Refused { reason: e.to_string() }.send(&mut conn);
-                return;
+    /// Read what `p` sent and act on every whole message. False when the worker is gone (or refused, or
+    /// broke the protocol).
+    fn serve(&self, p: &mut Peer) -> bool {
+        let mut chunk = [0u8; 512];
+        loop {
+            match p.conn.read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => p.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
             }
-        };
-        let _ = conn.set_read_timeout(None);
-        // Anything but an Ack (an error, the end of the stream, a shutdown by `stop`): the worker is gone
-        // or misbehaves; forget it.
-        while let Ok(Some(Message::Ack { generation })) = Message::recv(&mut conn) {
-            if let Some(m) = this.state.lock().mirrors.get_mut(&id) {
-                m.ack = m.ack.max(generation);
+            if p.buf.len() > 4 * wire::MAX_FRAME {
+                return false;
             }
-            this.release_ready();
         }
-        this.state.lock().mirrors.remove(&id);
-        this.release_ready();
+        loop {
+            let msg = match wire::take_frame(&mut p.buf) {
+                Ok(Some(m)) => m,
+                Ok(None) => return true,
+                Err(_) => return false,
+            };
+            match (msg, p.mirror) {
+                (Message::Hello { tgid, device, .. }, None) => {
+                    p.admitting_since = None;
+                    match self.admit(&p.conn, tgid, device) {
+                        Ok(id) => p.mirror = Some(id),
+                        Err(e) => {
+                            let _ = send_blocking(&p.conn, &Message::Refused { reason: e.to_string() });
+                            return false;
+                        }
+                    }
+                }
+                (Message::Ack { generation }, Some(id)) => {
+                    if let Some(m) = self.state.lock().mirrors.get_mut(&id) {
+                        m.ack = m.ack.max(generation);
+                    }
+                    self.release_ready();
+                }
+                // Anything else breaks the protocol.
+                _ => return false,
+            }
+        }
     }
 
-    fn admit(&self, conn: &mut UnixStream) -> Result<u64> {
-        let hello = Message::recv(conn)?;
-        let Some(Message::Hello { tgid, device, .. }) = hello else {
-            return Err(Error::Protocol("expected Hello".into()));
-        };
+    /// Check a worker that said Hello, whitelist it, list it, welcome it.
+    fn admit(&self, conn: &UnixStream, tgid: i32, device: i32) -> Result<u64> {
         let (pid, uid) = os::peer_credentials(conn).map_err(|e| Error::Protocol(format!("peer credentials: {e}")))?;
         if uid != os::euid() {
             return Err(Error::NotPermitted(format!("the worker runs as uid {uid}, the owner as {}", os::euid())));
@@ -422,7 +471,6 @@ impl Sharing {
             }
         }
         let generation = self.table.generation();
-        let second = conn.try_clone().map_err(|e| Error::Protocol(format!("rendezvous socket: {e}")))?;
         let id = {
             let mut st = self.state.lock();
             if self.stop.load(SyncOrdering::Acquire) {
@@ -430,7 +478,7 @@ impl Sharing {
             }
             let id = st.next_mirror;
             st.next_mirror += 1;
-            st.mirrors.insert(id, Attached { tgid, ack: 0, attached: generation, conn: second });
+            st.mirrors.insert(id, Attached { tgid, ack: 0, attached: generation });
             id
         };
         let welcome = Message::Welcome {
@@ -443,12 +491,34 @@ impl Sharing {
             export_flags: self.export_flags,
             generation,
         };
-        if let Err(e) = welcome.send(conn).and_then(|()| conn.flush().map_err(|e| Error::Protocol(e.to_string()))) {
+        if let Err(e) = send_blocking(conn, &welcome) {
             self.state.lock().mirrors.remove(&id);
             return Err(e);
         }
         Ok(id)
     }
+}
+
+/// A worker's connection, as the rendezvous thread holds it.
+struct Peer {
+    conn: UnixStream,
+    /// Bytes received and not yet a whole message.
+    buf: Vec<u8>,
+    /// When it connected, until it said Hello.
+    admitting_since: Option<Instant>,
+    /// Its mirror, once admitted.
+    mirror: Option<u64>,
+}
+
+/// Send one small message on a non-blocking socket, waiting (a second at most) if its buffer is full.
+fn send_blocking(conn: &UnixStream, m: &Message) -> Result<()> {
+    let fail = |e: std::io::Error| Error::Protocol(format!("send: {e}"));
+    conn.set_nonblocking(false).map_err(fail)?;
+    conn.set_write_timeout(Some(Duration::from_secs(1))).map_err(fail)?;
+    let mut c = conn;
+    let sent = m.send(&mut c).and_then(|()| c.flush().map_err(|e| Error::Protocol(e.to_string())));
+    conn.set_nonblocking(true).map_err(fail)?;
+    sent
 }
 
 impl Drop for Sharing {

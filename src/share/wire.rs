@@ -213,7 +213,8 @@ impl Message {
         w.write_all(&frame).map_err(|e| Error::Protocol(format!("send: {e}")))
     }
 
-    /// Read one framed message; `Ok(None)` at a clean end of stream.
+    /// Read one framed message; `Ok(None)` at a clean end of stream. (Blocking; the rendezvous reads
+    /// non-blocking sockets, frame by frame, as bytes arrive.)
     pub fn recv(r: &mut impl Read) -> Result<Option<Message>> {
         let mut len = [0u8; 4];
         match r.read_exact(&mut len) {
@@ -229,6 +230,24 @@ impl Message {
         r.read_exact(&mut payload).map_err(|e| Error::Protocol(format!("receive: {e}")))?;
         Message::decode(&payload).map(Some)
     }
+}
+
+/// Take one whole framed message off the front of `buf`, if it holds one; bytes of a message still
+/// arriving stay. A frame larger than [`MAX_FRAME`] or a malformed message is [`Error::Protocol`].
+pub(crate) fn take_frame(buf: &mut Vec<u8>) -> Result<Option<Message>> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let n = u32::from_le_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
+    if n > MAX_FRAME {
+        return Err(Error::Protocol(format!("a frame of {n} bytes is larger than {MAX_FRAME}")));
+    }
+    if buf.len() < 4 + n {
+        return Ok(None);
+    }
+    let m = Message::decode(&buf[4..4 + n]);
+    buf.drain(..4 + n);
+    m.map(Some)
 }
 
 #[cfg(test)]
@@ -280,5 +299,25 @@ mod tests {
         assert!(Message::decode(&old).is_err(), "another protocol version");
         let huge = (MAX_FRAME as u32 + 1).to_le_bytes();
         assert!(Message::recv(&mut huge.as_slice()).is_err());
+    }
+
+    #[test]
+    fn frames_are_taken_whole_however_the_bytes_arrive() {
+        let mut wire = Vec::new();
+        for m in all() {
+            m.send(&mut wire).unwrap();
+        }
+        let mut buf = Vec::new();
+        let mut got = Vec::new();
+        for b in wire {
+            buf.push(b);
+            while let Some(m) = take_frame(&mut buf).unwrap() {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, all());
+        assert!(buf.is_empty());
+        let mut huge = ((MAX_FRAME + 1) as u32).to_le_bytes().to_vec();
+        assert!(take_frame(&mut huge).is_err());
     }
 }

@@ -1,0 +1,216 @@
+//! [`PoolConfig`] and its file format, which `aclshm tune` writes and [`PoolConfig::load`] reads.
+//!
+//! ```text
+//!   # comments and blank lines are ignored
+//!   chunk_bytes = 8388608          # any size may also be written 8M, 8MiB, 1G ...
+//!   reserve_bytes = 0              # 0: as large as the device
+//!   page = 2M                      # 2M or 1G
+//!   trim_watermark = none          # or a size: trim down to it after a free
+//!   reserve_chunks = 0
+//!   kv_block_bytes = 262144        # optional: the KV block size (read by KvConfig::load)
+//! ```
+//!
+//! Every key is optional (a missing one keeps its default); an unknown key, a repeated one, or a value
+//! that does not parse is an error naming the line.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+use crate::vmm::PageSize;
+
+/// How a [`Pool`](super::Pool) is set up. Every field has a default; each says what it trades.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Virtual address space to reserve up front, in bytes (rounded up to whole chunks). `0`: as much as
+    /// the device has memory. Address space is cheap; more than the device holds only matters if the pool
+    /// is fragmented into chunks with holes between them.
+    pub reserve_bytes: u64,
+    /// Size of each physical chunk, a multiple of the page size. Larger chunks mean fewer runtime calls
+    /// per byte (each chunk costs an allocation and a map, and an export and an import per process when
+    /// shared) but coarser trimming and more memory held for small pools. 20 MiB, as torch_npu's large
+    /// segments, until the tuning benchmarks choose.
+    pub chunk_bytes: u64,
+    /// Page size of the physical memory.
+    pub page: PageSize,
+    /// When a free leaves more than this many bytes in fully free chunks, that free trims back down to it
+    /// (making runtime calls). `None`: trim only on [`Pool::trim`](super::Pool::trim) or when the device is out of memory, as
+    /// a caching allocator does.
+    pub trim_watermark: Option<u64>,
+    /// Chunks mapped when the pool is made and never trimmed: a warm start for the first allocations.
+    pub reserve_chunks: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            reserve_bytes: 0,
+            chunk_bytes: 20 << 20,
+            page: PageSize::Huge2M,
+            trim_watermark: None,
+            reserve_chunks: 0,
+        }
+    }
+}
+
+/// A size written `12345`, `8K`, `8KiB`, `2M`, `1G`, ... (binary units; see `aclshm_sys::host::parse_bytes`).
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
+    aclshm_sys::host::parse_bytes(s).ok()
+}
+
+/// A configuration file: the pool's configuration and, for a KV pool, its block size.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct ConfigFile {
+    pub pool: PoolConfig,
+    pub kv_block_bytes: Option<u64>,
+}
+
+impl ConfigFile {
+    pub(crate) fn parse(text: &str, origin: &str) -> Result<ConfigFile> {
+        let mut out = ConfigFile::default();
+        let mut seen: Vec<&str> = Vec::new();
+        for (n, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let bad = |why: String| Error::InvalidArgument(format!("{origin}:{}: {why}", n + 1));
+            let (key, value) =
+                line.split_once('=').ok_or_else(|| bad(format!("expected `key = value`, got {line:?}")))?;
+            let (key, value) = (key.trim(), value.trim());
+            if seen.contains(&key) {
+                return Err(bad(format!("{key} is set twice")));
+            }
+            let size = || parse_size(value).ok_or_else(|| bad(format!("{key}: {value:?} is not a size")));
+            match key {
+                "chunk_bytes" => out.pool.chunk_bytes = size()?,
+                "reserve_bytes" => out.pool.reserve_bytes = size()?,
+                "page" => {
+                    out.pool.page = match value {
+                        "2M" | "2MiB" | "huge2m" => PageSize::Huge2M,
+                        "1G" | "1GiB" | "huge1g" => PageSize::Huge1G,
+                        _ => return Err(bad(format!("page: {value:?} is not 2M or 1G"))),
+                    }
+                }
+                "trim_watermark" => out.pool.trim_watermark = if value == "none" { None } else { Some(size()?) },
+                "reserve_chunks" => {
+                    out.pool.reserve_chunks =
+                        value.parse().map_err(|_| bad(format!("reserve_chunks: {value:?} is not a count")))?
+                }
+                "kv_block_bytes" => out.kv_block_bytes = Some(size()?),
+                _ => return Err(bad(format!("unknown key {key:?}"))),
+            }
+            seen.push(key);
+        }
+        let page = out.pool.page.bytes();
+        if out.pool.chunk_bytes == 0 || !out.pool.chunk_bytes.is_multiple_of(page) {
+            return Err(Error::InvalidArgument(format!(
+                "{origin}: chunk_bytes {:#x} is not a multiple of the page size {page:#x}",
+                out.pool.chunk_bytes
+            )));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn load(path: &Path) -> Result<ConfigFile> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::InvalidArgument(format!("read {}: {e}", path.display())))?;
+        ConfigFile::parse(&text, &path.display().to_string())
+    }
+}
+
+impl fmt::Display for ConfigFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.pool)?;
+        if let Some(b) = self.kv_block_bytes {
+            writeln!(f, "kv_block_bytes = {b}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for PoolConfig {
+    /// The file format (see [`PoolConfig::load`]).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "chunk_bytes = {}", self.chunk_bytes)?;
+        writeln!(f, "reserve_bytes = {}", self.reserve_bytes)?;
+        writeln!(f, "page = {}", if self.page == PageSize::Huge1G { "1G" } else { "2M" })?;
+        match self.trim_watermark {
+            None => writeln!(f, "trim_watermark = none")?,
+            Some(w) => writeln!(f, "trim_watermark = {w}")?,
+        }
+        writeln!(f, "reserve_chunks = {}", self.reserve_chunks)
+    }
+}
+
+impl FromStr for PoolConfig {
+    type Err = Error;
+    /// Parse the file format (a `kv_block_bytes` line is allowed and ignored).
+    fn from_str(s: &str) -> Result<PoolConfig> {
+        Ok(ConfigFile::parse(s, "pool configuration")?.pool)
+    }
+}
+
+impl PoolConfig {
+    /// Read a configuration file (what `aclshm tune` writes):
+    ///
+    /// ```text
+    ///   # comments and blank lines are ignored
+    ///   chunk_bytes = 8388608          # any size may also be written 8M, 8MiB, 1G ...
+    ///   reserve_bytes = 0              # 0: as large as the device
+    ///   page = 2M                      # 2M or 1G
+    ///   trim_watermark = none          # or a size: trim down to it after a free
+    ///   reserve_chunks = 0
+    ///   kv_block_bytes = 262144        # optional: the KV block size (read by KvConfig::load)
+    /// ```
+    ///
+    /// Every key is optional (a missing one keeps its default); an unknown key, a repeated one, or a
+    /// value that does not parse is an error naming the line.
+    ///
+    /// ```
+    /// use aclshm::PoolConfig;
+    /// let c: PoolConfig = "chunk_bytes = 8M\ntrim_watermark = 64M\n".parse()?;
+    /// assert_eq!((c.chunk_bytes, c.trim_watermark), (8 << 20, Some(64 << 20)));
+    /// assert_eq!(c.to_string().parse::<PoolConfig>()?, c);
+    /// assert!("chunk_bytes = 3M".parse::<PoolConfig>().is_err(), "not a multiple of 2 MiB");
+    /// # Ok::<(), aclshm::Error>(())
+    /// ```
+    pub fn load(path: impl AsRef<Path>) -> Result<PoolConfig> {
+        Ok(ConfigFile::load(path.as_ref())?.pool)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_round_trip_and_bad_lines_are_named() {
+        let f = ConfigFile {
+            pool: PoolConfig {
+                chunk_bytes: 8 << 20,
+                trim_watermark: Some(1 << 30),
+                reserve_chunks: 3,
+                ..PoolConfig::default()
+            },
+            kv_block_bytes: Some(256 << 10),
+        };
+        assert_eq!(ConfigFile::parse(&f.to_string(), "t").unwrap(), f);
+        assert_eq!(parse_size("2MiB"), Some(2 << 20));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("1Q"), None);
+        for (text, says) in [
+            ("chunk_bytes 8M", "t:1: expected"),
+            ("# fine\nchunk_bytes = 8X", "t:2: chunk_bytes"),
+            ("page = 4K", "t:1: page"),
+            ("color = red", "t:1: unknown key"),
+            ("chunk_bytes = 8M\nchunk_bytes = 8M", "t:2: chunk_bytes is set twice"),
+            ("reserve_chunks = -1", "t:1: reserve_chunks"),
+            ("chunk_bytes = 3M", "not a multiple"),
+        ] {
+            let e = ConfigFile::parse(text, "t").unwrap_err().to_string();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+    }
+}
