@@ -233,6 +233,12 @@ impl Error {
     }
 }
 
+/// Run a release call (an unmap, a free, a destroy), and once more if it fails: a driver's transient
+/// failure should not leak what one more call releases. The second call's error is what is left.
+pub(crate) fn release_retrying<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    f().or_else(|_| f())
+}
+
 /// `Result` with aclshm's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -36,7 +36,7 @@ use aclshm_sys::{
     ACL_RT_IPC_MEM_IMPORT_FLAG_ENABLE_PEER_ACCESS, aclrtMemMallocPolicy,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, release_retrying};
 use crate::os::{self, SharedMap};
 use crate::raw::{self, IpcKey};
 use crate::runtime::{Runtime, on_device};
@@ -387,8 +387,8 @@ impl IpcMemory {
         on_device(&self.mem.rt, self.mem.device, || {
             // SAFETY: every importer closed; then the memory, ours and unused, is freed once.
             unsafe {
-                let closed = raw::ipc_mem_close(&self.mem.rt, &self.mem.key);
-                let freed = raw::free(&self.mem.rt, ptr);
+                let closed = release_retrying(|| raw::ipc_mem_close(&self.mem.rt, &self.mem.key));
+                let freed = release_retrying(|| raw::free(&self.mem.rt, ptr));
                 closed.and(freed)
             }
         })
@@ -458,8 +458,10 @@ impl IpcMemImport {
         if !std::mem::replace(&mut self.open, false) {
             return Ok(());
         }
-        // SAFETY: the caller is done with the memory (we are being closed or dropped).
-        let r = on_device(&self.mem.rt, self.mem.device, || unsafe { raw::ipc_mem_close(&self.mem.rt, &self.mem.key) });
+        let r = on_device(&self.mem.rt, self.mem.device, || {
+            // SAFETY: the caller is done with the memory (we are being closed or dropped).
+            release_retrying(|| unsafe { raw::ipc_mem_close(&self.mem.rt, &self.mem.key) })
+        });
         // The slot goes whatever the runtime said: this import is over either way.
         self.importers.release(self.slot);
         if !self.importers.map.creator_alive() {

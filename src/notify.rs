@@ -26,7 +26,7 @@ use aclshm_sys::{
     ACL_RT_NOTIFY_IMPORT_FLAG_ENABLE_PEER_ACCESS, aclrtNotify,
 };
 
-use crate::error::{AclError, Error, Result};
+use crate::error::{AclError, Error, Result, release_retrying};
 use crate::raw::{self, IpcKey};
 use crate::runtime::{Runtime, on_device};
 use crate::stream::Stream;
@@ -217,13 +217,34 @@ impl Notify {
     }
 }
 
-impl Drop for Notify {
-    fn drop(&mut self) {
+impl Notify {
+    /// Destroy it in this process (other processes' imports stay until they destroy theirs), reporting
+    /// a failure, which dropping can only print.
+    pub fn close(self) -> Result<()> {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let r = this.destroy();
+        // SAFETY: `this` is never used again; each field that owns something on the heap is dropped exactly
+        // once, here (`export` owns nothing that needs dropping).
+        unsafe {
+            drop(std::ptr::read(&this.rt));
+            drop(std::ptr::read(&this.host_stream));
+        }
+        r
+    }
+
+    fn destroy(&mut self) -> Result<()> {
         // The private stream goes first: nothing queued on it may outlive the notify.
-        drop(self.host_stream.lock().take());
+        let stream = self.host_stream.lock().take().map_or(Ok(()), Stream::close);
         // SAFETY: our live notify; the streams that used it are the caller's, whose work on it the caller
         // finished (a queued task on a destroyed notify is the runtime's to refuse).
-        if let Err(e) = unsafe { raw::destroy_notify(&self.rt, self.as_raw()) } {
+        let destroyed = release_retrying(|| unsafe { raw::destroy_notify(&self.rt, self.as_raw()) });
+        stream.and(destroyed)
+    }
+}
+
+impl Drop for Notify {
+    fn drop(&mut self) {
+        if let Err(e) = self.destroy() {
             eprintln!("aclshm: destroying a notify: {e}");
         }
     }

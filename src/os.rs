@@ -133,15 +133,20 @@ pub(crate) fn sweep_orphans(dir: &Path, is_ours: impl Fn(&str) -> bool, min_age:
         if !old {
             continue;
         }
-        let Ok(fd) = host::open_file(&path) else { continue };
-        let mut fl = flock(libc::F_WRLCK as libc::c_short, 0);
-        // SAFETY: a valid descriptor and flock structure.
-        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } == 0
-            && fl.l_type == libc::F_UNLCK as libc::c_short
-            && fs::remove_file(&path).is_ok()
-        {
+        if creator_gone(&path) && fs::remove_file(&path).is_ok() {
             and_then(&path);
         }
+    }
+}
+
+/// Whether `path` is a file whose creator (which locks its byte 0 for as long as it lives) is gone: the
+/// lock is free. False if it cannot be told (no such file, not ours).
+pub(crate) fn creator_gone(path: &Path) -> bool {
+    let Ok(fd) = host::open_file(path) else { return false };
+    let mut fl = flock(libc::F_WRLCK as libc::c_short, 0);
+    // SAFETY: a valid descriptor and flock structure.
+    unsafe {
+        libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) == 0 && fl.l_type == libc::F_UNLCK as libc::c_short
     }
 }
 

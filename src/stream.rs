@@ -5,7 +5,7 @@ use std::ptr::NonNull;
 
 use aclshm_sys::aclrtStream;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, release_retrying};
 use crate::raw;
 use crate::runtime::{Runtime, on_device};
 
@@ -69,10 +69,25 @@ impl Stream {
     }
 }
 
+impl Stream {
+    /// Destroy it (queued work finishes first), reporting a failure, which dropping can only print.
+    pub fn close(self) -> Result<()> {
+        let this = std::mem::ManuallyDrop::new(self);
+        let r = this.destroy();
+        // SAFETY: `this` is never used again; its runtime handle is dropped exactly once, here.
+        drop(unsafe { std::ptr::read(&this.rt) });
+        r
+    }
+
+    fn destroy(&self) -> Result<()> {
+        // SAFETY: our live stream, never used again (we are closing or dropping it).
+        release_retrying(|| unsafe { raw::destroy_stream(&self.rt, self.as_raw()) })
+    }
+}
+
 impl Drop for Stream {
     fn drop(&mut self) {
-        // SAFETY: our live stream, never used again.
-        if let Err(e) = unsafe { raw::destroy_stream(&self.rt, self.as_raw()) } {
+        if let Err(e) = self.destroy() {
             eprintln!("aclshm: destroying a stream: {e}");
         }
     }

@@ -45,7 +45,7 @@ use aclshm_sys::{
     aclrtMemLocationType, aclrtPhysicalMemProp,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, release_retrying};
 use crate::raw;
 use crate::registry::ImportRegistry;
 use crate::runtime::Runtime;
@@ -200,7 +200,7 @@ impl VaRange {
 impl Drop for VaRange {
     fn drop(&mut self) {
         // SAFETY: the last holder is gone, so no Mapping of ours remains in the range.
-        if let Err(e) = unsafe { raw::release_mem_address(&self.rt, self.base.as_ptr()) } {
+        if let Err(e) = release_retrying(|| unsafe { raw::release_mem_address(&self.rt, self.base.as_ptr()) }) {
             self.errors.record(e);
         }
     }
@@ -427,7 +427,7 @@ impl PhysicalMem {
 impl Drop for PhysicalMem {
     fn drop(&mut self) {
         // SAFETY: the last holder is gone, so no Mapping of ours maps it any more.
-        match unsafe { raw::free_physical(&self.rt, self.handle.as_ptr()) } {
+        match release_retrying(|| unsafe { raw::free_physical(&self.rt, self.handle.as_ptr()) }) {
             Ok(()) => self.forget(),
             Err(e) => {
                 self.errors.record(e);
@@ -525,7 +525,7 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the mapping is ours and is going away.
-        if let Err(e) = unsafe { raw::unmap_mem(&self.range.rt, self.addr.as_ptr()) } {
+        if let Err(e) = release_retrying(|| unsafe { raw::unmap_mem(&self.range.rt, self.addr.as_ptr()) }) {
             self.range.errors.record(e);
             // It may still be mapped: freeing its memory or releasing its range now would be wrong, so
             // keep both for good (a leak, which is safe) by not letting go of our references.

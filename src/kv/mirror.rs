@@ -88,6 +88,15 @@ impl KvMirror {
     /// Attach to the KV pool `desc` describes, mapping it on `device`: a [`Mirror`] of the pool (through
     /// the owner's rendezvous), the block table, and a pin file of this worker's own.
     pub fn attach(rt: &Runtime, desc: &KvDesc, device: i32) -> Result<KvMirror> {
+        let attached = Self::attach_inner(rt, desc, device);
+        if let Err(e) = &attached {
+            // The scheduler may have died before we were done: then its files are left to us.
+            crate::share::forget_dead_owner(desc.share(), matches!(e, Error::Protocol(_)));
+        }
+        attached
+    }
+
+    fn attach_inner(rt: &Runtime, desc: &KvDesc, device: i32) -> Result<KvMirror> {
         let mirror = Mirror::attach(rt, desc.share(), device)?;
         let table = BlockTable::open(&desc.dir(), desc.share().token, mirror.chunk_bytes())?;
         let geometry = table.geometry();

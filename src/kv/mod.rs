@@ -45,6 +45,7 @@ use crate::sync::Mutex;
 use crate::sync::shm::{Ordering, fence};
 use crate::sync::stat::{AtomicUsize, Ordering as StatOrdering};
 
+pub(crate) use table::table_path;
 use table::{BlockTable, Geometry, PinFile};
 
 /// The shape of a model's KV cache, to size blocks from: a block holds `block_tokens` tokens of keys and

@@ -107,6 +107,15 @@ impl Mirror {
 
     /// As [`attach`](Mirror::attach), importing through `registry`.
     pub fn attach_in(rt: &Runtime, desc: &ShareDesc, device: i32, registry: ImportRegistry) -> Result<Mirror> {
+        let attached = Self::attach_inner(rt, desc, device, registry);
+        if let Err(e) = &attached {
+            // The owner may have died before we were done: then its files are left to us.
+            super::forget_dead_owner(desc, matches!(e, Error::Protocol(_)));
+        }
+        attached
+    }
+
+    fn attach_inner(rt: &Runtime, desc: &ShareDesc, device: i32, registry: ImportRegistry) -> Result<Mirror> {
         let tgid = raw::device_get_bare_tgid(rt)?;
         let mut conn = UnixStream::connect(&desc.socket)
             .map_err(|e| Error::Protocol(format!("connect to {}: {e}", desc.socket.display())))?;
@@ -282,6 +291,12 @@ impl Mirror {
         drop(chunks);
         // Closing the socket tells the owner we are gone.
         drop(self.inner.conn.lock().take());
+        if !self.inner.table.is_closed() && !self.inner.table.owner_alive() {
+            // The owner died (perhaps before the follower noticed): its files are ours to remove.
+            self.inner.owner_lost.store(true, SyncOrdering::Release);
+            let _ = std::fs::remove_file(self.inner.table.path());
+            let _ = std::fs::remove_file(&self.inner.socket);
+        }
     }
 }
 
@@ -297,16 +312,15 @@ impl Drop for Mirror {
 impl Inner {
     /// Follow the table until told to stop or the owner closes it.
     fn follow(&self) {
-        if raw::set_device(&self.rt, self.device).is_err() {
-            return;
-        }
         loop {
             let seq = self.table.seq();
             if self.stop.load(SyncOrdering::Acquire) {
                 return;
             }
+            // The device is made current for each sync (once, in practice: it stays current), so a failure
+            // to set it is reported and tried again at the next change, never a follower that stopped.
             if self.table.generation() != self.synced.load(Ordering::Acquire)
-                && let Err(e) = self.sync()
+                && let Err(e) = on_device(&self.rt, self.device, || self.sync())
             {
                 self.errors.record(e);
             }

@@ -560,6 +560,31 @@ pub fn default_dir() -> PathBuf {
     os::default_share_dir()
 }
 
+/// A worker could not reach the owner of `desc`: if the owner is gone (its table's lock is free), remove
+/// what it left (the table, the socket, a KV pool's block table), which no one else may notice.
+///
+/// `lost`: the owner's connection broke. A process being killed closes its files one after another, so
+/// the socket can close before the table's lock goes: then wait for it a little (half a second at most).
+pub(crate) fn forget_dead_owner(desc: &ShareDesc, lost: bool) {
+    let table = table_path(desc);
+    let deadline = Instant::now() + if lost { Duration::from_millis(500) } else { Duration::ZERO };
+    let mut gone = os::creator_gone(&table);
+    while !gone && table.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        gone = os::creator_gone(&table);
+    }
+    if gone {
+        let _ = std::fs::remove_file(&table);
+        let _ = std::fs::remove_file(&desc.socket);
+        if let Some(dir) = desc.socket.parent() {
+            let blocks = crate::kv::table_path(dir, desc.token);
+            if os::creator_gone(&blocks) {
+                let _ = std::fs::remove_file(blocks);
+            }
+        }
+    }
+}
+
 /// Path of a shared pool's table, for tests that read it as an outsider would.
 #[doc(hidden)]
 pub fn table_path(desc: &ShareDesc) -> PathBuf {

@@ -213,6 +213,12 @@ impl Message {
         w.write_all(&frame).map_err(|e| Error::Protocol(format!("send: {e}")))
     }
 
+    /// Take one whole framed message off the front of `buf` (bytes received so far), if it holds one; the
+    /// bytes of a message still arriving stay. What the rendezvous does with non-blocking sockets.
+    pub fn take(buf: &mut Vec<u8>) -> Result<Option<Message>> {
+        take_frame(buf)
+    }
+
     /// Read one framed message; `Ok(None)` at a clean end of stream. (Blocking; the rendezvous reads
     /// non-blocking sockets, frame by frame, as bytes arrive.)
     pub fn recv(r: &mut impl Read) -> Result<Option<Message>> {

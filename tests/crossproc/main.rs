@@ -7,6 +7,7 @@
 mod harness;
 
 mod basic;
+mod crash;
 mod ipc;
 mod keyed;
 mod kv;
@@ -14,5 +15,8 @@ mod lifecycle;
 mod loader;
 mod notify;
 mod pool;
+mod security;
 mod share;
+mod soak;
+mod sweep;
 mod vmm;

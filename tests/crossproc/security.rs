@@ -1,0 +1,123 @@
+//! Files and directories: the simulator's directory and the share directory are private (0700, files
+//! 0600), and neither is used if another user owns it or others can write it. (Whitelisting and the
+//! rendezvous's pid check are tested in `share.rs`.)
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use aclshm::{Error, Pool, PoolConfig, ShareConfig, raw};
+
+use crate::harness::*;
+use crate::{assert_code, test_name};
+
+fn mode(p: &Path) -> u32 {
+    std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
+}
+
+/// Make `dir` another user's: chown it to nobody when we are root; otherwise it is `/`, which is root's.
+fn foreign_dir(sc: &Scenario) -> std::path::PathBuf {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        let d = sc.dir().to_path_buf();
+        std::fs::create_dir_all(&d).unwrap();
+        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
+        d
+    } else {
+        std::path::PathBuf::from("/")
+    }
+}
+
+#[test]
+fn the_simulator_and_share_directories_are_private_and_checked() {
+    match role().as_deref() {
+        Some("holder") => {
+            let rt = runtime();
+            raw::set_device(&rt, 0).unwrap();
+            let pool =
+                Pool::new(&rt, 0, PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 8 << 20, ..PoolConfig::default() })
+                    .unwrap();
+            let a = pool.alloc(1 << 20).unwrap();
+            let share = pool.share(ShareConfig::default()).unwrap();
+            say(format!("share {share}"));
+            hear_word("checked");
+            pool.free(a).unwrap();
+            pool.close().unwrap();
+            say("ok");
+        }
+        Some("refused") => {
+            let rt = runtime();
+            assert_code!(raw::get_device_count(&rt), aclshm::sys::ACL_ERROR_RT_DEV_SETUP_ERROR);
+            say("refused");
+        }
+        Some("share-refused") => {
+            let rt = runtime();
+            raw::set_device(&rt, 0).unwrap();
+            let pool =
+                Pool::new(&rt, 0, PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 8 << 20, ..PoolConfig::default() })
+                    .unwrap();
+            let dir = std::path::PathBuf::from(hear_word("dir"));
+            let r = pool.share(ShareConfig { dir: Some(dir), ..ShareConfig::default() });
+            match r {
+                Err(Error::InvalidArgument(m)) => say(format!("refused {m}")),
+                other => panic!("a share directory that is not private was used: {other:?}"),
+            }
+            pool.close().unwrap();
+        }
+        _ => {
+            // What the simulator and the sharing create is private.
+            let sc = Scenario::new(test_name!()).shared();
+            let mut h = sc.spawn("holder");
+            let share: aclshm::ShareDesc = h.expect("share").parse().unwrap();
+            let share_dir = share.socket.parent().unwrap().to_path_buf();
+            for dir in [sc.dir(), share_dir.as_path()] {
+                assert_eq!(mode(dir), 0o700, "{}", dir.display());
+                for e in std::fs::read_dir(dir).unwrap().flatten() {
+                    let m = mode(&e.path());
+                    assert_eq!(m & 0o077, 0, "{} is {m:o}: open to others", e.path().display());
+                }
+            }
+            h.send("checked");
+            h.expect("ok");
+            h.join();
+            sc.finish();
+
+            // A simulator directory of another user is refused (and nothing is created in it).
+            let sc = Scenario::new(test_name!());
+            let dir = foreign_dir(&sc);
+            let mut r = sc.spawn_with("refused", &[("ACLSHM_SIM_DIR", dir.to_str().unwrap())]);
+            r.expect("refused");
+            assert!(r.wait().success());
+            assert!(r.stderr().contains("belongs to uid"), "{}", r.stderr());
+            drop(sc);
+
+            // So is a share directory that others can write, or that another user owns.
+            let sc = Scenario::new(test_name!()).shared();
+            let open = std::path::PathBuf::from(format!("{}-open", sc.dir().display()));
+            std::fs::create_dir_all(&open).unwrap();
+            std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+            let other = std::path::PathBuf::from(format!("{}-other", sc.dir().display()));
+            std::fs::create_dir_all(&other).unwrap();
+            // SAFETY: geteuid cannot fail.
+            let root = unsafe { libc::geteuid() } == 0;
+            let other = if root {
+                std::os::unix::fs::chown(&other, Some(65534), Some(65534)).unwrap();
+                other
+            } else {
+                std::path::PathBuf::from("/")
+            };
+            for (dir, says) in [(&open, "private directory"), (&other, "private directory")] {
+                let mut s = sc.spawn("share-refused");
+                s.send(format!("dir {}", dir.display()));
+                let why = s.expect("refused");
+                assert!(why.contains(says) || why.contains("belongs to uid"), "{why}");
+                s.join();
+            }
+            assert!(std::fs::read_dir(&open).unwrap().next().is_none(), "nothing was created in it");
+            let _ = std::fs::remove_dir_all(&open);
+            if root {
+                let _ = std::fs::remove_dir_all(&other);
+            }
+            sc.finish();
+        }
+    }
+}
