@@ -81,13 +81,33 @@ impl IpcKey {
     }
 
     /// A key as the runtime wrote it into a buffer; refused unless it is 1 to 64 ASCII characters.
-    fn from_buffer(buf: [u8; IpcKey::LEN]) -> Result<IpcKey> {
-        let key = IpcKey(buf);
-        let n = buf.iter().position(|&b| b == 0);
-        match n {
-            Some(n) if n > 0 && buf[..n].is_ascii() => Ok(key),
+    fn from_buffer(buf: &[u8]) -> Result<IpcKey> {
+        match buf.iter().position(|&b| b == 0) {
+            Some(n) if n > 0 && n < IpcKey::LEN && buf[..n].is_ascii() => {
+                let mut key = IpcKey::empty();
+                key.0[..n].copy_from_slice(&buf[..n]);
+                Ok(key)
+            }
             _ => Err(Error::InvalidArgument("the runtime returned a malformed key".to_string())),
         }
+    }
+}
+
+/// A zeroed buffer for the runtime to write a key into: at least [`IpcKey::LEN`] bytes, whatever length
+/// the runtime is told, so that a runtime writing a whole key stays inside it.
+struct KeyBuffer(Vec<u8>);
+
+impl KeyBuffer {
+    fn new(len: usize) -> KeyBuffer {
+        KeyBuffer(vec![0; len.max(IpcKey::LEN)])
+    }
+
+    fn as_mut_ptr(&mut self) -> *mut c_char {
+        self.0.as_mut_ptr().cast()
+    }
+
+    fn key(&self) -> Result<IpcKey> {
+        IpcKey::from_buffer(&self.0)
     }
 }
 
@@ -458,9 +478,26 @@ pub fn mem_set_pid_to_shareable_handle(rt: &Runtime, shareable: u64, pids: &[i32
 /// 1. `ptr` is device memory of this runtime.
 #[doc(alias = "aclrtIpcMemGetExportKey")]
 pub unsafe fn ipc_mem_get_export_key(rt: &Runtime, ptr: *mut c_void, size: usize, flags: u64) -> Result<IpcKey> {
-    let mut buf = [0u8; IpcKey::LEN];
-    call!(rt, aclrtIpcMemGetExportKey(ptr, size, buf.as_mut_ptr().cast(), buf.len(), flags))?;
-    IpcKey::from_buffer(buf)
+    // SAFETY: as the caller vouched (precondition 1).
+    unsafe { ipc_mem_get_export_key_len(rt, ptr, size, IpcKey::LEN, flags) }
+}
+
+/// [`ipc_mem_get_export_key`], telling the runtime that the key buffer holds `len` bytes (pyACL's `len`
+/// argument): the runtime refuses a length below [`IpcKey::LEN`].
+///
+/// # Safety
+/// 1. `ptr` is device memory of this runtime.
+#[doc(alias = "aclrtIpcMemGetExportKey")]
+pub unsafe fn ipc_mem_get_export_key_len(
+    rt: &Runtime,
+    ptr: *mut c_void,
+    size: usize,
+    len: usize,
+    flags: u64,
+) -> Result<IpcKey> {
+    let mut buf = KeyBuffer::new(len);
+    call!(rt, aclrtIpcMemGetExportKey(ptr, size, buf.as_mut_ptr(), len, flags))?;
+    buf.key()
 }
 
 /// Whitelist importer pids for a key.
@@ -546,9 +583,20 @@ pub unsafe fn get_notify_id(rt: &Runtime, notify: aclrtNotify) -> Result<u32> {
 /// 1. `notify` is a live notify of this runtime.
 #[doc(alias = "aclrtNotifyGetExportKey")]
 pub unsafe fn notify_get_export_key(rt: &Runtime, notify: aclrtNotify, flags: u64) -> Result<IpcKey> {
-    let mut buf = [0u8; IpcKey::LEN];
-    call!(rt, aclrtNotifyGetExportKey(notify, buf.as_mut_ptr().cast(), buf.len(), flags))?;
-    IpcKey::from_buffer(buf)
+    // SAFETY: as the caller vouched (precondition 1).
+    unsafe { notify_get_export_key_len(rt, notify, IpcKey::LEN, flags) }
+}
+
+/// [`notify_get_export_key`], telling the runtime that the key buffer holds `len` bytes (pyACL's `len`
+/// argument): the runtime refuses a length below [`IpcKey::LEN`].
+///
+/// # Safety
+/// 1. `notify` is a live notify of this runtime.
+#[doc(alias = "aclrtNotifyGetExportKey")]
+pub unsafe fn notify_get_export_key_len(rt: &Runtime, notify: aclrtNotify, len: usize, flags: u64) -> Result<IpcKey> {
+    let mut buf = KeyBuffer::new(len);
+    call!(rt, aclrtNotifyGetExportKey(notify, buf.as_mut_ptr(), len, flags))?;
+    buf.key()
 }
 
 /// Whitelist an importer pid for an exported notify (one per call).
@@ -674,7 +722,13 @@ mod tests {
         assert_eq!(format!("{k:?}"), "IpcKey(0123456789abcdef)");
         assert!("bad\0key".parse::<IpcKey>().is_err());
         assert!("é".parse::<IpcKey>().is_err());
-        assert!(IpcKey::from_buffer([0; IpcKey::LEN]).is_err());
-        assert!(IpcKey::from_buffer([b'a'; IpcKey::LEN]).is_err(), "no NUL");
+        assert!(IpcKey::from_buffer(&[0; IpcKey::LEN]).is_err());
+        assert!(IpcKey::from_buffer(&[b'a'; IpcKey::LEN]).is_err(), "no NUL");
+        let mut long = [b'a'; 80];
+        long[70] = 0;
+        assert!(IpcKey::from_buffer(&long).is_err(), "a key over 64 characters");
+        let mut short = [0u8; 80];
+        short[..3].copy_from_slice(b"abc");
+        assert_eq!(IpcKey::from_buffer(&short).unwrap().as_str(), "abc", "a longer buffer than a key needs");
     }
 }

@@ -183,6 +183,13 @@ impl Runtime {
         }
     }
 
+    /// Run `f` with `device` current in the calling thread (`aclrtSetDevice` when it is not), and make the
+    /// thread's previous device current again after: for copies and other calls that act on the current
+    /// device. A thread that had no device keeps `device`.
+    pub fn on_device<T>(&self, device: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        on_device(self, device, f)
+    }
+
     /// The entry points.
     pub fn fns(&self) -> &AclFns {
         &self.0.fns
@@ -237,7 +244,7 @@ pub(crate) mod tests_support {
     }
 }
 
-/// Run `f` with `device` current in the calling thread, restoring the thread's device after.
+/// See [`Runtime::on_device`].
 pub(crate) fn on_device<T>(rt: &Runtime, device: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
     match raw::get_device(rt) {
         Ok(d) if d == device => f(),

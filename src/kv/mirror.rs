@@ -74,6 +74,13 @@ impl Pinned<'_> {
     pub fn ptrs(&self) -> &[*mut c_void] {
         &self.ptrs
     }
+
+    /// Keep the pins beyond the guard: the blocks and their addresses, for a caller that unpins them
+    /// itself with [`KvMirror::unpin`] (a binding whose guard object outlives any Rust borrow).
+    pub fn keep(mut self) -> (Vec<KvBlock>, Vec<*mut c_void>) {
+        // The guard drops with nothing to unpin.
+        (std::mem::take(&mut self.blocks), std::mem::take(&mut self.ptrs))
+    }
 }
 
 impl Drop for Pinned<'_> {

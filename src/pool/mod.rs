@@ -381,6 +381,11 @@ impl Pool {
         &self.inner.rt
     }
 
+    /// The pool's number in this process, as errors name it ([`Error::NotAllocated`], [`Error::WrongPool`]).
+    pub fn id(&self) -> u32 {
+        self.inner.id
+    }
+
     /// The device the pool is on.
     pub fn device(&self) -> i32 {
         self.inner.device
