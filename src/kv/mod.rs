@@ -601,6 +601,7 @@ impl KvPool {
                     w.remove();
                 }
             }
+            PinFile::sweep_abandoned(&self.dir, self.geometry.token);
         }
         self.table.close();
         self.pool.close()

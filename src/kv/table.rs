@@ -269,6 +269,14 @@ impl PinFile {
         ok.then_some(f)
     }
 
+    /// Remove the pin files of pool `token` in `dir` whose worker is gone, whole or not: one killed while
+    /// it made its file leaves one that [`open`](PinFile::open) does not take (not yet locked, sized or
+    /// stamped), which only the lock tells apart. For the owner's close, when no worker may join.
+    pub(crate) fn sweep_abandoned(dir: &Path, token: u64) {
+        let prefix = pins_prefix(token);
+        os::sweep_orphans(dir, |n| n.starts_with(&prefix) && n.ends_with(".pins"), Duration::ZERO, |_| {});
+    }
+
     /// The pin files of pool `token` in `dir`.
     pub(crate) fn list(dir: &Path, token: u64) -> Vec<PathBuf> {
         let prefix = pins_prefix(token);
@@ -345,5 +353,20 @@ mod tests {
         drop(owner);
         assert!(!worker.owner_alive());
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn half_made_pin_files_of_dead_workers_are_swept_and_live_ones_kept() {
+        let dir = os::TestDir::new("kv-sweep");
+        let g = geometry();
+        let live = PinFile::create(&dir.0, g.token, g.blocks).unwrap();
+        // What a worker killed between creating its file and locking, sizing or stamping it leaves.
+        let half = dir.0.join(format!("{}{:016x}.pins", pins_prefix(g.token), 7));
+        drop(aclshm_sys::host::create_file(&half).unwrap());
+        assert!(PinFile::open(&half, g.token, g.blocks).is_none(), "not a pin file the owner can read");
+        let other_pool = PinFile::create(&dir.0, 0xdef, g.blocks).unwrap();
+        PinFile::sweep_abandoned(&dir.0, g.token);
+        assert!(!half.exists(), "the dead worker's half-made file is gone");
+        assert!(live.path().exists() && other_pool.path().exists(), "live workers' files stay");
     }
 }
