@@ -110,6 +110,15 @@ pub enum PageSize {
 }
 
 impl PageSize {
+    /// The page size a configuration names: `2M` (`2MiB`, `huge2m`) or `1G` (`1GiB`, `huge1g`).
+    pub fn parse(name: &str) -> Option<PageSize> {
+        match name {
+            "2M" | "2MiB" | "huge2m" => Some(PageSize::Huge2M),
+            "1G" | "1GiB" | "huge1g" => Some(PageSize::Huge1G),
+            _ => None,
+        }
+    }
+
     /// The page size in bytes.
     pub fn bytes(self) -> u64 {
         match self {

@@ -61,11 +61,8 @@ pub(crate) fn pool_config(
         c.reserve_bytes = s.bytes("reserve_bytes")?;
     }
     if let Some(p) = page {
-        c.page = match p {
-            "2M" | "2MiB" | "huge2m" => PageSize::Huge2M,
-            "1G" | "1GiB" | "huge1g" => PageSize::Huge1G,
-            _ => return Err(err(Error::InvalidArgument(format!("page: {p:?} is not \"2M\" or \"1G\"")))),
-        };
+        c.page = PageSize::parse(p)
+            .ok_or_else(|| err(Error::InvalidArgument(format!("page: {p:?} is not \"2M\" or \"1G\""))))?;
     }
     if let Some(s) = trim_watermark {
         c.trim_watermark = Some(s.bytes("trim_watermark")?);

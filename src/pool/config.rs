@@ -87,11 +87,8 @@ impl ConfigFile {
                 "chunk_bytes" => out.pool.chunk_bytes = size()?,
                 "reserve_bytes" => out.pool.reserve_bytes = size()?,
                 "page" => {
-                    out.pool.page = match value {
-                        "2M" | "2MiB" | "huge2m" => PageSize::Huge2M,
-                        "1G" | "1GiB" | "huge1g" => PageSize::Huge1G,
-                        _ => return Err(bad(format!("page: {value:?} is not 2M or 1G"))),
-                    }
+                    out.pool.page =
+                        PageSize::parse(value).ok_or_else(|| bad(format!("page: {value:?} is not 2M or 1G")))?
                 }
                 "trim_watermark" => out.pool.trim_watermark = if value == "none" { None } else { Some(size()?) },
                 "reserve_chunks" => {
