@@ -101,6 +101,9 @@ impl fmt::Debug for AclError {
 impl std::error::Error for AclError {}
 
 /// Everything that can go wrong in aclshm.
+///
+/// Each message is complete on its own (`{e}` says what failed and why); where an error has a typed
+/// cause (an [`std::io::Error`], the loader's error, an [`AclError`]) it is also its `source()`.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -121,10 +124,29 @@ pub enum Error {
         /// The missing ACL function.
         call: &'static str,
     },
-    /// No ACL runtime could be set up: the library would not load, or the backend configuration
-    /// (`ACLSHM_BACKEND`, `ACLSHM_ACL_LIB`) is invalid. Fix the installation or the configuration.
-    #[error("no ACL runtime: {0}")]
-    Backend(String),
+    /// No ACL runtime could be set up: the library would not load (`source` says why, path by path), or
+    /// the backend configuration (`ACLSHM_BACKEND`, `ACLSHM_ACL_LIB`) is invalid. Fix the installation or
+    /// the configuration.
+    #[error("no ACL runtime: {reason}")]
+    Backend {
+        /// What went wrong (the loader's error, when it was that).
+        reason: String,
+        /// The loader's error, when loading a library failed.
+        #[source]
+        source: Option<Box<aclshm_sys::LoadError>>,
+    },
+    /// An operating-system call failed: creating, mapping or locking a shared file, a socket, a
+    /// directory, a thread. `context` says what was being done (and on which path). Whether retrying
+    /// helps depends on `source`: a full `/dev/shm` (`StorageFull`) or too many open files may pass once
+    /// something is freed; permission errors will not.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// An argument was invalid before any runtime call was made (for example a key that is not 64
     /// characters). Retrying with the same argument will not help.
     #[error("invalid argument: {0}")]
@@ -224,6 +246,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// An operating-system failure while doing `context`.
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Error {
+        Error::Io { context: context.into(), source }
+    }
+
+    /// A backend that cannot be used, for `reason` (not a loader failure).
+    pub(crate) fn backend(reason: impl Into<String>) -> Error {
+        Error::Backend { reason: reason.into(), source: None }
+    }
+
     /// The ACL status code, if a runtime call failed.
     pub fn acl_code(&self) -> Option<AclError> {
         match self {

@@ -153,7 +153,7 @@ impl Importers {
     fn create(path: PathBuf, size: usize) -> Result<Importers> {
         // Byte 0 stays locked while the exporter lives: how importers and sweepers tell it died.
         let map = SharedMap::create_locked(&path, Self::len())
-            .map_err(|e| Error::InvalidArgument(format!("create {}: {e}", path.display())))?;
+            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
         let f = Importers { map, path, owner: true };
         let h = f.header();
         h.version.store(VERSION, Ordering::Relaxed);
@@ -277,7 +277,7 @@ impl IpcMemory {
             .checked_next_multiple_of(IPC_ALIGN)
             .ok_or_else(|| Error::InvalidArgument(format!("{size:#x} bytes of IPC memory")))?;
         let dir = config.dir.clone().unwrap_or_else(os::default_share_dir);
-        os::private_dir(&dir).map_err(|e| Error::InvalidArgument(format!("share directory {}: {e}", dir.display())))?;
+        os::private_dir(&dir).map_err(|e| Error::io(format!("share directory {}", dir.display()), e))?;
         crate::share::sweep(&dir);
         let flags = if config.validate_pids {
             ACL_RT_IPC_MEM_EXPORT_FLAG_DEFAULT

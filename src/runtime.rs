@@ -80,7 +80,8 @@ fn load_library(explicit: Option<&Path>) -> Result<&'static Library> {
     }
     // SAFETY: the library found is taken to be an ACL runtime, which is what this function is for; its
     // exports then have the signatures of aclshm-sys's declarations.
-    let lib = unsafe { Library::find(explicit) }.map_err(|e| Error::Backend(e.to_string()))?;
+    let lib = unsafe { Library::find(explicit) }
+        .map_err(|e| Error::Backend { reason: e.to_string(), source: Some(Box::new(e)) })?;
     let lib: &'static Library = Box::leak(Box::new(lib));
     loaded.push((explicit.map(Path::to_path_buf), lib));
     Ok(lib)
@@ -136,7 +137,7 @@ impl Runtime {
             "acl" => Runtime::load(lib),
             "sim" => Self::embedded(),
             "" | "auto" => Ok(Self::auto(lib)),
-            other => Err(Error::Backend(format!("backend {other:?} is not one of acl, sim, auto (ACLSHM_BACKEND)"))),
+            other => Err(Error::backend(format!("backend {other:?} is not one of acl, sim, auto (ACLSHM_BACKEND)"))),
         }
     }
 
@@ -147,7 +148,7 @@ impl Runtime {
 
     #[cfg(not(feature = "sim"))]
     fn embedded() -> Result<Runtime> {
-        Err(Error::Backend("this build of aclshm has no embedded simulator (feature `sim` is off)".to_string()))
+        Err(Error::backend("this build of aclshm has no embedded simulator (feature `sim` is off)"))
     }
 
     /// A real runtime if one loads and reports at least one device, else the embedded simulator.
@@ -176,10 +177,14 @@ impl Runtime {
 
     /// The process-wide runtime, chosen by [`from_env`](Runtime::from_env) on first use.
     pub fn global() -> Result<&'static Runtime> {
-        static GLOBAL: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new();
-        match GLOBAL.get_or_init(|| Runtime::from_env().map_err(|e| e.to_string())) {
+        static GLOBAL: OnceLock<Result<Runtime>> = OnceLock::new();
+        match GLOBAL.get_or_init(Runtime::from_env) {
             Ok(rt) => Ok(rt),
-            Err(e) => Err(Error::Backend(e.clone())),
+            // Each caller gets its own copy of the one failure.
+            Err(Error::Backend { reason, source }) => {
+                Err(Error::Backend { reason: reason.clone(), source: source.clone() })
+            }
+            Err(other) => Err(Error::backend(other.to_string())),
         }
     }
 
@@ -272,7 +277,8 @@ mod tests {
     #[test]
     fn a_missing_library_is_a_backend_error() {
         let e = Runtime::load(Some(Path::new("/nonexistent/libascendcl.so"))).unwrap_err();
-        assert!(matches!(e, Error::Backend(_)), "{e}");
+        assert!(matches!(e, Error::Backend { source: Some(_), .. }), "{e}");
+        assert!(std::error::Error::source(&e).is_some(), "the loader's error is the source");
         assert!(e.to_string().contains("/nonexistent/libascendcl.so"));
     }
 

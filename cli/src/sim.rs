@@ -42,10 +42,13 @@ fn need_sim(rt: &Runtime) -> aclshm::Result<()> {
     if rt.is_simulator() {
         Ok(())
     } else {
-        Err(aclshm::Error::Backend(format!(
-            "`aclshm sim` looks at the simulator, and the runtime is {} (use --backend sim)",
-            rt.backend()
-        )))
+        Err(aclshm::Error::Backend {
+            source: None,
+            reason: format!(
+                "`aclshm sim` looks at the simulator, and the runtime is {} (use --backend sim)",
+                rt.backend()
+            ),
+        })
     }
 }
 

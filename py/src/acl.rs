@@ -36,7 +36,7 @@ fn code(e: Error) -> PyResult<i32> {
         Error::Acl { source, .. } => source.code(),
         Error::Unsupported { .. } => sys::ACL_ERROR_API_NOT_SUPPORT,
         Error::InvalidArgument(_) | Error::Misaligned { .. } => sys::ACL_ERROR_INVALID_PARAM,
-        Error::Backend(_) => return Err(err(e)),
+        Error::Backend { .. } => return Err(err(e)),
         _ => sys::ACL_ERROR_FAILURE,
     })
 }

@@ -16,6 +16,7 @@ const CLASSES: &[(&str, &str)] = &[
     ("Acl", "AclError"),
     ("Unsupported", "UnsupportedError"),
     ("Backend", "BackendError"),
+    ("Io", "IoError"),
     ("InvalidArgument", "InvalidArgumentError"),
     ("Misaligned", "MisalignedError"),
     ("OutOfMemory", "OutOfMemoryError"),
@@ -39,7 +40,8 @@ fn kind(e: &Error) -> &'static str {
     match e {
         Error::Acl { .. } => "Acl",
         Error::Unsupported { .. } => "Unsupported",
-        Error::Backend(_) => "Backend",
+        Error::Backend { .. } => "Backend",
+        Error::Io { .. } => "Io",
         Error::InvalidArgument(_) => "InvalidArgument",
         Error::Misaligned { .. } => "Misaligned",
         Error::OutOfMemory { .. } => "OutOfMemory",
@@ -111,6 +113,11 @@ fn build(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
             fields.set_item("generation", generation)?;
         }
         Error::NotPinned { id } => fields.set_item("id", id)?,
+        Error::Io { source, .. } => {
+            if let Some(errno) = source.raw_os_error() {
+                fields.set_item("errno", errno)?;
+            }
+        }
         Error::Deferred(v) => {
             let inner = v.iter().map(|e| build(py, e).map(|e| e.into_value(py))).collect::<PyResult<Vec<_>>>()?;
             exc.setattr("errors", inner)?;
@@ -135,7 +142,8 @@ fn _error_for_test(kind: &str, message: String) -> PyResult<()> {
     let e = match kind {
         "Acl" => Error::Acl { call: "aclrtMapMem", source: aclshm::AclError::DRV_INTERNAL_ERROR },
         "Unsupported" => Error::Unsupported { call: "aclrtMemSetAccess" },
-        "Backend" => Error::Backend(message),
+        "Backend" => Error::Backend { reason: message, source: None },
+        "Io" => Error::Io { context: message, source: std::io::Error::from_raw_os_error(28) },
         "InvalidArgument" => Error::InvalidArgument(message),
         "Misaligned" => Error::Misaligned { what: "size", value: 3, align: 512 },
         "NotAllocated" => Error::NotAllocated { pool: 1, offset: 0x200, len: 0x400 },

@@ -2,6 +2,7 @@
 notifies, and the exceptions mapped from the Rust error enum."""
 
 import builtins
+import errno
 import os
 import pickle
 import subprocess
@@ -17,6 +18,7 @@ EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 
 EXPECTED_CLASSES = {
     "Acl": "AclError", "Unsupported": "UnsupportedError", "Backend": "BackendError",
+    "Io": "IoError",
     "InvalidArgument": "InvalidArgumentError", "Misaligned": "MisalignedError",
     "OutOfMemory": "OutOfMemoryError", "NotAllocated": "NotAllocatedError", "WrongPool": "WrongPoolError",
     "NotPermitted": "NotPermittedError", "Protocol": "ProtocolError", "Refused": "RefusedError",
@@ -52,6 +54,9 @@ def test_every_error_variant_has_its_exception():
     with pytest.raises(aclshm.MisalignedError) as info:
         _aclshm._error_for_test("Misaligned", "")
     assert (info.value.what, info.value.value, info.value.align) == ("size", 3, 512)
+    with pytest.raises(aclshm.IoError) as info:
+        _aclshm._error_for_test("Io", "create /dev/shm/x")
+    assert isinstance(info.value, OSError) and info.value.errno == errno.ENOSPC
     # Refinements of builtins.
     assert issubclass(aclshm.InvalidArgumentError, ValueError)
     assert issubclass(aclshm.MisalignedError, aclshm.InvalidArgumentError)

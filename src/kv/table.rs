@@ -104,7 +104,7 @@ impl BlockTable {
     pub(crate) fn create(dir: &Path, g: Geometry) -> Result<BlockTable> {
         let path = table_path(dir, g.token);
         let map = SharedMap::create_locked(&path, HEADER + 4 * g.blocks as usize)
-            .map_err(|e| Error::InvalidArgument(format!("create {}: {e}", path.display())))?;
+            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
         let t = BlockTable { map, path, owner: true, geometry: g };
         let h = t.header();
         h.version.store(VERSION, Ordering::Relaxed);
@@ -247,7 +247,7 @@ impl PinFile {
     pub(crate) fn create(dir: &Path, token: u64, blocks: u32) -> Result<PinFile> {
         let path = dir.join(format!("{}{:016x}.pins", pins_prefix(token), os::random_u64()));
         let map = SharedMap::create_locked(&path, Self::len(blocks))
-            .map_err(|e| Error::InvalidArgument(format!("create {}: {e}", path.display())))?;
+            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
         let f = PinFile { map, path, mine: true, blocks };
         let h = f.header();
         h.version.store(VERSION, Ordering::Relaxed);

@@ -165,7 +165,7 @@ impl Mirror {
             thread::Builder::new()
                 .name("aclshm-mirror".into())
                 .spawn(move || inner.follow())
-                .map_err(|e| Error::InvalidArgument(format!("start the mirror's follower: {e}")))?
+                .map_err(|e| Error::io("start the mirror's follower", e))?
         };
         Ok(Mirror { inner, follower: Some(follower) })
     }

@@ -193,7 +193,7 @@ impl Sharing {
         errors: &Arc<DropErrors>,
     ) -> Result<Arc<Sharing>> {
         let dir = config.dir.clone().unwrap_or_else(os::default_share_dir);
-        os::private_dir(&dir).map_err(|e| Error::InvalidArgument(format!("share directory {}: {e}", dir.display())))?;
+        os::private_dir(&dir).map_err(|e| Error::io(format!("share directory {}", dir.display()), e))?;
         sweep(&dir);
         let token = os::random_u64();
         let export_flags = if config.validate_pids {
@@ -206,8 +206,8 @@ impl Sharing {
         let geometry = Geometry { slots, chunk_bytes, token, device, export_flags };
         let table = Table::create(&dir.join(format!("pool-{token:016x}.table")), geometry)?;
         let socket = dir.join(format!("pool-{token:016x}.sock"));
-        let listener = UnixListener::bind(&socket)
-            .map_err(|e| Error::InvalidArgument(format!("rendezvous socket {}: {e}", socket.display())))?;
+        let listener =
+            UnixListener::bind(&socket).map_err(|e| Error::io(format!("rendezvous socket {}", socket.display()), e))?;
         let _ = std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600));
         let sharing = Arc::new(Sharing {
             rt: rt.clone(),
@@ -229,7 +229,7 @@ impl Sharing {
         let handle = thread::Builder::new()
             .name("aclshm-rendezvous".into())
             .spawn(move || Sharing::listen(s, listener))
-            .map_err(|e| Error::InvalidArgument(format!("start the rendezvous thread: {e}")))?;
+            .map_err(|e| Error::io("start the rendezvous thread", e))?;
         *sharing.listener.lock() = Some(handle);
         Ok(sharing)
     }

@@ -118,7 +118,7 @@ impl Table {
         }
         // Byte 0 stays locked while the owner lives: how mirrors and sweepers tell it died.
         let map = SharedMap::create_locked(path, len_for(g.slots))
-            .map_err(|e| Error::InvalidArgument(format!("create {}: {e}", path.display())))?;
+            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
         let t = Table { map, path: path.to_path_buf(), owner: true, geometry: g };
         let h = t.header();
         h.version.store(VERSION, Ordering::Relaxed);

@@ -55,7 +55,7 @@ fn an_old_runtime_is_used_for_what_it_has() {
 fn a_library_without_the_required_entry_points_is_refused() {
     let lib = build("not-a-runtime", &["-DNO_SET_DEVICE"]);
     let e = Runtime::load(Some(&lib)).unwrap_err();
-    assert!(matches!(e, Error::Backend(_)));
+    assert!(matches!(e, Error::Backend { .. }));
     assert!(e.to_string().contains("is not an ACL runtime: it lacks aclrtSetDevice"), "{e}");
     // Asked for explicitly with ACLSHM_BACKEND=acl, the same refusal; with auto, the simulator instead.
     assert!(Runtime::select("acl", Some(&lib)).is_err());

@@ -22,6 +22,7 @@ __all__ = [
     "AclError",
     "UnsupportedError",
     "BackendError",
+    "IoError",
     "InvalidArgumentError",
     "MisalignedError",
     "OutOfMemoryError",
@@ -129,3 +130,8 @@ class DeferredError(Error):
     """Earlier releases failed (reported by the next call): ``errors`` lists them."""
 
     errors: List[Error] = []
+
+
+class IoError(Error, OSError):
+    """An operating-system call failed (a shared file, a socket, a directory): the message says what was
+    being done and the system's reason (a full ``/dev/shm``, too many open files, a permission)."""
