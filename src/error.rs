@@ -3,6 +3,8 @@
 use std::fmt;
 use std::num::NonZeroI32;
 
+use crate::stats::PoolStats;
+
 /// A non-zero ACL status code, as a runtime call returned it.
 ///
 /// `name()` comes from the table of every code declared in `aclshm-sys`; codes added by newer runtimes
@@ -169,7 +171,7 @@ pub enum Error {
         /// Bytes the pool needed: the request rounded up to the granule (plus room to align it).
         requested: u64,
         /// The pool when it gave up.
-        stats: Box<crate::pool::PoolStats>,
+        stats: Box<PoolStats>,
     },
     /// What was freed is not a live allocation of this pool: freed already, or never allocated here.
     /// Nothing was changed; retrying the same free will fail the same way.

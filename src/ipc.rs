@@ -36,10 +36,11 @@ use aclshm_sys::{
     ACL_RT_IPC_MEM_IMPORT_FLAG_ENABLE_PEER_ACCESS, aclrtMemMallocPolicy,
 };
 
+use crate::device::on_device;
 use crate::error::{Error, Result, release_retrying};
 use crate::os::{self, SharedMap};
 use crate::raw::{self, IpcKey};
-use crate::runtime::{Runtime, on_device};
+use crate::runtime::Runtime;
 
 /// Exported allocations are whole multiples of this (the runtime wants page-table-aligned ranges).
 pub const IPC_ALIGN: usize = 2 << 20;

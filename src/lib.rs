@@ -41,6 +41,8 @@
 //! # }
 //! ```
 
+mod backend;
+mod device;
 mod error;
 mod info;
 pub mod ipc;
@@ -52,6 +54,7 @@ pub mod raw;
 pub mod registry;
 mod runtime;
 pub mod share;
+mod stats;
 mod stream;
 mod sync;
 pub mod tune;

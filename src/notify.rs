@@ -26,9 +26,10 @@ use aclshm_sys::{
     ACL_RT_NOTIFY_IMPORT_FLAG_ENABLE_PEER_ACCESS, aclrtNotify,
 };
 
+use crate::device::on_device;
 use crate::error::{AclError, Error, Result, release_retrying};
 use crate::raw::{self, IpcKey};
-use crate::runtime::{Runtime, on_device};
+use crate::runtime::Runtime;
 use crate::stream::Stream;
 use crate::sync::Mutex;
 

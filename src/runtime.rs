@@ -4,25 +4,21 @@
 //! library) or from the simulator linked into this crate (feature `sim`, on by default). Either way the
 //! code above it is the same, so what the tests run is what runs on an NPU.
 //!
-//! Selection ([`Runtime::from_env`], behind [`Runtime::global`]):
-//!
-//! | `ACLSHM_BACKEND` | runtime |
-//! |---|---|
-//! | `acl` | a `libascendcl.so`: `ACLSHM_ACL_LIB` if set, else `$ASCEND_HOME_PATH/lib64`, `$ASCEND_TOOLKIT_HOME/lib64`, the loader path; an error if none loads |
-//! | `sim` | the embedded simulator |
-//! | unset or `auto` | real CANN if one loads and reports a device, else the embedded simulator (a simulator drop-in found by the search is skipped; one named by `ACLSHM_ACL_LIB` is used) |
+//! This module is the table and where it comes from, nothing more; what needs to *call* through it sits
+//! above `raw`: choosing a runtime from the environment ([`Runtime::select`], [`Runtime::global`], in
+//! `backend`) probes a library for devices, and [`Runtime::on_device`] (in `device`) sets the current
+//! device.
 //!
 //! Loaded libraries are never unloaded: the runtime keeps per-process state that outlives any one
 //! [`Runtime`] value, and dlopen of one path twice yields one library anyway.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use aclshm_sys::{AclFns, ENTRY_POINTS, Library};
 
 use crate::error::{Error, Result};
-use crate::raw;
 use crate::sync::StaticMutex;
 use crate::sync::stat::{AtomicU64, Ordering};
 
@@ -88,7 +84,7 @@ fn load_library(explicit: Option<&Path>) -> Result<&'static Library> {
 }
 
 impl Runtime {
-    fn new(fns: AclFns, backend: Backend) -> Runtime {
+    pub(crate) fn new(fns: AclFns, backend: Backend) -> Runtime {
         Runtime(Arc::new(Inner { fns, backend, calls: ENTRY_POINTS.iter().map(|_| AtomicU64::new(0)).collect() }))
     }
 
@@ -120,79 +116,6 @@ impl Runtime {
             *lib.fns(),
             Backend::Library { path: lib.path().to_path_buf(), simulator: lib.fns().is_simulator() },
         ))
-    }
-
-    /// The runtime the environment asks for: [`select`](Runtime::select) with `ACLSHM_BACKEND` and
-    /// `ACLSHM_ACL_LIB`.
-    pub fn from_env() -> Result<Runtime> {
-        let backend = std::env::var("ACLSHM_BACKEND").unwrap_or_default();
-        let lib = std::env::var_os("ACLSHM_ACL_LIB").filter(|v| !v.is_empty()).map(PathBuf::from);
-        Runtime::select(&backend, lib.as_deref())
-    }
-
-    /// The runtime `backend` names (`acl`, `sim`, or `auto` / empty; see the module docs), with `lib` the
-    /// library to load for `acl` (and to probe for `auto`).
-    pub fn select(backend: &str, lib: Option<&Path>) -> Result<Runtime> {
-        match backend.trim() {
-            "acl" => Runtime::load(lib),
-            "sim" => Self::embedded(),
-            "" | "auto" => Ok(Self::auto(lib)),
-            other => Err(Error::backend(format!("backend {other:?} is not one of acl, sim, auto (ACLSHM_BACKEND)"))),
-        }
-    }
-
-    #[cfg(feature = "sim")]
-    fn embedded() -> Result<Runtime> {
-        Ok(Runtime::simulator())
-    }
-
-    #[cfg(not(feature = "sim"))]
-    fn embedded() -> Result<Runtime> {
-        Err(Error::backend("this build of aclshm has no embedded simulator (feature `sim` is off)"))
-    }
-
-    /// A real runtime if one loads and reports at least one device, else the embedded simulator.
-    #[cfg(feature = "sim")]
-    fn auto(lib: Option<&Path>) -> Runtime {
-        Self::probe(lib).unwrap_or_else(Runtime::simulator)
-    }
-
-    #[cfg(not(feature = "sim"))]
-    fn auto(lib: Option<&Path>) -> Runtime {
-        // Without a simulator there is nothing to fall back to; keep what loaded, even without devices,
-        // so the caller's first call reports the problem.
-        Self::probe(lib).unwrap_or_else(|| Runtime::new(AclFns::default(), Backend::EmbeddedSimulator))
-    }
-
-    /// The runtime `lib` (or the search) loads, if it reports a device. A simulator drop-in found by the
-    /// search (cargo puts `target/debug` on the loader path, for one) is not taken for CANN, and is not even
-    /// asked for its devices; one named explicitly is used like any library.
-    fn probe(lib: Option<&Path>) -> Option<Runtime> {
-        let rt = Runtime::load(lib).ok()?;
-        if lib.is_none() && rt.is_simulator() {
-            return None;
-        }
-        (crate::raw::get_device_count(&rt).ok()? > 0).then_some(rt)
-    }
-
-    /// The process-wide runtime, chosen by [`from_env`](Runtime::from_env) on first use.
-    pub fn global() -> Result<&'static Runtime> {
-        static GLOBAL: OnceLock<Result<Runtime>> = OnceLock::new();
-        match GLOBAL.get_or_init(Runtime::from_env) {
-            Ok(rt) => Ok(rt),
-            // Each caller gets its own copy of the one failure.
-            Err(Error::Backend { reason, source }) => {
-                Err(Error::Backend { reason: reason.clone(), source: source.clone() })
-            }
-            Err(other) => Err(Error::backend(other.to_string())),
-        }
-    }
-
-    /// Run `f` with `device` current in the calling thread (`aclrtSetDevice` when it is not), and make the
-    /// thread's previous device current again after: for copies and other calls that act on the current
-    /// device. A thread that had no device keeps `device`.
-    pub fn on_device<T>(&self, device: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
-        on_device(self, device, f)
     }
 
     /// The entry points.
@@ -249,30 +172,9 @@ pub(crate) mod tests_support {
     }
 }
 
-/// See [`Runtime::on_device`].
-pub(crate) fn on_device<T>(rt: &Runtime, device: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
-    match raw::get_device(rt) {
-        Ok(d) if d == device => f(),
-        before => {
-            raw::set_device(rt, device)?;
-            let r = f();
-            if let Ok(d) = before {
-                raw::set_device(rt, d)?;
-            }
-            r
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unknown_backends_are_refused() {
-        let e = Runtime::select("gpu", None).unwrap_err();
-        assert!(e.to_string().contains("\"gpu\" is not one of acl, sim, auto"), "{e}");
-    }
 
     #[test]
     fn a_missing_library_is_a_backend_error() {

@@ -5,9 +5,10 @@ use std::ptr::NonNull;
 
 use aclshm_sys::aclrtStream;
 
+use crate::device::on_device;
 use crate::error::{Error, Result, release_retrying};
 use crate::raw;
-use crate::runtime::{Runtime, on_device};
+use crate::runtime::Runtime;
 
 /// An `aclrtCreateStream` stream on one device. Work queued on it runs in order; errors of queued work
 /// surface at [`synchronize`](Stream::synchronize). Dropping it lets queued work finish, then destroys it.

@@ -12,10 +12,11 @@ use std::fmt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use crate::device::on_device;
 use crate::error::{Error, Result};
 use crate::raw;
 use crate::registry::{ImportRegistry, Imported};
-use crate::runtime::{Runtime, on_device};
+use crate::runtime::Runtime;
 use crate::sync::stat::{AtomicU64, Ordering};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering as SyncOrdering, thread};
 use crate::vmm::{DropErrors, Mapping, VaRange};
