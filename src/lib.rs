@@ -44,6 +44,7 @@
 mod backend;
 mod device;
 mod error;
+mod handles;
 mod info;
 pub mod ipc;
 pub mod kv;

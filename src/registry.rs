@@ -17,33 +17,22 @@
 //!                  └──────────── importers arriving during Importing or Releasing wait ─┘
 //! ```
 //!
-//! One instance serves the process ([`ImportRegistry::global`]); models and tests make their own.
+//! The bookkeeping is the process's one book of shareable handles (`handles`, kept by `vmm`, which
+//! records exports and frees there); this module is the import procedure over it. There is one registry
+//! per process ([`ImportRegistry::global`]) and no way to make another, so the one-to-one rule holds by
+//! construction: no second registry can import a handle the first one holds.
 
-use std::collections::{HashMap, HashSet};
 use std::fmt;
-#[cfg(not(loom))]
-use std::sync::OnceLock;
 
 use crate::error::{Error, Result};
+use crate::handles::Claim;
 use crate::raw;
 use crate::runtime::Runtime;
-use crate::sync::{Arc, Condvar, Mutex};
-use crate::vmm::{DropErrors, PhysicalMem};
+use crate::sync::Arc;
+use crate::vmm::{DropErrors, PhysicalMem, book};
 
-enum Entry {
-    Importing,
-    Live { phys: Arc<PhysicalMem>, users: usize },
-    Releasing,
-}
-
-#[derive(Default)]
-struct Tables {
-    imports: HashMap<u64, Entry>,
-    exports: HashSet<u64>,
-}
-
-/// Shareable handles this process exported and imported. A handle to shared state: clones are the same
-/// registry.
+/// Shareable handles this process exported and imported: the process's one registry
+/// ([`global`](ImportRegistry::global)).
 ///
 /// ```
 /// # let _dirs = unsafe { aclshm::doc_dirs() };
@@ -62,26 +51,18 @@ struct Tables {
 /// assert_eq!(rt.call_count("aclrtMemImportFromShareableHandle"), Some(0));
 /// # Ok::<(), aclshm::Error>(())
 /// ```
-#[derive(Clone)]
 pub struct ImportRegistry {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    tables: Mutex<Tables>,
-    changed: Condvar,
+    _one: (),
 }
 
 impl fmt::Debug for ImportRegistry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = self.shared.tables.lock();
-        f.debug_struct("ImportRegistry").field("imports", &t.imports.len()).field("exports", &t.exports.len()).finish()
+        f.debug_struct("ImportRegistry").field("imports", &self.imports()).field("exports", &self.exports()).finish()
     }
 }
 
 /// A user's share of an imported handle: the physical memory, kept imported while any user holds one.
 pub struct Imported {
-    registry: ImportRegistry,
     shareable: u64,
     phys: Option<Arc<PhysicalMem>>,
 }
@@ -106,53 +87,19 @@ impl Imported {
 
 impl Drop for Imported {
     fn drop(&mut self) {
-        let phys = self.phys.take();
-        let mut t = self.registry.shared.tables.lock();
-        let last = match t.imports.get_mut(&self.shareable) {
-            Some(Entry::Live { users, .. }) => {
-                *users -= 1;
-                *users == 0
-            }
-            _ => false,
-        };
-        if last {
-            // The registry's own reference goes now; the handle is freed when the last mapping of it goes,
-            // and `released` (from PhysicalMem's drop) clears the entry.
-            if let Some(Entry::Live { phys: held, .. }) = t.imports.insert(self.shareable, Entry::Releasing) {
-                drop(t);
-                drop(held);
-            }
-        }
-        drop(phys);
-    }
-}
-
-impl Default for ImportRegistry {
-    fn default() -> Self {
-        Self::new()
+        // The last user takes the book's own reference too; the handle is freed when the last mapping of it
+        // goes, and PhysicalMem's drop tells the book it was released.
+        let held = book().unuse(self.shareable);
+        drop(held);
+        drop(self.phys.take());
     }
 }
 
 impl ImportRegistry {
-    /// A fresh registry (the process's is [`global`](ImportRegistry::global)).
-    pub fn new() -> ImportRegistry {
-        ImportRegistry { shared: Arc::new(Shared { tables: Mutex::new(Tables::default()), changed: Condvar::new() }) }
-    }
-
     /// The process's registry.
-    #[cfg(not(loom))]
     pub fn global() -> &'static ImportRegistry {
-        static GLOBAL: OnceLock<ImportRegistry> = OnceLock::new();
-        GLOBAL.get_or_init(ImportRegistry::new)
-    }
-
-    /// The registry this process's objects use by default: [`global`](ImportRegistry::global) (under
-    /// `--cfg loom`, where models make their own, a private one).
-    pub fn for_process() -> ImportRegistry {
-        #[cfg(not(loom))]
-        return ImportRegistry::global().clone();
-        #[cfg(loom)]
-        return ImportRegistry::new();
+        static GLOBAL: ImportRegistry = ImportRegistry { _one: () };
+        &GLOBAL
     }
 
     /// Import `shareable` (of `size` bytes) as a handle on `device`, or share the import this process
@@ -166,82 +113,46 @@ impl ImportRegistry {
         size: usize,
         errors: &Arc<DropErrors>,
     ) -> Result<Imported> {
-        let mut t = self.shared.tables.lock();
-        if t.exports.contains(&shareable) {
-            return Err(Error::NotPermitted(format!(
-                "shareable handle {shareable:#x} was exported by this process: export and import must be in \
-                 different processes"
-            )));
-        }
-        loop {
-            match t.imports.get_mut(&shareable) {
-                None => break,
-                Some(Entry::Live { phys, users }) => {
-                    if phys.device() != device || phys.size() != size {
-                        return Err(Error::NotPermitted(format!(
-                            "shareable handle {shareable:#x} is imported in this process already, as {:#x} bytes on \
-                             device {}: a process imports a handle once",
-                            phys.size(),
-                            phys.device()
-                        )));
-                    }
-                    *users += 1;
-                    let phys = Arc::clone(phys);
-                    return Ok(Imported { registry: self.clone(), shareable, phys: Some(phys) });
-                }
-                // Another thread is importing it, or its last import is being freed: wait for that.
-                Some(Entry::Importing | Entry::Releasing) => self.shared.changed.wait(&mut t),
+        let compatible = |phys: &Arc<PhysicalMem>| {
+            if phys.device() != device || phys.size() != size {
+                return Err(Error::NotPermitted(format!(
+                    "shareable handle {shareable:#x} is imported in this process already, as {:#x} bytes on \
+                     device {}: a process imports a handle once",
+                    phys.size(),
+                    phys.device()
+                )));
             }
+            Ok(())
+        };
+        match book().claim(shareable, compatible)? {
+            Claim::Shared(phys) => return Ok(Imported { shareable, phys: Some(phys) }),
+            Claim::Import => {}
         }
-        t.imports.insert(shareable, Entry::Importing);
-        drop(t);
         let imported = raw::mem_import_from_shareable_handle(rt, shareable, device).and_then(|h| {
             // SAFETY: h was just imported through rt and is ours alone; it is `size` bytes on `device` (the
             // exporter's size, which the caller got from the exporter).
-            unsafe { PhysicalMem::from_import(rt, h, size, device, errors, shareable, self.clone()) }
+            unsafe { PhysicalMem::from_import(rt, h, size, device, errors, shareable) }
         });
-        let mut t = self.shared.tables.lock();
-        let result = match imported {
+        match imported {
             Ok(phys) => {
                 let phys = Arc::new(phys);
-                t.imports.insert(shareable, Entry::Live { phys: Arc::clone(&phys), users: 1 });
-                Ok(Imported { registry: self.clone(), shareable, phys: Some(phys) })
+                book().imported(shareable, Some(Arc::clone(&phys)));
+                Ok(Imported { shareable, phys: Some(phys) })
             }
             Err(e) => {
-                t.imports.remove(&shareable);
+                book().imported(shareable, None);
                 Err(e)
             }
-        };
-        self.shared.changed.notify_all();
-        result
-    }
-
-    /// The imported handle of `shareable` was freed (called by its drop): it may be imported again.
-    pub(crate) fn released(&self, shareable: u64) {
-        let mut t = self.shared.tables.lock();
-        if matches!(t.imports.get(&shareable), Some(Entry::Releasing)) {
-            t.imports.remove(&shareable);
         }
-        self.shared.changed.notify_all();
-    }
-
-    /// Record that this process exported `shareable` (so it refuses to import it).
-    pub(crate) fn exported(&self, shareable: u64) {
-        self.shared.tables.lock().exports.insert(shareable);
-    }
-
-    /// The exported handle behind `shareable` was freed.
-    pub(crate) fn unexported(&self, shareable: u64) {
-        self.shared.tables.lock().exports.remove(&shareable);
     }
 
     /// Shareable handles imported and not yet released.
     pub fn imports(&self) -> usize {
-        self.shared.tables.lock().imports.len()
+        book().imports()
     }
 
     /// Shareable handles this process exported and still holds.
     pub fn exports(&self) -> usize {
-        self.shared.tables.lock().exports.len()
+        book().exports()
     }
 }

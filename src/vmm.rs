@@ -46,8 +46,8 @@ use aclshm_sys::{
 };
 
 use crate::error::{Error, Result, release_retrying};
+use crate::handles::HandleBook;
 use crate::raw;
-use crate::registry::ImportRegistry;
 use crate::runtime::Runtime;
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering};
 
@@ -228,11 +228,30 @@ pub struct PhysicalMem {
 
 /// Where a physical allocation came from.
 enum Origin {
-    /// `aclrtMallocPhysical` here; exported at most once, the shareable handle kept here.
+    /// `aclrtMallocPhysical` here; exported at most once, the shareable handle kept here (and in the
+    /// process's [`book`]).
     /// (The mutex is boxed to keep the handle small: loom's mutex, under `--cfg loom`, is large.)
-    Local { export: Box<Mutex<Option<Export>>>, registry: ImportRegistry },
+    Local { export: Box<Mutex<Option<Export>>> },
     /// Imported (once per process) through the registry.
-    Imported { shareable: u64, registry: ImportRegistry },
+    Imported { shareable: u64 },
+}
+
+/// The process's book of shareable handles ([`HandleBook`]): what it exported and imported. There is
+/// one per process, as the runtime's one-to-one rule is per process (under `--cfg loom`, one per model
+/// execution).
+pub(crate) fn book() -> &'static HandleBook<Arc<PhysicalMem>> {
+    #[cfg(not(loom))]
+    {
+        static BOOK: std::sync::OnceLock<HandleBook<Arc<PhysicalMem>>> = std::sync::OnceLock::new();
+        BOOK.get_or_init(HandleBook::new)
+    }
+    #[cfg(loom)]
+    {
+        loom::lazy_static! {
+            static ref BOOK: HandleBook<Arc<PhysicalMem>> = HandleBook::new();
+        }
+        &BOOK
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -261,30 +280,17 @@ impl PhysicalMem {
         page: PageSize,
         errors: &Arc<DropErrors>,
     ) -> Result<Arc<PhysicalMem>> {
-        Self::allocate_in(rt, device, size, page, errors, ImportRegistry::for_process())
-    }
-
-    /// As [`allocate`](PhysicalMem::allocate), listing its export (if any) in `registry`.
-    pub fn allocate_in(
-        rt: &Runtime,
-        device: i32,
-        size: usize,
-        page: PageSize,
-        errors: &Arc<DropErrors>,
-        registry: ImportRegistry,
-    ) -> Result<Arc<PhysicalMem>> {
         let h = raw::malloc_physical(rt, size, &device_prop(device, page), 0)?;
         // SAFETY: h is a live handle just allocated through rt, owned by nobody else.
-        Ok(Arc::new(unsafe { PhysicalMem::from_raw_in(rt, h, size, device, errors, registry) }?))
+        Ok(Arc::new(unsafe { PhysicalMem::from_raw(rt, h, size, device, errors) }?))
     }
 
-    /// Take ownership of a physical memory handle this process allocated (its exports are listed in the
-    /// process's [`ImportRegistry`]).
+    /// Take ownership of a physical memory handle this process allocated (its export, if it is exported
+    /// later, is recorded in the process's book of shareable handles).
     ///
     /// # Safety
     /// 1. `handle` is a live physical memory handle of `rt` from `aclrtMallocPhysical`, of `size` bytes on
     ///    `device`, not exported yet, that nothing else will free.
-    #[cfg(not(loom))]
     pub unsafe fn from_raw(
         rt: &Runtime,
         handle: aclrtDrvMemHandle,
@@ -292,29 +298,14 @@ impl PhysicalMem {
         device: i32,
         errors: &Arc<DropErrors>,
     ) -> Result<PhysicalMem> {
-        // SAFETY: forwarded to the caller (precondition 1).
-        unsafe { Self::from_raw_in(rt, handle, size, device, errors, ImportRegistry::global().clone()) }
-    }
-
-    /// As [`from_raw`](PhysicalMem::from_raw), listing exports in `registry`.
-    ///
-    /// # Safety
-    /// 1. As for [`from_raw`](PhysicalMem::from_raw).
-    pub unsafe fn from_raw_in(
-        rt: &Runtime,
-        handle: aclrtDrvMemHandle,
-        size: usize,
-        device: i32,
-        errors: &Arc<DropErrors>,
-        registry: ImportRegistry,
-    ) -> Result<PhysicalMem> {
         let handle = NonNull::new(handle)
             .ok_or_else(|| Error::InvalidArgument("a physical memory handle is never NULL".to_string()))?;
-        let origin = Origin::Local { export: Box::new(Mutex::new(None)), registry };
+        let origin = Origin::Local { export: Box::new(Mutex::new(None)) };
         Ok(PhysicalMem { rt: rt.clone(), handle, size, device, errors: Arc::clone(errors), origin })
     }
 
-    /// Wrap a handle imported through `registry` (which alone calls this).
+    /// Wrap a handle imported through the registry (which alone calls this, having claimed `shareable`
+    /// in the [`book`]).
     ///
     /// # Safety
     /// 1. `handle` is a live handle of `rt` just imported from `shareable`, of `size` bytes on `device`,
@@ -326,11 +317,10 @@ impl PhysicalMem {
         device: i32,
         errors: &Arc<DropErrors>,
         shareable: u64,
-        registry: ImportRegistry,
     ) -> Result<PhysicalMem> {
         let handle = NonNull::new(handle)
             .ok_or_else(|| Error::InvalidArgument("a physical memory handle is never NULL".to_string()))?;
-        let origin = Origin::Imported { shareable, registry };
+        let origin = Origin::Imported { shareable };
         Ok(PhysicalMem { rt: rt.clone(), handle, size, device, errors: Arc::clone(errors), origin })
     }
 
@@ -340,8 +330,8 @@ impl PhysicalMem {
     /// `ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION`; asking again with other flags, or exporting
     /// imported memory, is refused.
     pub fn export(&self, flags: u64) -> Result<u64> {
-        let (export, registry) = match &self.origin {
-            Origin::Local { export, registry } => (export, registry),
+        let export = match &self.origin {
+            Origin::Local { export } => export,
             Origin::Imported { .. } => {
                 return Err(Error::NotPermitted("imported memory cannot be exported again".to_string()));
             }
@@ -365,7 +355,7 @@ impl PhysicalMem {
                 flags,
             )?
         };
-        registry.exported(shareable);
+        book().exported(shareable);
         *e = Some(Export { shareable, flags });
         Ok(shareable)
     }
@@ -373,7 +363,7 @@ impl PhysicalMem {
     /// The shareable handle, if exported.
     pub fn exported(&self) -> Option<u64> {
         match &self.origin {
-            Origin::Local { export, .. } => export.lock().map(|e| e.shareable),
+            Origin::Local { export } => export.lock().map(|e| e.shareable),
             Origin::Imported { .. } => None,
         }
     }
@@ -386,15 +376,15 @@ impl PhysicalMem {
         }
     }
 
-    /// Tell the registry this handle is gone (after its free).
+    /// Tell the process's book this handle is gone (after its free).
     fn forget(&self) {
         match &self.origin {
-            Origin::Local { export, registry } => {
+            Origin::Local { export } => {
                 if let Some(e) = *export.lock() {
-                    registry.unexported(e.shareable);
+                    book().unexported(e.shareable);
                 }
             }
-            Origin::Imported { shareable, registry } => registry.released(*shareable),
+            Origin::Imported { shareable } => book().released(*shareable),
         }
     }
 

@@ -27,10 +27,10 @@ fn concurrent_users_share_one_import_which_is_freed_once() {
         fake::reset();
         let rt = fake::runtime();
         let errors = DropErrors::new();
-        let registry = ImportRegistry::new();
+        let registry = ImportRegistry::global();
         let users: Vec<_> = (0..2)
             .map(|_| {
-                let (rt, errors, registry) = (rt.clone(), errors.clone(), registry.clone());
+                let (rt, errors, registry) = (rt.clone(), errors.clone(), registry);
                 thread::spawn(move || {
                     let i = registry.import(&rt, SHAREABLE, 0, GRAN, &errors).unwrap();
                     assert_eq!(i.shareable(), SHAREABLE);
@@ -61,7 +61,7 @@ fn an_import_waits_for_a_release_that_waits_for_an_unmap() {
         fake::reset();
         let rt = fake::runtime();
         let errors = DropErrors::new();
-        let registry = ImportRegistry::new();
+        let registry = ImportRegistry::global();
         let range = VaRange::reserve(&rt, GRAN, &errors).unwrap();
         let first = registry.import(&rt, SHAREABLE, 0, GRAN, &errors).unwrap();
         let mapping = Mapping::map(&range, 0, first.phys()).unwrap();
@@ -69,7 +69,7 @@ fn an_import_waits_for_a_release_that_waits_for_an_unmap() {
             drop(first);
             drop(mapping);
         });
-        let (rt2, errors2, registry2) = (rt.clone(), errors.clone(), registry.clone());
+        let (rt2, errors2, registry2) = (rt.clone(), errors.clone(), registry);
         let importer = thread::spawn(move || {
             let again = registry2.import(&rt2, SHAREABLE, 0, GRAN, &errors2).unwrap();
             drop(again);
@@ -96,8 +96,8 @@ fn the_exporting_process_never_imports_its_own_export() {
         fake::reset();
         let rt = fake::runtime();
         let errors = DropErrors::new();
-        let registry = ImportRegistry::new();
-        let phys = PhysicalMem::allocate_in(&rt, 0, GRAN, PageSize::Huge2M, &errors, registry.clone()).unwrap();
+        let registry = ImportRegistry::global();
+        let phys = PhysicalMem::allocate(&rt, 0, GRAN, PageSize::Huge2M, &errors).unwrap();
         let s = phys.export(0).unwrap();
         assert_eq!(phys.export(0).unwrap(), s, "exported once, cached");
         assert_eq!(registry.exports(), 1);

@@ -41,7 +41,6 @@ struct Inner {
     chunk: u64,
     table: Table,
     range: Arc<VaRange>,
-    registry: ImportRegistry,
     errors: Arc<DropErrors>,
     /// The chunk ids mapped, by slot (0: none): what `ptr` reads.
     ids: Mutex<Vec<u64>>,
@@ -103,12 +102,7 @@ impl Mirror {
     /// Attach to the pool `desc` describes, mapping it on `device` (any device: cross-device imports are
     /// what the runtime supports). Goes through the owner's rendezvous, which whitelists this process.
     pub fn attach(rt: &Runtime, desc: &ShareDesc, device: i32) -> Result<Mirror> {
-        Self::attach_in(rt, desc, device, ImportRegistry::for_process())
-    }
-
-    /// As [`attach`](Mirror::attach), importing through `registry`.
-    pub fn attach_in(rt: &Runtime, desc: &ShareDesc, device: i32, registry: ImportRegistry) -> Result<Mirror> {
-        let attached = Self::attach_inner(rt, desc, device, registry);
+        let attached = Self::attach_inner(rt, desc, device);
         if let Err(e) = &attached {
             // The owner may have died before we were done: then its files are left to us.
             super::forget_dead_owner(desc, matches!(e, Error::Protocol(_)));
@@ -116,7 +110,7 @@ impl Mirror {
         attached
     }
 
-    fn attach_inner(rt: &Runtime, desc: &ShareDesc, device: i32, registry: ImportRegistry) -> Result<Mirror> {
+    fn attach_inner(rt: &Runtime, desc: &ShareDesc, device: i32) -> Result<Mirror> {
         let tgid = raw::device_get_bare_tgid(rt)?;
         let mut conn = UnixStream::connect(&desc.socket)
             .map_err(|e| Error::Protocol(format!("connect to {}: {e}", desc.socket.display())))?;
@@ -149,7 +143,6 @@ impl Mirror {
             chunk,
             table,
             range,
-            registry,
             errors,
             ids: Mutex::new(vec![0; slots as usize]),
             chunks: Mutex::new((0..slots).map(|_| None).collect()),
@@ -385,7 +378,8 @@ impl Inner {
     }
 
     fn map_chunk(&self, slot: usize, shareable: u64) -> Result<(Mapping, Imported)> {
-        let import = self.registry.import(&self.rt, shareable, self.device, self.chunk as usize, &self.errors)?;
+        let import =
+            ImportRegistry::global().import(&self.rt, shareable, self.device, self.chunk as usize, &self.errors)?;
         self.imports.fetch_add(1, Ordering::Relaxed);
         let mapping = Mapping::map(&self.range, slot * self.chunk as usize, import.phys())?;
         Ok((mapping, import))
