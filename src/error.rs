@@ -273,6 +273,14 @@ pub(crate) fn release_retrying<T>(mut f: impl FnMut() -> Result<T>) -> Result<T>
     f().or_else(|_| f())
 }
 
+/// Report a failure nobody can be given any more (a `Drop` whose explicit `close` was not called): the
+/// one path every drop-time error takes, the `log` facade at level `error`, target `aclshm`. A program
+/// sees these with any logger (`env_logger`, `RUST_LOG=aclshm=warn`, ...); the Python package forwards them
+/// to Python's `logging`. Callers that want them as values call `close` and get them as a `Result`.
+pub(crate) fn report_drop(what: &str, e: &Error) {
+    log::error!(target: "aclshm", "while dropping {what}: {e}");
+}
+
 /// `Result` with aclshm's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -37,33 +37,41 @@ use aclshm_sys::{
 };
 
 use crate::device::on_device;
-use crate::error::{Error, Result, release_retrying};
-use crate::os::{self, SharedMap};
+use crate::error::{Error, Result, release_retrying, report_drop};
+use crate::os;
 use crate::raw::{self, IpcKey};
 use crate::runtime::Runtime;
+use crate::shm::{self, HEADER_BYTES, Names, ShmFile};
 
 /// Exported allocations are whole multiples of this (the runtime wants page-table-aligned ranges).
 pub const IPC_ALIGN: usize = 2 << 20;
 /// Most imports of one export open at once.
 pub const MAX_IMPORTS: u32 = 64;
 
-const MAGIC: u64 = u64::from_le_bytes(*b"ACLSHMIK");
-const VERSION: u32 = 1;
-const OPEN: u32 = 1;
-const CLOSING: u32 = 2;
-const HEADER: u64 = 64;
+/// The importer files of a share directory (locked by their exporter).
+pub(crate) const FILE_NAMES: &[Names] = &[Names { prefix: "ipcmem-", suffix: ".importers", companion: None }];
 
-/// The importer file's header; byte `HEADER + i` is import slot `i`'s lock byte (the file has no data
-/// there: locks need no data).
+/// The importer file's header. The file has no payload: import slot `i`'s lock is on byte
+/// `HEADER_BYTES + i`, past its end (locks need no data).
 #[repr(C)]
 struct Header {
-    magic: AtomicU64,
-    version: AtomicU32,
-    state: AtomicU32,
+    size: AtomicU64,
     /// Bumped (and futex-woken) when an import closes.
     changes: AtomicU32,
     _pad: AtomicU32,
-    size: AtomicU64,
+}
+
+// SAFETY: repr(C), atomics only.
+unsafe impl shm::Shared for Header {}
+
+shm::kind!(
+    /// An importer file, as a kind of shared file.
+    ImporterFile: Header, AtomicU32, b"ACLSHMIK", 2, "importer file"
+);
+
+/// Import slot `i`'s lock byte.
+fn slot_byte(i: u32) -> u64 {
+    HEADER_BYTES as u64 + u64::from(i)
 }
 
 /// How memory is exported.
@@ -127,8 +135,7 @@ impl FromStr for IpcMemDesc {
 /// The importer file, as either side maps it.
 #[derive(Debug)]
 struct Importers {
-    map: SharedMap,
-    path: PathBuf,
+    file: ShmFile<ImporterFile>,
     /// The exporter's: removes the file when dropped.
     owner: bool,
 }
@@ -136,59 +143,49 @@ struct Importers {
 impl Drop for Importers {
     fn drop(&mut self) {
         if self.owner {
-            let _ = std::fs::remove_file(&self.path);
+            self.file.remove();
         }
     }
 }
 
 impl Importers {
-    fn len() -> usize {
-        HEADER as usize + MAX_IMPORTS as usize
-    }
-
     fn header(&self) -> &Header {
-        // SAFETY: the mapping is at least HEADER bytes and starts with a Header, all atomics.
-        unsafe { &*self.map.ptr().cast::<Header>() }
+        self.file.header()
     }
 
     fn create(path: PathBuf, size: usize) -> Result<Importers> {
         // Byte 0 stays locked while the exporter lives: how importers and sweepers tell it died.
-        let map = SharedMap::create_locked(&path, Self::len())
-            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        let f = Importers { map, path, owner: true };
-        let h = f.header();
-        h.version.store(VERSION, Ordering::Relaxed);
-        h.size.store(size as u64, Ordering::Relaxed);
-        h.state.store(OPEN, Ordering::Relaxed);
-        h.magic.store(MAGIC, Ordering::Release);
-        Ok(f)
+        let file = ShmFile::create(&path, 0, |h: &Header| h.size.store(size as u64, Ordering::Relaxed))?;
+        Ok(Importers { file, owner: true })
     }
 
     fn open(desc: &IpcMemDesc) -> Result<Importers> {
-        let bad = |why: String| Error::BadDescriptor(format!("importer file {}: {why}", desc.importers.display()));
-        let map = SharedMap::open(&desc.importers, Self::len()).map_err(|e| match e.kind() {
+        let file = ShmFile::<ImporterFile>::open(&desc.importers, |h, items| {
+            if items != 0 {
+                return Err("it has a payload".into());
+            }
+            if h.size.load(Ordering::Relaxed) != desc.size as u64 {
+                return Err("it describes an export of another size".into());
+            }
+            Ok(())
+        })
+        .map_err(|e| match e {
             // The exporter closed (and removed it): there is nothing to import any more.
-            std::io::ErrorKind::NotFound => Error::Closed,
-            _ => bad(e.to_string()),
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => Error::Closed,
+            Error::Protocol(why) => Error::BadDescriptor(why),
+            e => e,
         })?;
-        let f = Importers { map, path: desc.importers.clone(), owner: false };
-        let h = f.header();
-        if h.magic.load(Ordering::Acquire) != MAGIC || h.version.load(Ordering::Relaxed) != VERSION {
-            return Err(bad("not an aclshm importer file of this version".into()));
-        }
-        if h.size.load(Ordering::Relaxed) != desc.size as u64 {
-            return Err(bad("it describes an export of another size".into()));
-        }
-        Ok(f)
+        Ok(Importers { file, owner: false })
     }
 
     /// Take a free import slot; refused when the exporter is closing or every slot is taken.
     fn claim(&self) -> Result<u32> {
         for i in 0..MAX_IMPORTS {
-            if self.map.try_lock_byte(HEADER + u64::from(i)).map_err(|e| Error::Protocol(format!("lock: {e}")))? {
+            let locked = self.file.map().try_lock_byte(slot_byte(i));
+            if locked.map_err(|e| Error::io(format!("lock {}", self.file.path().display()), e))? {
                 // Pairs with `close`'s fence: either it sees our lock, or we see it closing.
                 fence(Ordering::SeqCst);
-                if self.header().state.load(Ordering::SeqCst) != OPEN {
+                if self.file.state().load(Ordering::SeqCst) != shm::OPEN {
                     self.release(i);
                     return Err(Error::Closed);
                 }
@@ -199,7 +196,7 @@ impl Importers {
     }
 
     fn release(&self, slot: u32) {
-        self.map.unlock_byte(HEADER + u64::from(slot));
+        self.file.map().unlock_byte(slot_byte(slot));
         let h = self.header();
         h.changes.fetch_add(1, Ordering::AcqRel);
         os::futex_wake_all(&h.changes);
@@ -209,11 +206,8 @@ impl Importers {
     fn open_imports(&self) -> Result<u32> {
         let mut n = 0;
         for i in 0..MAX_IMPORTS {
-            if self
-                .map
-                .byte_locked_by_other(HEADER + u64::from(i))
-                .map_err(|e| Error::Protocol(format!("lock: {e}")))?
-            {
+            let held = self.file.map().byte_locked_by_other(slot_byte(i));
+            if held.map_err(|e| Error::io(format!("look at the locks of {}", self.file.path().display()), e))? {
                 n += 1;
             }
         }
@@ -279,7 +273,7 @@ impl IpcMemory {
             .ok_or_else(|| Error::InvalidArgument(format!("{size:#x} bytes of IPC memory")))?;
         let dir = config.dir.clone().unwrap_or_else(os::default_share_dir);
         os::private_dir(&dir).map_err(|e| Error::io(format!("share directory {}", dir.display()), e))?;
-        crate::share::sweep(&dir);
+        shm::sweep(&dir, FILE_NAMES, Duration::from_secs(60));
         let flags = if config.validate_pids {
             ACL_RT_IPC_MEM_EXPORT_FLAG_DEFAULT
         } else {
@@ -309,7 +303,7 @@ impl IpcMemory {
 
     /// What importers open it with.
     pub fn desc(&self) -> IpcMemDesc {
-        IpcMemDesc { key: self.mem.key, size: self.mem.size, importers: self.importers.path.clone() }
+        IpcMemDesc { key: self.mem.key, size: self.mem.size, importers: self.importers.file.path().to_path_buf() }
     }
 
     /// Whitelist a process (its pid from `aclrtDeviceGetBareTgid`) to import it.
@@ -357,8 +351,8 @@ impl IpcMemory {
         }
         let importers = &self.importers;
         let h = importers.header();
-        h.state.store(CLOSING, Ordering::SeqCst);
-        // Pairs with `claim`'s fence: an importer either sees CLOSING or holds its lock by now.
+        importers.file.state().store(shm::CLOSED, Ordering::SeqCst);
+        // Pairs with `claim`'s fence: an importer either sees it closed or holds its lock by now.
         fence(Ordering::SeqCst);
         let deadline = Instant::now() + self.close_timeout;
         loop {
@@ -372,7 +366,7 @@ impl IpcMemory {
                 // Closing under a live importer is what the runtime forbids: keep the memory (and the key)
                 // for the rest of the process; the importer file goes, so nobody new comes.
                 self.done = true;
-                let _ = std::fs::remove_file(&importers.path);
+                importers.file.remove();
                 return Err(Error::Timeout(format!(
                     "{open} import(s) of IPC memory {} still open after {:?}; the memory is kept until the \
                      process ends",
@@ -383,7 +377,7 @@ impl IpcMemory {
             os::futex_wait(&h.changes, seen, (deadline - now).min(Duration::from_millis(100)));
         }
         self.done = true;
-        let _ = std::fs::remove_file(&importers.path);
+        importers.file.remove();
         let ptr = self.mem.ptr.as_ptr();
         on_device(&self.mem.rt, self.mem.device, || {
             // SAFETY: every importer closed; then the memory, ours and unused, is freed once.
@@ -399,7 +393,7 @@ impl IpcMemory {
 impl Drop for IpcMemory {
     fn drop(&mut self) {
         if let Err(e) = self.shut() {
-            eprintln!("aclshm: while dropping IPC memory: {e}");
+            report_drop("IPC memory", &e);
         }
     }
 }
@@ -465,9 +459,9 @@ impl IpcMemImport {
         });
         // The slot goes whatever the runtime said: this import is over either way.
         self.importers.release(self.slot);
-        if !self.importers.map.creator_alive() {
+        if !self.importers.file.creator_alive() {
             // The exporter died: its file is ours to remove.
-            let _ = std::fs::remove_file(&self.importers.path);
+            self.importers.file.remove();
         }
         r
     }
@@ -476,7 +470,7 @@ impl IpcMemImport {
 impl Drop for IpcMemImport {
     fn drop(&mut self) {
         if let Err(e) = self.shut() {
-            eprintln!("aclshm: while closing an IPC memory import: {e}");
+            report_drop("an IPC memory import", &e);
         }
     }
 }
@@ -523,7 +517,7 @@ mod tests {
         assert_eq!(exporter.open_imports().unwrap(), 1);
         drop(a); // closing the file drops its lock, as a crash would
         assert_eq!(exporter.open_imports().unwrap(), 0);
-        exporter.header().state.store(CLOSING, Ordering::SeqCst);
+        exporter.file.state().store(shm::CLOSED, Ordering::SeqCst);
         let c = Importers::open(&desc).unwrap();
         assert!(matches!(c.claim(), Err(Error::Closed)));
         assert_eq!(exporter.open_imports().unwrap(), 0, "a refused claim lets its slot go");

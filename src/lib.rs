@@ -42,6 +42,7 @@
 //! ```
 
 mod backend;
+mod cleanup;
 mod device;
 mod error;
 mod handles;
@@ -55,6 +56,7 @@ pub mod raw;
 pub mod registry;
 mod runtime;
 pub mod share;
+mod shm;
 mod stats;
 mod stream;
 mod sync;
@@ -62,6 +64,7 @@ pub mod tune;
 pub mod vmm;
 
 pub use aclshm_sys as sys;
+pub use cleanup::sweep_share_dir;
 pub use error::{AclError, Error, Result};
 pub use info::{DeviceInfo, RuntimeInfo, SimulatorInfo};
 pub use ipc::{IpcMemConfig, IpcMemDesc, IpcMemImport, IpcMemory};

@@ -27,7 +27,7 @@ use aclshm_sys::{
 };
 
 use crate::device::on_device;
-use crate::error::{AclError, Error, Result, release_retrying};
+use crate::error::{AclError, Error, Result, release_retrying, report_drop};
 use crate::raw::{self, IpcKey};
 use crate::runtime::Runtime;
 use crate::stream::Stream;
@@ -246,7 +246,7 @@ impl Notify {
 impl Drop for Notify {
     fn drop(&mut self) {
         if let Err(e) = self.destroy() {
-            eprintln!("aclshm: destroying a notify: {e}");
+            report_drop("a notify", &e);
         }
     }
 }

@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 use aclshm_sys::aclrtStream;
 
 use crate::device::on_device;
-use crate::error::{Error, Result, release_retrying};
+use crate::error::{Error, Result, release_retrying, report_drop};
 use crate::raw;
 use crate::runtime::Runtime;
 
@@ -89,7 +89,7 @@ impl Stream {
 impl Drop for Stream {
     fn drop(&mut self) {
         if let Err(e) = self.destroy() {
-            eprintln!("aclshm: destroying a stream: {e}");
+            report_drop("a stream", &e);
         }
     }
 }

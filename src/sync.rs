@@ -19,6 +19,10 @@ pub(crate) use loom::sync::atomic::{AtomicBool, Ordering};
 #[cfg(loom)]
 pub(crate) use loom_shims::{Condvar, Mutex};
 
+/// Shared trait objects (a pool's chunk observer): std's `Arc` even under loom, whose `Arc` cannot hold a
+/// `dyn` value; nothing a model exercises is shared this way.
+pub(crate) use std::sync::Arc as StdArc;
+
 /// Threads: always std's (the sharing layer's background threads are not part of any model).
 pub(crate) use std::thread;
 

@@ -145,7 +145,7 @@ pub fn run_status(rt: &Runtime, json: bool) -> aclshm::Result<()> {
 pub fn run_clean(rt: &Runtime, json: bool) -> aclshm::Result<()> {
     need_sim(rt)?;
     let reclaimed_processes = raw::sim_reclaim(rt)?;
-    let share_files_removed = aclshm::share::sweep_older_than(&aclshm::share::default_dir(), Duration::from_secs(1));
+    let share_files_removed = aclshm::sweep_share_dir(&aclshm::share::default_dir(), Duration::from_secs(1));
     let after = status(rt)?;
     if json {
         let c = Cleaned { reclaimed_processes, share_files_removed, after };

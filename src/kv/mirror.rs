@@ -3,15 +3,15 @@
 use std::ffi::c_void;
 use std::fmt;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, report_drop};
 use crate::runtime::Runtime;
-use crate::share::{Mirror, MirrorStats};
+use crate::share::{Mirror, MirrorStats, forget_dead_owner};
 use crate::sync::shm::{Ordering, fence};
 
-use super::table::{BlockTable, Geometry, PinFile};
-use super::{KvBlock, KvDesc};
+use super::block::{KvBlock, KvDesc};
+use super::table::{BlockTable, Geometry, PinFile, table_path};
 
-/// A worker's mirror of a [`KvPool`](super::KvPool) (see the [module](super) docs).
+/// A worker's mirror of a [`KvPool`](crate::KvPool) (see the [module](super) docs).
 ///
 /// A worker is another process, so this example does not run here; `examples/kv_worker.rs` is the
 /// runnable program.
@@ -86,7 +86,7 @@ impl Pinned<'_> {
 impl Drop for Pinned<'_> {
     fn drop(&mut self) {
         if let Err(e) = self.mirror.unpin(&self.blocks) {
-            eprintln!("aclshm: while dropping pins: {e}");
+            report_drop("pins", &e);
         }
     }
 }
@@ -97,8 +97,14 @@ impl KvMirror {
     pub fn attach(rt: &Runtime, desc: &KvDesc, device: i32) -> Result<KvMirror> {
         let attached = Self::attach_inner(rt, desc, device);
         if let Err(e) = &attached {
-            // The scheduler may have died before we were done: then its files are left to us.
-            crate::share::forget_dead_owner(desc.share(), matches!(e, Error::Protocol(_)));
+            // The scheduler may have died before we were done: then its files are left to us (the pool's,
+            // and its block table once its lock is free).
+            if forget_dead_owner(desc.share(), matches!(e, Error::Protocol(_) | Error::Io { .. })) {
+                let blocks = table_path(&desc.dir(), desc.share().token);
+                if crate::os::creator_gone(&blocks) {
+                    let _ = std::fs::remove_file(blocks);
+                }
+            }
         }
         attached
     }
@@ -117,13 +123,21 @@ impl KvMirror {
         self.geometry.block_bytes
     }
 
-    /// Check `b` is a block of this pool.
+    /// Check `b` could be a block this pool handed out: of this pool, in range, and of an allocated (odd)
+    /// generation. (A freed block's generation is even: a reference made from one by adding one was never
+    /// handed out, and must not reach the freed bytes or pin a block the scheduler may reuse.)
     fn check(&self, b: &KvBlock) -> Result<()> {
         if b.pool != self.geometry.token {
             return Err(Error::BadDescriptor(format!("block {b} is of another pool")));
         }
         if b.id >= self.geometry.blocks {
             return Err(Error::BadDescriptor(format!("block {b}: the pool has {} blocks", self.geometry.blocks)));
+        }
+        if b.generation.is_multiple_of(2) {
+            return Err(Error::BadDescriptor(format!(
+                "block {b}: generation {} is even, and blocks are handed out in odd generations",
+                b.generation
+            )));
         }
         Ok(())
     }

@@ -2,10 +2,10 @@
 //! worker (the worker writes, the owner reads).
 //!
 //! ```text
-//!   kv-<token>.blocks        header (64 bytes): magic "ACLSHMKB", version, state, pool token, block bytes,
+//!   kv-<token>.blocks        a shared file (see `shm`), magic "ACLSHMKB"; header: pool token, block bytes,
 //!                            chunk bytes, blocks per chunk, blocks, epoch, unpins
 //!                            then one u32 generation per block: even = free, odd = allocated
-//!   kv-<token>-<rand>.pins   header (64 bytes): magic "ACLSHMKP", version, blocks, pool token
+//!   kv-<token>-<rand>.pins   a shared file, magic "ACLSHMKP"; header: pool token, blocks
 //!                            then one u32 pin count per block, this worker's pins
 //! ```
 //!
@@ -16,16 +16,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::error::{Error, Result};
-use crate::os::{self, SharedMap};
+use crate::error::Result;
+use crate::os;
+use crate::shm::{self, Names, ShmFile};
 use crate::sync::shm::{AtomicU32, AtomicU64, Ordering};
 
-const BLOCKS_MAGIC: u64 = u64::from_le_bytes(*b"ACLSHMKB");
-const PINS_MAGIC: u64 = u64::from_le_bytes(*b"ACLSHMKP");
-const VERSION: u32 = 1;
-const HEADER: usize = 64;
-const OPEN: u32 = 1;
-const CLOSED: u32 = 2;
+/// The KV files of a share directory: block tables (locked by their scheduler) and pin files (locked by
+/// their worker).
+pub(crate) const NAMES: &[Names] = &[
+    Names { prefix: "kv-", suffix: ".blocks", companion: None },
+    Names { prefix: "kv-", suffix: ".pins", companion: None },
+];
 
 /// What a KV pool's blocks look like, fixed for its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,10 +46,7 @@ impl Geometry {
 }
 
 #[repr(C)]
-struct BlockHeader {
-    magic: AtomicU64,
-    version: AtomicU32,
-    state: AtomicU32,
+pub(crate) struct BlockHeader {
     token: AtomicU64,
     block_bytes: AtomicU64,
     chunk_bytes: AtomicU64,
@@ -56,19 +54,28 @@ struct BlockHeader {
     blocks: AtomicU32,
     epoch: AtomicU32,
     unpins: AtomicU32,
-    _pad: AtomicU64,
 }
 
 #[repr(C)]
-struct PinHeader {
-    magic: AtomicU64,
-    version: AtomicU32,
-    blocks: AtomicU32,
+pub(crate) struct PinHeader {
     token: AtomicU64,
-    _pad: [AtomicU64; 5],
+    blocks: AtomicU32,
+    _pad: AtomicU32,
 }
 
-const _: () = assert!(size_of::<BlockHeader>() == HEADER && size_of::<PinHeader>() == HEADER);
+// SAFETY: repr(C), atomics only.
+unsafe impl shm::Shared for BlockHeader {}
+// SAFETY: repr(C), atomics only.
+unsafe impl shm::Shared for PinHeader {}
+
+shm::kind!(
+    /// A KV pool's block table, as a kind of shared file.
+    pub(crate) Blocks: BlockHeader, AtomicU32, b"ACLSHMKB", 2, "block table"
+);
+shm::kind!(
+    /// A worker's pin file, as a kind of shared file.
+    pub(crate) Pins: PinHeader, AtomicU32, b"ACLSHMKP", 2, "pin file"
+);
 
 /// The path of pool `token`'s block table in `dir`.
 pub(crate) fn table_path(dir: &Path, token: u64) -> PathBuf {
@@ -79,100 +86,72 @@ fn pins_prefix(token: u64) -> String {
     format!("kv-{token:016x}-")
 }
 
-fn u32_at(map: &SharedMap, i: usize) -> &AtomicU32 {
-    // SAFETY: callers check `i` against the block count the file was sized for; the words after the header
-    // are 4-byte aligned atomics.
-    unsafe { &*map.ptr().add(HEADER + 4 * i).cast::<AtomicU32>() }
-}
-
 /// A mapped block table.
 #[derive(Debug)]
 pub(crate) struct BlockTable {
-    map: SharedMap,
-    path: PathBuf,
+    file: ShmFile<Blocks>,
     owner: bool,
     geometry: Geometry,
 }
 
 impl BlockTable {
     fn header(&self) -> &BlockHeader {
-        // SAFETY: the mapping is at least HEADER bytes and starts with a BlockHeader, all atomics.
-        unsafe { &*self.map.ptr().cast::<BlockHeader>() }
+        self.file.header()
     }
 
     /// Create the table of a pool (every block free, generation 0).
     pub(crate) fn create(dir: &Path, g: Geometry) -> Result<BlockTable> {
-        let path = table_path(dir, g.token);
-        let map = SharedMap::create_locked(&path, HEADER + 4 * g.blocks as usize)
-            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        let t = BlockTable { map, path, owner: true, geometry: g };
-        let h = t.header();
-        h.version.store(VERSION, Ordering::Relaxed);
-        h.state.store(OPEN, Ordering::Relaxed);
-        h.token.store(g.token, Ordering::Relaxed);
-        h.block_bytes.store(g.block_bytes, Ordering::Relaxed);
-        h.chunk_bytes.store(g.chunk_bytes, Ordering::Relaxed);
-        h.per_chunk.store(g.per_chunk, Ordering::Relaxed);
-        h.blocks.store(g.blocks, Ordering::Relaxed);
-        h.magic.store(BLOCKS_MAGIC, Ordering::Release);
-        Ok(t)
+        let file = ShmFile::create(&table_path(dir, g.token), g.blocks as usize, |h: &BlockHeader| {
+            h.token.store(g.token, Ordering::Relaxed);
+            h.block_bytes.store(g.block_bytes, Ordering::Relaxed);
+            h.chunk_bytes.store(g.chunk_bytes, Ordering::Relaxed);
+            h.per_chunk.store(g.per_chunk, Ordering::Relaxed);
+            h.blocks.store(g.blocks, Ordering::Relaxed);
+        })?;
+        Ok(BlockTable { file, owner: true, geometry: g })
     }
 
     /// Open pool `token`'s table in `dir`, checking it describes a pool of `chunk_bytes` chunks.
     pub(crate) fn open(dir: &Path, token: u64, chunk_bytes: u64) -> Result<BlockTable> {
-        let path = table_path(dir, token);
-        let bad = |why: String| Error::Protocol(format!("block table {}: {why}", path.display()));
-        let len = std::fs::metadata(&path).map_err(|e| bad(e.to_string()))?.len() as usize;
-        if len < HEADER || !(len - HEADER).is_multiple_of(4) {
-            return Err(bad(format!("{len} bytes is not a block table")));
-        }
-        let map = SharedMap::open(&path, len).map_err(|e| bad(e.to_string()))?;
-        let blocks = ((len - HEADER) / 4) as u32;
-        let mut t = BlockTable {
-            map,
-            path: path.clone(),
-            owner: false,
-            geometry: Geometry { token, block_bytes: 0, chunk_bytes, per_chunk: 0, blocks },
-        };
-        let h = t.header();
-        if h.magic.load(Ordering::Acquire) != BLOCKS_MAGIC || h.version.load(Ordering::Relaxed) != VERSION {
-            return Err(bad("not an aclshm block table of this version".into()));
-        }
-        let g = Geometry {
-            token: h.token.load(Ordering::Relaxed),
-            block_bytes: h.block_bytes.load(Ordering::Relaxed),
-            chunk_bytes: h.chunk_bytes.load(Ordering::Relaxed),
-            per_chunk: h.per_chunk.load(Ordering::Relaxed),
-            blocks: h.blocks.load(Ordering::Relaxed),
-        };
-        if g.token != token || g.chunk_bytes != chunk_bytes || g.blocks != blocks {
-            return Err(bad("it belongs to another pool, or its size does not match its header".into()));
-        }
-        if g.block_bytes == 0 || g.per_chunk == 0 || u64::from(g.per_chunk) * g.block_bytes > g.chunk_bytes {
-            return Err(bad(format!("{} blocks of {:#x} bytes do not fit a chunk", g.per_chunk, g.block_bytes)));
-        }
-        if !blocks.is_multiple_of(g.per_chunk) {
-            return Err(bad("the block count is not a whole number of chunks".into()));
-        }
-        t.geometry = g;
-        Ok(t)
+        let mut geometry = None;
+        let file = ShmFile::<Blocks>::open(&table_path(dir, token), |h, blocks| {
+            let g = Geometry {
+                token: h.token.load(Ordering::Relaxed),
+                block_bytes: h.block_bytes.load(Ordering::Relaxed),
+                chunk_bytes: h.chunk_bytes.load(Ordering::Relaxed),
+                per_chunk: h.per_chunk.load(Ordering::Relaxed),
+                blocks: h.blocks.load(Ordering::Relaxed),
+            };
+            if g.token != token || g.chunk_bytes != chunk_bytes || g.blocks as usize != blocks {
+                return Err("it belongs to another pool, or its size does not match its header".into());
+            }
+            if g.block_bytes == 0 || g.per_chunk == 0 || u64::from(g.per_chunk) * g.block_bytes > g.chunk_bytes {
+                return Err(format!("{} blocks of {:#x} bytes do not fit a chunk", g.per_chunk, g.block_bytes));
+            }
+            if !g.blocks.is_multiple_of(g.per_chunk) {
+                return Err("the block count is not a whole number of chunks".into());
+            }
+            geometry = Some(g);
+            Ok(())
+        })?;
+        let geometry = geometry.expect("set by the check that passed");
+        Ok(BlockTable { file, owner: false, geometry })
     }
 
     pub(crate) fn geometry(&self) -> Geometry {
         self.geometry
     }
 
-    /// Block `id`'s generation now (odd: allocated).
+    /// Block `id`'s generation now (odd: allocated). `id` must be below the block count (callers check
+    /// references first).
     pub(crate) fn generation(&self, id: u32) -> u32 {
-        assert!(id < self.geometry.blocks, "block {id} of {}", self.geometry.blocks);
-        u32_at(&self.map, id as usize).load(Ordering::SeqCst)
+        self.file.items()[id as usize].load(Ordering::SeqCst)
     }
 
     /// Set block `id`'s generation (the owner, under its lock).
     pub(crate) fn set_generation(&self, id: u32, generation: u32) {
         debug_assert!(self.owner);
-        assert!(id < self.geometry.blocks, "block {id} of {}", self.geometry.blocks);
-        u32_at(&self.map, id as usize).store(generation, Ordering::SeqCst);
+        self.file.items()[id as usize].store(generation, Ordering::SeqCst);
     }
 
     pub(crate) fn epoch(&self) -> u32 {
@@ -202,17 +181,17 @@ impl BlockTable {
 
     /// Whether the owner still lives (it holds a lock on the table while it does).
     pub(crate) fn owner_alive(&self) -> bool {
-        self.map.creator_alive()
+        self.file.creator_alive()
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Mark it closed and remove the file (workers keep their mappings of it). Idempotent; owner only.
     pub(crate) fn close(&self) {
-        if self.owner && self.header().state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
-            let _ = std::fs::remove_file(&self.path);
+        if self.owner {
+            self.file.close();
         }
     }
 }
@@ -226,47 +205,32 @@ impl Drop for BlockTable {
 /// A worker's pin counts.
 #[derive(Debug)]
 pub(crate) struct PinFile {
-    map: SharedMap,
-    path: PathBuf,
+    file: ShmFile<Pins>,
     /// The worker's own (removes the file when dropped).
     mine: bool,
-    blocks: u32,
 }
 
 impl PinFile {
-    fn header(&self) -> &PinHeader {
-        // SAFETY: the mapping is at least HEADER bytes and starts with a PinHeader, all atomics.
-        unsafe { &*self.map.ptr().cast::<PinHeader>() }
-    }
-
-    fn len(blocks: u32) -> usize {
-        HEADER + 4 * blocks as usize
-    }
-
     /// A worker's new pin file for pool `token` of `blocks` blocks, in `dir`.
     pub(crate) fn create(dir: &Path, token: u64, blocks: u32) -> Result<PinFile> {
         let path = dir.join(format!("{}{:016x}.pins", pins_prefix(token), os::random_u64()));
-        let map = SharedMap::create_locked(&path, Self::len(blocks))
-            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        let f = PinFile { map, path, mine: true, blocks };
-        let h = f.header();
-        h.version.store(VERSION, Ordering::Relaxed);
-        h.blocks.store(blocks, Ordering::Relaxed);
-        h.token.store(token, Ordering::Relaxed);
-        h.magic.store(PINS_MAGIC, Ordering::Release);
-        Ok(f)
+        let file = ShmFile::create(&path, blocks as usize, |h: &PinHeader| {
+            h.blocks.store(blocks, Ordering::Relaxed);
+            h.token.store(token, Ordering::Relaxed);
+        })?;
+        Ok(PinFile { file, mine: true })
     }
 
     /// Open a worker's pin file (the owner's view); None if it is not one of pool `token`'s.
     pub(crate) fn open(path: &Path, token: u64, blocks: u32) -> Option<PinFile> {
-        let map = SharedMap::open(path, Self::len(blocks)).ok()?;
-        let f = PinFile { map, path: path.to_path_buf(), mine: false, blocks };
-        let h = f.header();
-        let ok = h.magic.load(Ordering::Acquire) == PINS_MAGIC
-            && h.version.load(Ordering::Relaxed) == VERSION
-            && h.token.load(Ordering::Relaxed) == token
-            && h.blocks.load(Ordering::Relaxed) == blocks;
-        ok.then_some(f)
+        let file = ShmFile::<Pins>::open(path, |h, n| {
+            let ok = h.token.load(Ordering::Relaxed) == token
+                && h.blocks.load(Ordering::Relaxed) == blocks
+                && n == blocks as usize;
+            if ok { Ok(()) } else { Err("not a pin file of this pool".into()) }
+        })
+        .ok()?;
+        Some(PinFile { file, mine: false })
     }
 
     /// Remove the pin files of pool `token` in `dir` whose worker is gone, whole or not: one killed while
@@ -288,31 +252,30 @@ impl PinFile {
             .collect()
     }
 
-    /// Block `id`'s pin count.
+    /// Block `id`'s pin count. `id` must be below the block count (callers check references first).
     pub(crate) fn count(&self, id: u32) -> &AtomicU32 {
-        assert!(id < self.blocks, "block {id} of {}", self.blocks);
-        u32_at(&self.map, id as usize)
+        &self.file.items()[id as usize]
     }
 
     /// Whether the worker that made the file still lives.
     pub(crate) fn holder_alive(&self) -> bool {
-        self.map.creator_alive()
+        self.file.creator_alive()
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Remove the file (the owner, of a worker that died).
     pub(crate) fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
+        self.file.remove();
     }
 }
 
 impl Drop for PinFile {
     fn drop(&mut self) {
         if self.mine {
-            let _ = std::fs::remove_file(&self.path);
+            self.file.remove();
         }
     }
 }
@@ -362,7 +325,7 @@ mod tests {
         let live = PinFile::create(&dir.0, g.token, g.blocks).unwrap();
         // What a worker killed between creating its file and locking, sizing or stamping it leaves.
         let half = dir.0.join(format!("{}{:016x}.pins", pins_prefix(g.token), 7));
-        drop(aclshm_sys::host::create_file(&half).unwrap());
+        drop(crate::os::SharedMap::create(&half, 10).unwrap());
         assert!(PinFile::open(&half, g.token, g.blocks).is_none(), "not a pin file the owner can read");
         let other_pool = PinFile::create(&dir.0, 0xdef, g.blocks).unwrap();
         PinFile::sweep_abandoned(&dir.0, g.token);

@@ -1,5 +1,7 @@
-//! Per-allocation descriptors: 64 bytes that say where an allocation of a shared pool is, for a mirror
-//! to turn into a pointer of its own with no runtime call (like CUDA's `cudaMemPoolPtrExportData`).
+//! What workers are given: a [`ShareDesc`] (where the owner's rendezvous is, and the pool's token: how to
+//! attach) and per-allocation [`AllocDesc`]s, 64 bytes that say where an allocation of a shared pool is,
+//! for a mirror to turn into a pointer of its own with no runtime call (like CUDA's
+//! `cudaMemPoolPtrExportData`).
 //!
 //! ```text
 //!    0  magic "ASD1"      4  version u16     6  kind u16 (1: allocation)
@@ -15,7 +17,44 @@
 //! made over (the allocation was freed and its memory trimmed and regrown since): a stale or forged
 //! descriptor is a typed error, never a pointer into something else.
 
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
 use crate::error::{Error, Result};
+
+/// What a worker needs to attach a mirror: the owner's rendezvous socket and the pool's token. Its text
+/// form, `aclshm-share:1:<token in hex>:<socket path>`, travels in an environment variable or a command line.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ShareDesc {
+    /// The rendezvous socket.
+    pub socket: PathBuf,
+    /// The pool's token.
+    pub token: u64,
+}
+
+const DESC_PREFIX: &str = "aclshm-share:1:";
+
+impl fmt::Display for ShareDesc {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{DESC_PREFIX}{:016x}:{}", self.token, self.socket.display())
+    }
+}
+
+impl FromStr for ShareDesc {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<ShareDesc> {
+        let bad = |why: &str| Error::BadDescriptor(format!("share descriptor {s:?}: {why}"));
+        let rest = s.strip_prefix(DESC_PREFIX).ok_or_else(|| bad("expected aclshm-share:1:<token>:<socket>"))?;
+        let (token, socket) = rest.split_once(':').ok_or_else(|| bad("no socket path"))?;
+        let token = u64::from_str_radix(token, 16).map_err(|_| bad("the token is not hex"))?;
+        let socket = PathBuf::from(socket);
+        if token == 0 || !socket.is_absolute() {
+            return Err(bad("a zero token or a relative socket path"));
+        }
+        Ok(ShareDesc { socket, token })
+    }
+}
 
 const MAGIC: [u8; 4] = *b"ASD1";
 const VERSION: u16 = 1;
@@ -165,6 +204,23 @@ impl AllocDesc {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn share_descriptors_round_trip_and_bad_text_is_refused() {
+        let d = ShareDesc { socket: PathBuf::from("/dev/shm/aclshm-share-1/pool-00000000000000ab.sock"), token: 0xab };
+        assert_eq!(d.to_string(), "aclshm-share:1:00000000000000ab:/dev/shm/aclshm-share-1/pool-00000000000000ab.sock");
+        assert_eq!(d.to_string().parse::<ShareDesc>().unwrap(), d);
+        for bad in [
+            "",
+            "aclshm-share:2:ab:/x",
+            "aclshm-share:1:ab",
+            "aclshm-share:1:zz:/x",
+            "aclshm-share:1:0:/x",
+            "aclshm-share:1:ab:relative.sock",
+        ] {
+            assert!(matches!(bad.parse::<ShareDesc>(), Err(Error::BadDescriptor(_))), "{bad:?} was accepted");
+        }
+    }
 
     fn sample() -> AllocDesc {
         AllocDesc { pool: 7, generation: 3, offset: 4096, len: 8192, fingerprint: fingerprint([1, 2]) }

@@ -13,7 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::device::on_device;
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, report_drop};
 use crate::raw;
 use crate::registry::{ImportRegistry, Imported};
 use crate::runtime::Runtime;
@@ -21,8 +21,8 @@ use crate::sync::stat::{AtomicU64, Ordering};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering as SyncOrdering, thread};
 use crate::vmm::{DropErrors, Mapping, VaRange};
 
-use super::ShareDesc;
-use super::desc::{AllocDesc, fingerprint};
+use super::desc::{AllocDesc, ShareDesc, fingerprint};
+use super::files::forget_dead_owner;
 use super::table::Table;
 use super::wire::{self, Message};
 
@@ -105,7 +105,7 @@ impl Mirror {
         let attached = Self::attach_inner(rt, desc, device);
         if let Err(e) = &attached {
             // The owner may have died before we were done: then its files are left to us.
-            super::forget_dead_owner(desc, matches!(e, Error::Protocol(_)));
+            forget_dead_owner(desc, matches!(e, Error::Protocol(_) | Error::Io { .. }));
         }
         attached
     }
@@ -298,7 +298,7 @@ impl Drop for Mirror {
     fn drop(&mut self) {
         self.shut_down();
         for e in self.inner.errors.take() {
-            eprintln!("aclshm: while dropping a mirror: {e}");
+            report_drop("a mirror", &e);
         }
     }
 }
@@ -339,7 +339,7 @@ impl Inner {
         if self.stop.load(SyncOrdering::Acquire) {
             return Ok(self.synced.load(Ordering::Acquire));
         }
-        let snap = self.table.snapshot();
+        let snap = self.table.snapshot()?;
         let mut first_error = None;
         for (slot, e) in snap.entries.iter().enumerate() {
             let have = chunks[slot].as_ref().map_or(0, |c| c.id);

@@ -1,10 +1,10 @@
 //! The chunk table an owner publishes for its mirrors: one small shared-memory file per shared pool.
 //!
 //! ```text
-//!   header (64 bytes)                     entries, one per chunk slot (24 bytes each)
-//!   magic "ACLSHMPT", version, slots,      chunk id (0: empty), shareable handle,
-//!   chunk size, pool token, device,        generation it was published in
-//!   export flags, state, seq, generation
+//!   header (a shared file's, see `shm`)          entries, one per chunk slot (24 bytes each)
+//!   magic "ACLSHMPT", version, state;            chunk id (0: empty), shareable handle,
+//!   slots, device, chunk size, pool token,       generation it was published in
+//!   export flags, seq, generation
 //! ```
 //!
 //! One writer (the owner, under its sharing lock) updates entries inside a seqlock: `seq` is odd while it
@@ -16,32 +16,28 @@
 //!
 //! The file is private to the user (0600, in a 0700 directory) and removed when the owner stops sharing.
 
-use crate::sync::shm::{AtomicU32, AtomicU64, Ordering, fence};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::os::{self, SharedMap};
+use crate::os;
+use crate::shm::{self, ShmFile};
+use crate::sync::shm::{AtomicU32, AtomicU64, Ordering, fence};
 
-const MAGIC: u64 = u64::from_le_bytes(*b"ACLSHMPT");
-/// Bumped whenever the layout changes.
-pub(crate) const VERSION: u32 = 1;
 /// Most chunk slots a table can have (1 TiB of 20 MiB chunks is 52429).
 pub(crate) const MAX_SLOTS: u32 = 1 << 20;
 
-/// `Header::state`.
-const OPEN: u32 = 1;
-const CLOSED: u32 = 2;
+/// How long a reader waits for the owner to finish a write it is in the middle of before it gives up:
+/// a write takes microseconds, so only an owner that died mid-write (its seqlock word left odd) or a
+/// corrupted table keeps a reader waiting this long.
+pub(crate) const WRITE_WAIT: Duration = Duration::from_secs(2);
 
 #[repr(C)]
-struct Header {
-    magic: AtomicU64,
-    version: AtomicU32,
+pub(crate) struct Header {
     slots: AtomicU32,
+    device: AtomicU32,
     chunk_bytes: AtomicU64,
     token: AtomicU64,
-    device: AtomicU32,
-    state: AtomicU32,
     export_flags: AtomicU64,
     seq: AtomicU32,
     _pad: AtomicU32,
@@ -49,13 +45,23 @@ struct Header {
 }
 
 #[repr(C)]
-struct Entry {
+pub(crate) struct Entry {
     chunk: AtomicU64,
     shareable: AtomicU64,
     published: AtomicU64,
 }
 
-const _: () = assert!(size_of::<Header>() == 64 && size_of::<Entry>() == 24);
+// SAFETY: repr(C), atomics only.
+unsafe impl shm::Shared for Header {}
+// SAFETY: repr(C), atomics only.
+unsafe impl shm::Shared for Entry {}
+
+const _: () = assert!(size_of::<Header>() == 48 && size_of::<Entry>() == 24);
+
+shm::kind!(
+    /// The chunk table, as a kind of shared file.
+    pub(crate) ChunkTable: Header, Entry, b"ACLSHMPT", 2, "chunk table"
+);
 
 /// What a table says about one slot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -89,26 +95,14 @@ pub(crate) struct Geometry {
 /// A mapped chunk table.
 #[derive(Debug)]
 pub(crate) struct Table {
-    map: SharedMap,
-    path: PathBuf,
+    file: ShmFile<ChunkTable>,
     owner: bool,
     geometry: Geometry,
 }
 
-fn len_for(slots: u32) -> usize {
-    size_of::<Header>() + slots as usize * size_of::<Entry>()
-}
-
 impl Table {
     fn header(&self) -> &Header {
-        // SAFETY: the mapping starts with a Header (checked length), every field of which is an atomic.
-        unsafe { &*self.map.ptr().cast::<Header>() }
-    }
-
-    fn entry(&self, slot: usize) -> &Entry {
-        assert!(slot < self.geometry.slots as usize);
-        // SAFETY: slot is in bounds of the mapping (checked length), and Entry is all atomics.
-        unsafe { &*self.map.ptr().add(size_of::<Header>() + slot * size_of::<Entry>()).cast::<Entry>() }
+        self.file.header()
     }
 
     /// Create the table at `path` for a pool of `g.slots` chunks.
@@ -117,64 +111,41 @@ impl Table {
             return Err(Error::InvalidArgument(format!("a shared pool has 1 to {MAX_SLOTS} slots, not {}", g.slots)));
         }
         // Byte 0 stays locked while the owner lives: how mirrors and sweepers tell it died.
-        let map = SharedMap::create_locked(path, len_for(g.slots))
-            .map_err(|e| Error::io(format!("create {}", path.display()), e))?;
-        let t = Table { map, path: path.to_path_buf(), owner: true, geometry: g };
-        let h = t.header();
-        h.version.store(VERSION, Ordering::Relaxed);
-        h.slots.store(g.slots, Ordering::Relaxed);
-        h.chunk_bytes.store(g.chunk_bytes, Ordering::Relaxed);
-        h.token.store(g.token, Ordering::Relaxed);
-        h.device.store(g.device as u32, Ordering::Relaxed);
-        h.export_flags.store(g.export_flags, Ordering::Relaxed);
-        h.state.store(OPEN, Ordering::Relaxed);
-        // Written last: a reader that sees the magic sees the rest.
-        h.magic.store(MAGIC, Ordering::Release);
-        Ok(t)
+        let file = ShmFile::create(path, g.slots as usize, |h: &Header| {
+            h.slots.store(g.slots, Ordering::Relaxed);
+            h.chunk_bytes.store(g.chunk_bytes, Ordering::Relaxed);
+            h.token.store(g.token, Ordering::Relaxed);
+            h.device.store(g.device as u32, Ordering::Relaxed);
+            h.export_flags.store(g.export_flags, Ordering::Relaxed);
+        })?;
+        Ok(Table { file, owner: true, geometry: g })
     }
 
     /// Open the table at `path`, which must be of pool `token`.
     pub(crate) fn open(path: &Path, token: u64) -> Result<Table> {
-        let bad = |why: String| Error::Protocol(format!("chunk table {}: {why}", path.display()));
-        let len = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?.len() as usize;
-        if len < size_of::<Header>() || !(len - size_of::<Header>()).is_multiple_of(size_of::<Entry>()) {
-            return Err(bad(format!("{len} bytes is not a table")));
-        }
-        let slots =
-            u32::try_from((len - size_of::<Header>()) / size_of::<Entry>()).map_err(|_| bad("too large".into()))?;
-        let map = SharedMap::open(path, len).map_err(|e| bad(e.to_string()))?;
-        let mut t = Table {
-            map,
-            path: path.to_path_buf(),
-            owner: false,
-            geometry: Geometry { slots, chunk_bytes: 0, token: 0, device: 0, export_flags: 0 },
-        };
-        let h = t.header();
-        if h.magic.load(Ordering::Acquire) != MAGIC {
-            return Err(bad("not an aclshm chunk table".into()));
-        }
-        let version = h.version.load(Ordering::Relaxed);
-        if version != VERSION {
-            return Err(bad(format!("layout version {version}; this aclshm reads version {VERSION}")));
-        }
-        if h.slots.load(Ordering::Relaxed) != slots || slots == 0 || slots > MAX_SLOTS {
-            return Err(bad("its size does not match its slot count".into()));
-        }
-        let g = Geometry {
-            slots,
-            chunk_bytes: h.chunk_bytes.load(Ordering::Relaxed),
-            token: h.token.load(Ordering::Relaxed),
-            device: h.device.load(Ordering::Relaxed) as i32,
-            export_flags: h.export_flags.load(Ordering::Relaxed),
-        };
-        if g.token != token {
-            return Err(bad("it belongs to another pool".into()));
-        }
-        if g.chunk_bytes == 0 || !g.chunk_bytes.is_multiple_of(2 << 20) {
-            return Err(bad(format!("chunk size {:#x} is not a multiple of 2 MiB", g.chunk_bytes)));
-        }
-        t.geometry = g;
-        Ok(t)
+        let mut geometry = None;
+        let file = ShmFile::<ChunkTable>::open(path, |h, entries| {
+            let g = Geometry {
+                slots: h.slots.load(Ordering::Relaxed),
+                chunk_bytes: h.chunk_bytes.load(Ordering::Relaxed),
+                token: h.token.load(Ordering::Relaxed),
+                device: h.device.load(Ordering::Relaxed) as i32,
+                export_flags: h.export_flags.load(Ordering::Relaxed),
+            };
+            if g.token != token {
+                return Err("it belongs to another pool".into());
+            }
+            if g.slots as usize != entries || g.slots == 0 || g.slots > MAX_SLOTS {
+                return Err("its size does not match its slot count".into());
+            }
+            if g.chunk_bytes == 0 || !g.chunk_bytes.is_multiple_of(2 << 20) {
+                return Err(format!("chunk size {:#x} is not a multiple of 2 MiB", g.chunk_bytes));
+            }
+            geometry = Some(g);
+            Ok(())
+        })?;
+        let geometry = geometry.expect("set by the check that passed");
+        Ok(Table { file, owner: false, geometry })
     }
 
     /// What the table describes.
@@ -184,7 +155,7 @@ impl Table {
 
     /// Where the table lives.
     pub(crate) fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// The current generation (one atomic load).
@@ -199,13 +170,13 @@ impl Table {
 
     /// Whether the owner closed the table.
     pub(crate) fn is_closed(&self) -> bool {
-        self.header().state.load(Ordering::Acquire) == CLOSED
+        self.file.is_closed()
     }
 
     /// Whether the owner process still lives (it holds a lock on the table while it does; the kernel
     /// drops the lock when the process ends, however it ends).
     pub(crate) fn owner_alive(&self) -> bool {
-        self.map.creator_alive()
+        self.file.creator_alive()
     }
 
     /// Sleep until the table changes from `seq` (or `timeout` passes).
@@ -223,11 +194,12 @@ impl Table {
     pub(crate) fn publish(&self, changes: &[(usize, Option<(u64, u64)>)]) -> u64 {
         debug_assert!(self.owner);
         let h = self.header();
+        let entries = self.file.items();
         let generation = h.generation.load(Ordering::Relaxed) + 1;
         h.seq.fetch_add(1, Ordering::AcqRel);
         fence(Ordering::Release);
         for &(slot, value) in changes {
-            let e = self.entry(slot);
+            let e = &entries[slot];
             let (chunk, shareable) = value.unwrap_or((0, 0));
             e.shareable.store(shareable, Ordering::Relaxed);
             e.published.store(generation, Ordering::Relaxed);
@@ -243,48 +215,57 @@ impl Table {
     /// keep their mappings of it). Idempotent.
     pub(crate) fn close(&self) {
         debug_assert!(self.owner);
-        let h = self.header();
-        if h.state.swap(CLOSED, Ordering::AcqRel) != CLOSED {
-            h.seq.fetch_add(2, Ordering::AcqRel);
-            os::futex_wake_all(&h.seq);
-            let _ = std::fs::remove_file(&self.path);
+        if self.file.close() {
+            self.header().seq.fetch_add(2, Ordering::AcqRel);
+            os::futex_wake_all(&self.header().seq);
         }
     }
 
     /// The chunk id published in `slot` now (0: none); one atomic load.
     pub(crate) fn chunk_at(&self, slot: usize) -> u64 {
-        self.entry(slot).chunk.load(Ordering::Acquire)
+        self.file.items()[slot].chunk.load(Ordering::Acquire)
     }
 
-    /// A consistent copy of every entry.
-    pub(crate) fn snapshot(&self) -> Snapshot {
+    /// A consistent copy of every entry. A write that does not finish within [`WRITE_WAIT`] (its owner
+    /// died halfway, or the table is corrupt) is [`Error::Protocol`], whatever the owner is doing: a reader
+    /// never waits without bound on another process.
+    pub(crate) fn snapshot(&self) -> Result<Snapshot> {
         let h = self.header();
+        let entries = self.file.items();
+        let mut deadline = None;
         let mut spins = 0u32;
         loop {
             let before = h.seq.load(Ordering::Acquire);
             if before % 2 == 1 {
-                // The owner is writing: let it finish.
+                // The owner is writing: let it finish, a while.
                 spins += 1;
                 if spins > 64 {
-                    crate::sync::thread::yield_now();
+                    let until = *deadline.get_or_insert_with(|| std::time::Instant::now() + WRITE_WAIT);
+                    if std::time::Instant::now() >= until {
+                        let why = if self.owner_alive() { "is not finishing" } else { "died" };
+                        return Err(Error::Protocol(format!(
+                            "chunk table {}: its owner {why} in the middle of a write (sequence {before} is odd)",
+                            self.path().display()
+                        )));
+                    }
+                    // Sleep until the word moves (the writer wakes waiters when it finishes).
+                    os::futex_wait(&h.seq, before, std::time::Duration::from_millis(1));
                 }
                 continue;
             }
-            let entries: Vec<SlotEntry> = (0..self.geometry.slots as usize)
-                .map(|i| {
-                    let e = self.entry(i);
-                    SlotEntry {
-                        chunk: e.chunk.load(Ordering::Relaxed),
-                        shareable: e.shareable.load(Ordering::Relaxed),
-                        published: e.published.load(Ordering::Relaxed),
-                    }
+            let copy: Vec<SlotEntry> = entries
+                .iter()
+                .map(|e| SlotEntry {
+                    chunk: e.chunk.load(Ordering::Relaxed),
+                    shareable: e.shareable.load(Ordering::Relaxed),
+                    published: e.published.load(Ordering::Relaxed),
                 })
                 .collect();
             let generation = h.generation.load(Ordering::Relaxed);
-            let closed = h.state.load(Ordering::Relaxed) == CLOSED;
+            let closed = self.file.is_closed();
             fence(Ordering::Acquire);
             if h.seq.load(Ordering::Relaxed) == before {
-                return Snapshot { generation, closed, entries };
+                return Ok(Snapshot { generation, closed, entries: copy });
             }
         }
     }
@@ -316,17 +297,32 @@ mod tests {
         assert!(Table::open(&path, 0xbeef).is_err(), "another pool's token");
         let g = w.publish(&[(0, Some((1, 100))), (3, Some((2, 200)))]);
         assert_eq!(g, 1);
-        let s = r.snapshot();
+        let s = r.snapshot().unwrap();
         assert_eq!((s.generation, s.closed), (1, false));
         assert_eq!(s.entries[3], SlotEntry { chunk: 2, shareable: 200, published: 1 });
         assert_eq!(s.entries[1], SlotEntry::default());
         w.publish(&[(0, None)]);
-        assert_eq!(r.snapshot().entries[0].chunk, 0);
+        assert_eq!(r.snapshot().unwrap().entries[0].chunk, 0);
         let seq = r.seq();
         drop(w);
         assert!(r.is_closed());
         assert_ne!(r.seq(), seq, "closing wakes followers");
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_write_left_halfway_is_an_error_not_a_hang() {
+        // An owner killed between the two increments of its seqlock word leaves it odd.
+        let dir = os::TestDir::new("table-odd");
+        let path = dir.0.join("t");
+        let w = Table::create(&path, geometry()).unwrap();
+        let r = Table::open(&path, 0xfeed).unwrap();
+        w.header().seq.fetch_add(1, Ordering::AcqRel);
+        let e = r.snapshot().unwrap_err();
+        assert!(matches!(&e, Error::Protocol(m) if m.contains("in the middle of a write")), "{e}");
+        // Once the word is even again, readers read.
+        w.header().seq.fetch_add(1, Ordering::AcqRel);
+        assert!(r.snapshot().is_ok());
     }
 
     #[test]
@@ -341,7 +337,7 @@ mod tests {
             let (stop, seen) = (std::sync::Arc::clone(&stop), std::sync::Arc::clone(&seen));
             std::thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let s = r.snapshot();
+                    let s = r.snapshot().unwrap();
                     // The writer always publishes all slots with one value: a torn copy would mix two.
                     let c = s.entries[0].chunk;
                     assert!(s.entries.iter().all(|e| e.chunk == c && e.shareable == c * 10), "torn: {s:?}");

@@ -210,7 +210,7 @@ impl Message {
         let mut frame = Vec::with_capacity(4 + payload.len());
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&payload);
-        w.write_all(&frame).map_err(|e| Error::Protocol(format!("send: {e}")))
+        w.write_all(&frame).map_err(|e| Error::io("send a rendezvous message", e))
     }
 
     /// Take one whole framed message off the front of `buf` (bytes received so far), if it holds one; the
@@ -226,14 +226,14 @@ impl Message {
         match r.read_exact(&mut len) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-            Err(e) => return Err(Error::Protocol(format!("receive: {e}"))),
+            Err(e) => return Err(Error::io("receive a rendezvous message", e)),
         }
         let n = u32::from_le_bytes(len) as usize;
         if n > MAX_FRAME {
             return Err(Error::Protocol(format!("a frame of {n} bytes is larger than {MAX_FRAME}")));
         }
         let mut payload = vec![0u8; n];
-        r.read_exact(&mut payload).map_err(|e| Error::Protocol(format!("receive: {e}")))?;
+        r.read_exact(&mut payload).map_err(|e| Error::io("receive a rendezvous message", e))?;
         Message::decode(&payload).map(Some)
     }
 }

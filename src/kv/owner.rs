@@ -1,0 +1,463 @@
+//! The scheduler's side: a [`KvPool`] allocates and frees blocks of a shared pool, keeps the block table,
+//! and honours workers' pins (see the [module](super) docs).
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result, report_drop};
+use crate::pool::{Block, BlockClassId, Pool, PoolConfig, PoolStats};
+use crate::runtime::Runtime;
+use crate::share::ShareConfig;
+use crate::sync::Mutex;
+use crate::sync::shm::{Ordering, fence};
+use crate::sync::stat::{AtomicUsize, Ordering as StatOrdering};
+
+use super::block::{KvBlock, KvDesc};
+use super::table::{BlockTable, Geometry, PinFile};
+
+/// How a [`KvPool`] is made.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvConfig {
+    /// Bytes per block (a multiple of 512, at most the chunk size); see [`KvLayout::block_bytes`](crate::KvLayout::block_bytes).
+    pub block_bytes: u64,
+    /// The pool under the blocks. Its chunk size should be a multiple of the block size, or the tail of
+    /// each chunk that does not hold a whole block is wasted. `reserve_chunks` must be 0 (pre-mapped
+    /// chunks serve variable-size allocations, not blocks).
+    pub pool: PoolConfig,
+    /// How the pool is shared.
+    pub share: ShareConfig,
+}
+
+impl KvConfig {
+    /// Read a configuration file (what `aclshm tune` writes for a KV trace): the pool's keys and
+    /// `kv_block_bytes`, which must be there. Sharing is as `share` says.
+    pub fn load(path: impl AsRef<std::path::Path>, share: ShareConfig) -> Result<KvConfig> {
+        let f = crate::pool::ConfigFile::load(path.as_ref())?;
+        let block_bytes = f.kv_block_bytes.ok_or_else(|| {
+            Error::InvalidArgument(format!("{}: no kv_block_bytes: not a KV configuration", path.as_ref().display()))
+        })?;
+        Ok(KvConfig { block_bytes, pool: f.pool, share })
+    }
+}
+
+/// What a KV pool holds.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvStats {
+    /// Bytes per block.
+    pub block_bytes: u64,
+    /// Blocks per chunk.
+    pub blocks_per_chunk: u32,
+    /// Blocks the pool's range can hold.
+    pub capacity: u32,
+    /// Blocks allocated now.
+    pub allocated: u32,
+    /// Blocks freed while pinned, kept until their pins are gone.
+    pub deferred: u32,
+    /// Workers with a pin file now (attached KV mirrors).
+    pub workers: u32,
+    /// The pool underneath.
+    pub pool: PoolStats,
+}
+
+/// Block ids are small distinct integers: they hash to themselves (spread by a multiply).
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+struct Owner {
+    /// Allocated blocks by id.
+    live: IdMap<Block>,
+    /// Blocks freed while some worker pinned them.
+    deferred: IdMap<Block>,
+    /// Workers' pin files.
+    workers: Vec<PinFile>,
+    epoch_seen: Option<u32>,
+    unpins_seen: u32,
+}
+
+/// A scheduler's pool of KV-cache blocks, shared with workers (see the [module](crate::kv) docs).
+pub struct KvPool {
+    pool: Pool,
+    class: BlockClassId,
+    table: BlockTable,
+    desc: KvDesc,
+    dir: PathBuf,
+    geometry: Geometry,
+    owner: Mutex<Owner>,
+    /// Blocks kept for pins (a copy of `deferred.len()`, read without the lock).
+    deferred: AtomicUsize,
+}
+
+impl fmt::Debug for KvPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KvPool").field("desc", &self.desc).field("geometry", &self.geometry).finish()
+    }
+}
+
+impl KvPool {
+    /// A KV pool on `device`: the pool, its block class, sharing, the block table.
+    ///
+    /// ```
+    /// # let _dirs = unsafe { aclshm::doc_dirs() };
+    /// use aclshm::{KvConfig, KvPool, PoolConfig, Runtime, ShareConfig};
+    /// let rt = Runtime::simulator();
+    /// let pool = PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 64 << 20, ..PoolConfig::default() };
+    /// let kv = KvPool::new(&rt, 0, KvConfig { block_bytes: 256 << 10, pool, share: ShareConfig::default() })?;
+    /// let blocks = kv.alloc_many(20)?;                 // 8 blocks per chunk: 3 chunks
+    /// assert_eq!(kv.stats().pool.chunks, 3);
+    /// let workers_see = kv.desc().to_string();         // "aclshm-kv:1:...": what workers attach with
+    /// # assert!(workers_see.starts_with("aclshm-kv:1:"));
+    /// kv.free_many(&blocks)?;
+    /// kv.close()?;
+    /// # Ok::<(), aclshm::Error>(())
+    /// ```
+    pub fn new(rt: &Runtime, device: i32, config: KvConfig) -> Result<KvPool> {
+        if config.pool.reserve_chunks > 0 {
+            return Err(Error::InvalidArgument(
+                "reserve_chunks pre-maps chunks for variable-size allocations, which KV blocks do not use: set it to 0"
+                    .into(),
+            ));
+        }
+        let pool = Pool::new(rt, device, config.pool)?;
+        let class = pool.block_class(config.block_bytes)?;
+        let per_chunk = pool.blocks_per_chunk(class)?;
+        let chunk_bytes = pool.config().chunk_bytes;
+        let slots = pool.stats().reserved_bytes / chunk_bytes;
+        let blocks = u32::try_from(slots * u64::from(per_chunk))
+            .map_err(|_| Error::InvalidArgument(format!("{slots} chunks of {per_chunk} blocks: too many blocks")))?;
+        let share = pool.share(config.share.clone())?;
+        let dir = share.socket.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+        let geometry = Geometry { token: share.token, block_bytes: config.block_bytes, chunk_bytes, per_chunk, blocks };
+        let table = BlockTable::create(&dir, geometry)?;
+        Ok(KvPool {
+            pool,
+            class,
+            table,
+            desc: KvDesc { share },
+            dir,
+            geometry,
+            owner: Mutex::new(Owner {
+                live: IdMap::default(),
+                deferred: IdMap::default(),
+                workers: Vec::new(),
+                epoch_seen: None,
+                unpins_seen: 0,
+            }),
+            deferred: AtomicUsize::new(0),
+        })
+    }
+
+    /// What workers attach with.
+    pub fn desc(&self) -> &KvDesc {
+        &self.desc
+    }
+
+    /// The pool underneath (statistics, sharing statistics).
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Bytes per block.
+    pub fn block_bytes(&self) -> u64 {
+        self.geometry.block_bytes
+    }
+
+    /// Allocate one block.
+    pub fn alloc(&self) -> Result<KvBlock> {
+        self.reclaim_if_unpinned()?;
+        let b = match self.pool.alloc_block(self.class) {
+            Err(Error::OutOfMemory { .. }) if self.deferred.load(StatOrdering::Relaxed) > 0 => {
+                self.reclaim()?;
+                self.pool.alloc_block(self.class)?
+            }
+            r => r?,
+        };
+        let mut st = self.owner.lock();
+        Ok(self.register(&mut st, b))
+    }
+
+    /// Reclaim blocks kept for pins if a worker let go of some since the last look.
+    fn reclaim_if_unpinned(&self) -> Result<()> {
+        if self.deferred.load(StatOrdering::Relaxed) > 0 {
+            let mut st = self.owner.lock();
+            if self.table.unpins() != st.unpins_seen {
+                let free = self.reclaim_locked(&mut st);
+                drop(st);
+                self.pool.free_blocks(&free)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A block the pool just handed out becomes allocated: its generation goes odd.
+    fn register(&self, st: &mut Owner, b: Block) -> KvBlock {
+        let id = b.slot() * self.geometry.per_chunk + b.index();
+        let generation = self.table.generation(id).wrapping_add(1);
+        debug_assert!(generation % 2 == 1, "block {id} was free");
+        self.table.set_generation(id, generation);
+        st.live.insert(id, b);
+        KvBlock { pool: self.geometry.token, id, generation }
+    }
+
+    /// Allocate `n` blocks: all or none. Blocks freed while pinned are reused once their pins are gone;
+    /// when the device is full, those are looked at again (and workers that died are forgotten) before
+    /// giving up with [`Error::OutOfMemory`].
+    pub fn alloc_many(&self, n: usize) -> Result<Vec<KvBlock>> {
+        self.reclaim_if_unpinned()?;
+        let blocks = match self.pool.alloc_blocks(self.class, n) {
+            Err(Error::OutOfMemory { .. }) if self.deferred.load(StatOrdering::Relaxed) > 0 => {
+                self.reclaim()?;
+                self.pool.alloc_blocks(self.class, n)?
+            }
+            r => r?,
+        };
+        let mut st = self.owner.lock();
+        Ok(blocks.into_iter().map(|b| self.register(&mut st, b)).collect())
+    }
+
+    /// Check `b` names a live block of this pool.
+    fn check(&self, st: &Owner, b: &KvBlock) -> Result<Block> {
+        if b.pool != self.geometry.token {
+            return Err(Error::BadDescriptor(format!("block {b} is of another pool")));
+        }
+        if b.id >= self.geometry.blocks {
+            return Err(Error::BadDescriptor(format!("block {b}: the pool has {} blocks", self.geometry.blocks)));
+        }
+        match st.live.get(&b.id) {
+            Some(blk) if self.table.generation(b.id) == b.generation => Ok(*blk),
+            _ => Err(Error::StaleBlock { id: b.id, generation: b.generation }),
+        }
+    }
+
+    /// Free one block (see [`free_many`](KvPool::free_many)).
+    pub fn free(&self, b: KvBlock) -> Result<()> {
+        let back = {
+            let mut st = self.owner.lock();
+            let blk = self.check(&st, &b)?;
+            self.retire_locked(&mut st, &b);
+            // Pairs with the workers' pin-then-check: either they see the new generation, or we see their pin.
+            fence(Ordering::SeqCst);
+            self.refresh_workers(&mut st);
+            self.settle_locked(&mut st, b.id, blk)
+        };
+        back.map_or(Ok(()), |blk| self.pool.free_block(blk))
+    }
+
+    /// Free `b` (checked) in the table: its generation goes even; from then on no worker can pin it.
+    fn retire_locked(&self, st: &mut Owner, b: &KvBlock) {
+        st.live.remove(&b.id);
+        self.table.set_generation(b.id, b.generation.wrapping_add(1));
+    }
+
+    /// After [`retire_locked`](KvPool::retire_locked) and a fence: `blk` for the pool to take back, unless a
+    /// worker pins it; then it is kept until its pins are gone.
+    fn settle_locked(&self, st: &mut Owner, id: u32, blk: Block) -> Option<Block> {
+        if self.pins_locked(st, id) == 0 {
+            Some(blk)
+        } else {
+            st.deferred.insert(id, blk);
+            self.deferred.store(st.deferred.len(), StatOrdering::Relaxed);
+            None
+        }
+    }
+
+    /// Free blocks. Every reference is checked first (another pool, out of range, stale, listed twice: an
+    /// error, and nothing is freed). A block a worker pins is not reused until every pin on it is gone.
+    pub fn free_many(&self, blocks: &[KvBlock]) -> Result<()> {
+        let to_pool = {
+            let mut st = self.owner.lock();
+            let mut checked = Vec::with_capacity(blocks.len());
+            let mut seen = std::collections::HashSet::with_capacity(if blocks.len() > 1 { blocks.len() } else { 0 });
+            for b in blocks {
+                let blk = self.check(&st, b)?;
+                // Listed twice: the second is a double free.
+                if blocks.len() > 1 && !seen.insert(b.id) {
+                    return Err(Error::StaleBlock { id: b.id, generation: b.generation });
+                }
+                checked.push((b.id, blk));
+            }
+            for b in blocks {
+                self.retire_locked(&mut st, b);
+            }
+            // Pairs with the workers' pin-then-check, as in `free`.
+            fence(Ordering::SeqCst);
+            self.refresh_workers(&mut st);
+            checked.into_iter().filter_map(|(id, blk)| self.settle_locked(&mut st, id, blk)).collect::<Vec<_>>()
+        };
+        self.pool.free_blocks(&to_pool)
+    }
+
+    /// Pins on block `b` now, over every live worker.
+    pub fn pins(&self, b: &KvBlock) -> Result<u32> {
+        let mut st = self.owner.lock();
+        if b.pool != self.geometry.token || b.id >= self.geometry.blocks {
+            return Err(Error::BadDescriptor(format!("block {b} is not of this pool")));
+        }
+        self.refresh_workers(&mut st);
+        Ok(self.pins_locked(&mut st, b.id))
+    }
+
+    /// Sum block `id`'s pins over the workers, forgetting workers that died (their pins with them).
+    fn pins_locked(&self, st: &mut Owner, id: u32) -> u32 {
+        let mut total = 0u32;
+        let mut dead = Vec::new();
+        for (i, w) in st.workers.iter().enumerate() {
+            let n = w.count(id).load(Ordering::SeqCst);
+            if n > 0 {
+                if w.holder_alive() {
+                    total = total.saturating_add(n);
+                } else {
+                    dead.push(i);
+                }
+            }
+        }
+        for i in dead.into_iter().rev() {
+            let w = st.workers.swap_remove(i);
+            w.remove();
+        }
+        total
+    }
+
+    /// Pick up pin files workers added or removed since the last look.
+    fn refresh_workers(&self, st: &mut Owner) {
+        let epoch = self.table.epoch();
+        if st.epoch_seen == Some(epoch) {
+            return;
+        }
+        st.epoch_seen = Some(epoch);
+        let now = PinFile::list(&self.dir, self.geometry.token);
+        st.workers.retain(|w| now.iter().any(|p| p == w.path()));
+        for p in now {
+            if !st.workers.iter().any(|w| w.path() == p)
+                && let Some(f) = PinFile::open(&p, self.geometry.token, self.geometry.blocks)
+            {
+                st.workers.push(f);
+            }
+        }
+    }
+
+    fn reclaim_locked(&self, st: &mut Owner) -> Vec<Block> {
+        st.unpins_seen = self.table.unpins();
+        self.refresh_workers(st);
+        // Workers that died go, pinned or not.
+        let mut i = 0;
+        while i < st.workers.len() {
+            if st.workers[i].holder_alive() {
+                i += 1;
+            } else {
+                st.workers.swap_remove(i).remove();
+            }
+        }
+        let ids: Vec<u32> = st.deferred.keys().copied().collect();
+        let mut free = Vec::new();
+        for id in ids {
+            if self.pins_locked(st, id) == 0 {
+                free.extend(st.deferred.remove(&id));
+            }
+        }
+        self.deferred.store(st.deferred.len(), StatOrdering::Relaxed);
+        free
+    }
+
+    /// Give back the blocks freed while pinned whose pins are gone (workers that died count as gone).
+    /// Returns how many went back. Allocation does this by itself when it needs to.
+    pub fn reclaim(&self) -> Result<u32> {
+        let free = {
+            let mut st = self.owner.lock();
+            self.reclaim_locked(&mut st)
+        };
+        self.pool.free_blocks(&free)?;
+        Ok(free.len() as u32)
+    }
+
+    /// Wait until no block is kept for its pins (reclaiming as pins go), at most `timeout`. Returns
+    /// whether none is left.
+    pub fn wait_unpinned(&self, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let seen = self.table.unpins();
+            self.reclaim()?;
+            if self.owner.lock().deferred.is_empty() {
+                return Ok(true);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            // Woken by an unpin; the bound catches a worker that dies holding pins.
+            self.table.wait_unpins(seen, (deadline - now).min(Duration::from_millis(50)));
+        }
+    }
+
+    /// The scheduler's own address of block `b`.
+    pub fn ptr(&self, b: &KvBlock) -> Result<*mut c_void> {
+        let st = self.owner.lock();
+        Ok(self.check(&st, b)?.as_ptr())
+    }
+
+    /// Give fully free chunks back to the device (after reclaiming what pins no longer hold).
+    pub fn trim(&self) -> Result<u32> {
+        self.reclaim()?;
+        self.pool.trim()
+    }
+
+    /// What the pool holds.
+    pub fn stats(&self) -> KvStats {
+        let mut st = self.owner.lock();
+        self.refresh_workers(&mut st);
+        KvStats {
+            block_bytes: self.geometry.block_bytes,
+            blocks_per_chunk: self.geometry.per_chunk,
+            capacity: self.geometry.blocks,
+            allocated: st.live.len() as u32,
+            deferred: st.deferred.len() as u32,
+            workers: st.workers.len() as u32,
+            pool: self.pool.stats(),
+        }
+    }
+
+    /// Close: the block table goes (workers keep what they mapped), then the pool. Pin files of workers
+    /// that died are removed.
+    pub fn close(&self) -> Result<()> {
+        {
+            let mut st = self.owner.lock();
+            st.epoch_seen = None;
+            self.refresh_workers(&mut st);
+            for w in std::mem::take(&mut st.workers) {
+                if !w.holder_alive() {
+                    w.remove();
+                }
+            }
+            PinFile::sweep_abandoned(&self.dir, self.geometry.token);
+        }
+        self.table.close();
+        self.pool.close()
+    }
+}
+
+impl Drop for KvPool {
+    fn drop(&mut self) {
+        if let Err(e) = self.close() {
+            report_drop("a KV pool", &e);
+        }
+    }
+}
