@@ -57,8 +57,14 @@ fn out<T>(r: aclshm::Result<T>, fail: T) -> PyResult<(T, i32)> {
     }
 }
 
+/// A pointer or handle argument (an int, as pyACL takes them).
 fn ptr(p: usize) -> *mut c_void {
     p as *mut c_void
+}
+
+/// `(pointer, ret)` of a call that outputs a pointer or handle: the pointer as an int, 0 on failure.
+fn out_ptr(r: aclshm::Result<*mut c_void>) -> PyResult<(usize, i32)> {
+    out(r.map(|p| p as usize), 0)
 }
 
 /// A key argument; one that cannot be a key (empty, over 64 characters, not ASCII) is the runtime's
@@ -221,7 +227,7 @@ fn get_mem_info(attr: u32) -> PyResult<(usize, usize, i32)> {
 /// `stream, ret = acl.rt.create_stream()`.
 #[pyfunction]
 fn create_stream() -> PyResult<(usize, i32)> {
-    out(raw::create_stream(runtime()?).map(|s| s as usize), 0)
+    out_ptr(raw::create_stream(runtime()?))
 }
 
 /// `ret = acl.rt.destroy_stream(stream)`.
@@ -252,7 +258,7 @@ fn synchronize_stream(py: Python<'_>, stream: usize) -> PyResult<i32> {
 /// `dev_ptr, ret = acl.rt.malloc(size, policy)`.
 #[pyfunction]
 fn malloc(size: usize, policy: u32) -> PyResult<(usize, i32)> {
-    out(raw::malloc(runtime()?, size, aclrtMemMallocPolicy(policy)).map(|p| p as usize), 0)
+    out_ptr(raw::malloc(runtime()?, size, aclrtMemMallocPolicy(policy)))
 }
 
 /// `ret = acl.rt.free(dev_ptr)`.
@@ -265,7 +271,7 @@ fn free(dev_ptr: usize) -> PyResult<i32> {
 /// `host_ptr, ret = acl.rt.malloc_host(size)`.
 #[pyfunction]
 fn malloc_host(size: usize) -> PyResult<(usize, i32)> {
-    out(raw::malloc_host(runtime()?, size).map(|p| p as usize), 0)
+    out_ptr(raw::malloc_host(runtime()?, size))
 }
 
 /// `ret = acl.rt.free_host(host_ptr)`.
@@ -306,7 +312,7 @@ fn memset(py: Python<'_>, dev_ptr: usize, max_count: usize, value: i32, count: u
 #[pyfunction]
 fn reserve_mem_address(size: usize, alignment: usize, expect_ptr: usize, flags: u64) -> PyResult<(usize, i32)> {
     // SAFETY: pyACL's contract: `expect_ptr` 0 or a range the caller does not use.
-    out(unsafe { raw::reserve_mem_address(runtime()?, size, alignment, ptr(expect_ptr), flags) }.map(|p| p as usize), 0)
+    out_ptr(unsafe { raw::reserve_mem_address(runtime()?, size, alignment, ptr(expect_ptr), flags) })
 }
 
 /// `ret = acl.rt.release_mem_address(vir_ptr)`.
@@ -320,7 +326,7 @@ fn release_mem_address(vir_ptr: usize) -> PyResult<i32> {
 #[pyfunction]
 fn malloc_physical(size: usize, prop: &Bound<'_, PyDict>, flags: u64) -> PyResult<(usize, i32)> {
     let p = physical_prop(prop)?;
-    out(raw::malloc_physical(runtime()?, size, &p, flags).map(|h| h as usize), 0)
+    out_ptr(raw::malloc_physical(runtime()?, size, &p, flags))
 }
 
 /// `ret = acl.rt.free_physical(handle)`.
@@ -364,7 +370,7 @@ fn mem_export_to_shareable_handle(handle: usize, handle_type: u32, flags: u64) -
 /// `handle, ret = acl.rt.mem_import_from_shareable_handle(shareable_handle, device_id)`.
 #[pyfunction]
 fn mem_import_from_shareable_handle(shareable_handle: u64, device_id: i32) -> PyResult<(usize, i32)> {
-    out(raw::mem_import_from_shareable_handle(runtime()?, shareable_handle, device_id).map(|h| h as usize), 0)
+    out_ptr(raw::mem_import_from_shareable_handle(runtime()?, shareable_handle, device_id))
 }
 
 /// `ret = acl.rt.mem_set_pid_to_shareable_handle(shareable_handle, pid)`: `pid` a list (or one int).
@@ -394,7 +400,7 @@ fn ipc_mem_set_import_pid(key: &str, pid: Pids) -> PyResult<i32> {
 #[pyfunction]
 fn ipc_mem_import_by_key(key: &str, flags: u64) -> PyResult<(usize, i32)> {
     let rt = runtime()?;
-    out(self::key(key).and_then(|k| raw::ipc_mem_import_by_key(rt, &k, flags)).map(|p| p as usize), 0)
+    out_ptr(self::key(key).and_then(|k| raw::ipc_mem_import_by_key(rt, &k, flags)))
 }
 
 /// `ret = acl.rt.ipc_mem_close(key)`.
@@ -410,7 +416,7 @@ fn ipc_mem_close(key: &str) -> PyResult<i32> {
 /// `notify, ret = acl.rt.create_notify(flag)`.
 #[pyfunction]
 fn create_notify(flag: u64) -> PyResult<(usize, i32)> {
-    out(raw::create_notify(runtime()?, flag).map(|n| n as usize), 0)
+    out_ptr(raw::create_notify(runtime()?, flag))
 }
 
 /// `ret = acl.rt.destroy_notify(notify)`.
@@ -462,7 +468,7 @@ fn notify_set_import_pid(notify: usize, pid: Pids) -> PyResult<i32> {
 #[pyfunction]
 fn notify_import_by_key(key: &str, flags: u64) -> PyResult<(usize, i32)> {
     let rt = runtime()?;
-    out(self::key(key).and_then(|k| raw::notify_import_by_key(rt, &k, flags)).map(|n| n as usize), 0)
+    out_ptr(self::key(key).and_then(|k| raw::notify_import_by_key(rt, &k, flags)))
 }
 
 // ---- acl.util ----

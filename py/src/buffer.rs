@@ -10,7 +10,7 @@ use pyo3::exceptions::{PyBufferError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::runtime;
+use crate::{err, runtime};
 
 /// A C-contiguous buffer held (exported) while it is in use: its object cannot be resized meanwhile.
 pub(crate) struct HostBuffer(PyUntypedBuffer);
@@ -92,15 +92,9 @@ pub(crate) trait Region: Sync {
     /// The device it is mapped on here.
     fn device(&self) -> i32;
 
-    /// Run `f` on the device address at `offset` (the caller checked that `len` bytes fit), the
-    /// interpreter released, holding what keeps the memory valid meanwhile.
-    fn with_addr<T: Send>(
-        &self,
-        py: Python<'_>,
-        offset: u64,
-        len: u64,
-        f: impl FnOnce(usize) -> aclshm::Result<T> + Send,
-    ) -> PyResult<T>;
+    /// Run `f` on the device address at `offset` (the caller checked that the copy fits), holding what
+    /// keeps the memory valid meanwhile. Called with the interpreter released.
+    fn with_addr<T>(&self, offset: u64, f: impl FnOnce(usize) -> aclshm::Result<T>) -> aclshm::Result<T>;
 }
 
 /// Copy `data` (any buffer) into `r` at `offset`.
@@ -108,7 +102,7 @@ pub(crate) fn write<R: Region>(py: Python<'_>, r: &R, data: &Bound<'_, PyAny>, o
     let src = HostBuffer::readable(data)?;
     let (addr, n, rt, device) = (src.addr(), src.len(), runtime()?, r.device());
     check_range(R::WHAT, offset, n as u64, r.size())?;
-    r.with_addr(py, offset, n as u64, |dst| {
+    at(py, r, offset, |dst| {
         // SAFETY: a held host buffer of `n` bytes into device memory the region keeps valid, which holds them.
         unsafe { copy(rt, device, dst, addr, n, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE) }
     })
@@ -124,7 +118,7 @@ pub(crate) fn read<'py, R: Region>(
     let len = size.unwrap_or_else(|| r.size().saturating_sub(offset));
     let (rt, device) = (runtime()?, r.device());
     check_range(R::WHAT, offset, len, r.size())?;
-    let out = r.with_addr(py, offset, len, |src| {
+    let out = at(py, r, offset, |src| {
         let mut out = vec![0u8; len as usize];
         // SAFETY: a host buffer of `len` bytes from device memory the region keeps valid, which holds them.
         unsafe {
@@ -140,9 +134,81 @@ pub(crate) fn readinto<R: Region>(py: Python<'_>, r: &R, buf: &Bound<'_, PyAny>,
     let dst = HostBuffer::writable(buf)?;
     let (addr, n, rt, device) = (dst.addr(), dst.len(), runtime()?, r.device());
     check_range(R::WHAT, offset, n as u64, r.size())?;
-    r.with_addr(py, offset, n as u64, |src| {
+    at(py, r, offset, |src| {
         // SAFETY: a held writable host buffer of `n` bytes from device memory the region keeps valid.
         unsafe { copy(rt, device, addr, src, n, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST) }
     })?;
     Ok(n)
 }
+
+/// [`Region::with_addr`] with the interpreter released, its error raised as its exception.
+fn at<T: Send>(
+    py: Python<'_>,
+    r: &impl Region,
+    offset: u64,
+    f: impl FnOnce(usize) -> aclshm::Result<T> + Send,
+) -> PyResult<T> {
+    py.detach(|| r.with_addr(offset, f)).map_err(err)
+}
+
+/// `write`, `read` and `readinto` for a `#[pyclass]` whose objects copy to and from [`Region`]s: the
+/// region is `$region`, an expression of the object (`$this`) and of the key argument the methods take
+/// first, if any; `$what` names it in the docstrings. For example
+/// `copy_methods!(Mirror, "the allocation `desc` names", |m, desc: &str| &m.region(desc)?)` gives
+/// `Mirror.write(desc, data, offset=0)`, `Mirror.read(desc, size=None, offset=0)` and
+/// `Mirror.readinto(desc, buf, offset=0)`. A `#[pymethods]` block of its own (PyO3's
+/// `multiple-pymethods`), since macros cannot expand inside one.
+macro_rules! copy_methods {
+    ($class:ty, $what:literal, |$this:ident $(, $key:ident: $kty:ty)?| $region:expr) => {
+        #[::pyo3::pymethods]
+        impl $class {
+            #[doc = concat!(
+                "Copy `data` (bytes, bytearray, memoryview, a contiguous numpy array, ...) into ",
+                $what,
+                " at `offset`."
+            )]
+            #[pyo3(signature = ($($key,)? data, offset=0))]
+            fn write(
+                &self,
+                py: ::pyo3::Python<'_>,
+                $($key: $kty,)?
+                data: &::pyo3::Bound<'_, ::pyo3::PyAny>,
+                offset: u64,
+            ) -> ::pyo3::PyResult<()> {
+                let $this = self;
+                $crate::buffer::write(py, $region, data, offset)
+            }
+
+            #[doc = concat!("Copy `size` bytes (default: to the end) at `offset` of ", $what, ": bytes.")]
+            #[pyo3(signature = ($($key,)? size=None, offset=0))]
+            fn read<'py>(
+                &self,
+                py: ::pyo3::Python<'py>,
+                $($key: $kty,)?
+                size: Option<u64>,
+                offset: u64,
+            ) -> ::pyo3::PyResult<::pyo3::Bound<'py, ::pyo3::types::PyBytes>> {
+                let $this = self;
+                $crate::buffer::read(py, $region, size, offset)
+            }
+
+            #[doc = concat!(
+                "Copy into `buf` (a writable buffer) from `offset` of ",
+                $what,
+                ", as many bytes as it holds; returns that count."
+            )]
+            #[pyo3(signature = ($($key,)? buf, offset=0))]
+            fn readinto(
+                &self,
+                py: ::pyo3::Python<'_>,
+                $($key: $kty,)?
+                buf: &::pyo3::Bound<'_, ::pyo3::PyAny>,
+                offset: u64,
+            ) -> ::pyo3::PyResult<usize> {
+                let $this = self;
+                $crate::buffer::readinto(py, $region, buf, offset)
+            }
+        }
+    };
+}
+pub(crate) use copy_methods;

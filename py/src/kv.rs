@@ -7,17 +7,16 @@
 //! As in `pool`, locks are taken, and the work under them done, with the interpreter released.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use aclshm::{Error, KvConfig, KvDesc, KvLayout, PoolConfig};
-use parking_lot::RwLock;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::PyDict;
 
-use crate::buffer::{self, Region};
-use crate::held::Held;
-use crate::pool::{Gate, Size, mirror_stats, pool_config, pool_stats, share_config};
-use crate::{err, runtime};
+use crate::args::{Size, duration};
+use crate::buffer::{Region, copy_methods};
+use crate::held::{Gate, Held, context_manager};
+use crate::pool::{mirror_stats, pool_config, pool_stats, share_config};
+use crate::{err, on_runtime};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<KvBlock>()?;
@@ -99,6 +98,8 @@ fn kv_block_bytes(layers: u32, kv_heads: u32, head_dim: u32, dtype_bytes: u32, b
 #[pyclass(module = "aclshm", frozen)]
 pub(crate) struct KvPool {
     kv: aclshm::KvPool,
+    /// The descriptor workers attach with (text).
+    #[pyo3(get)]
     desc: String,
     gate: Gate,
 }
@@ -121,15 +122,9 @@ impl Region for PoolBlock<'_> {
     }
 
     /// The pool's gate held for the copy: frees, trims and the close wait for it.
-    fn with_addr<T: Send>(
-        &self,
-        py: Python<'_>,
-        offset: u64,
-        _len: u64,
-        f: impl FnOnce(usize) -> aclshm::Result<T> + Send,
-    ) -> PyResult<T> {
+    fn with_addr<T>(&self, offset: u64, f: impl FnOnce(usize) -> aclshm::Result<T>) -> aclshm::Result<T> {
         let kv = &self.kv.kv;
-        py.detach(|| self.kv.gate.read(|| f(kv.ptr(&self.block)? as usize + offset as usize))).map_err(err)
+        self.kv.gate.read(|| f(kv.ptr(&self.block)? as usize + offset as usize))
     }
 }
 
@@ -144,15 +139,16 @@ impl KvPool {
         py: Python<'_>,
         f: impl FnOnce(&aclshm::KvPool) -> aclshm::Result<T> + Send,
     ) -> PyResult<T> {
-        py.detach(|| self.gate.write(|| f(&self.kv))).map_err(err)
+        self.gate.alone(py, || f(&self.kv))
     }
 
+    /// Run `f` beside other calls and copies, the pool open.
     fn shared<T: Send>(
         &self,
         py: Python<'_>,
         f: impl FnOnce(&aclshm::KvPool) -> aclshm::Result<T> + Send,
     ) -> PyResult<T> {
-        py.detach(|| self.gate.read(|| f(&self.kv))).map_err(err)
+        self.gate.with(py, || f(&self.kv))
     }
 }
 
@@ -189,16 +185,9 @@ impl KvPool {
             c.block_bytes = b.bytes("block_bytes")?;
         }
         c.pool = pool_config(c.pool, chunk_bytes, reserve_bytes, page, trim_watermark, None)?;
-        let rt = runtime()?;
-        let kv = py.detach(|| aclshm::KvPool::new(rt, device, c)).map_err(err)?;
+        let kv = on_runtime(py, |rt| aclshm::KvPool::new(rt, device, c))?;
         let desc = kv.desc().to_string();
         Ok(KvPool { kv, desc, gate: Gate::new() })
-    }
-
-    /// The descriptor workers attach with (text).
-    #[getter]
-    fn desc(&self) -> &str {
-        &self.desc
     }
 
     /// Bytes per block.
@@ -251,24 +240,6 @@ impl KvPool {
         self.shared(py, |kv| kv.ptr(&b.0).map(|p| p as usize))
     }
 
-    /// Copy `data` into block `b` at `offset`.
-    #[pyo3(signature = (b, data, offset=0))]
-    fn write(&self, py: Python<'_>, b: &KvBlock, data: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
-        buffer::write(py, &self.block(b), data, offset)
-    }
-
-    /// Copy `size` bytes (default: the rest of the block) at `offset` of block `b`: bytes.
-    #[pyo3(signature = (b, size=None, offset=0))]
-    fn read<'py>(&self, py: Python<'py>, b: &KvBlock, size: Option<u64>, offset: u64) -> PyResult<Bound<'py, PyBytes>> {
-        buffer::read(py, &self.block(b), size, offset)
-    }
-
-    /// Copy into `buf` from `offset` of block `b`; returns the bytes copied.
-    #[pyo3(signature = (b, buf, offset=0))]
-    fn readinto(&self, py: Python<'_>, b: &KvBlock, buf: &Bound<'_, PyAny>, offset: u64) -> PyResult<usize> {
-        buffer::readinto(py, &self.block(b), buf, offset)
-    }
-
     /// Give fully free chunks back to the device; returns how many.
     fn trim(&self, py: Python<'_>) -> PyResult<u32> {
         self.exclusive(py, |kv| kv.trim())
@@ -291,17 +262,7 @@ impl KvPool {
 
     /// Release everything (workers keep what they mapped until they close). Closing twice does nothing.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.gate.shut(|| self.kv.close())).map(|_| ()).map_err(err)
-    }
-
-    fn __enter__(slf: Py<KvPool>) -> Py<KvPool> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
+        self.gate.close(py, || self.kv.close())
     }
 
     fn __repr__(&self) -> String {
@@ -310,10 +271,8 @@ impl KvPool {
     }
 }
 
-fn duration(seconds: f64) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(seconds)
-        .map_err(|_| err(Error::InvalidArgument(format!("timeout {seconds} is not a non-negative number of seconds"))))
-}
+context_manager!(KvPool, close);
+copy_methods!(KvPool, "block `b`", |kv, b: &KvBlock| &kv.block(b));
 
 /// A worker's view of a `KvPool`: `KvMirror(desc, device=0)` attaches through the scheduler's rendezvous
 /// and maps its blocks on `device`. Reads and writes pin the block for the copy; `pinned(blocks)` keeps
@@ -321,7 +280,11 @@ fn duration(seconds: f64) -> PyResult<Duration> {
 #[pyclass(module = "aclshm", frozen)]
 pub(crate) struct KvMirror {
     mirror: Held<aclshm::KvMirror>,
+    /// The device the blocks are mapped on here.
+    #[pyo3(get)]
     device: i32,
+    /// Bytes per block.
+    #[pyo3(get)]
     block_bytes: u64,
 }
 
@@ -349,14 +312,8 @@ impl Region for MirrorBlock<'_> {
     }
 
     /// The block pinned for the copy: one freed before is refused, one freed meanwhile is kept.
-    fn with_addr<T: Send>(
-        &self,
-        py: Python<'_>,
-        offset: u64,
-        _len: u64,
-        f: impl FnOnce(usize) -> aclshm::Result<T> + Send,
-    ) -> PyResult<T> {
-        self.mirror.mirror.with(py, |m| {
+    fn with_addr<T>(&self, offset: u64, f: impl FnOnce(usize) -> aclshm::Result<T>) -> aclshm::Result<T> {
+        self.mirror.mirror.with_detached(|m| {
             let pinned = m.pinned(&[self.block])?;
             f(pinned.ptrs()[0] as usize + offset as usize)
         })
@@ -369,22 +326,9 @@ impl KvMirror {
     #[pyo3(signature = (desc, device=0))]
     fn new(py: Python<'_>, desc: &str, device: i32) -> PyResult<KvMirror> {
         let d: KvDesc = desc.parse().map_err(err)?;
-        let rt = runtime()?;
-        let m = py.detach(|| aclshm::KvMirror::attach(rt, &d, device)).map_err(err)?;
+        let m = on_runtime(py, |rt| aclshm::KvMirror::attach(rt, &d, device))?;
         let block_bytes = m.block_bytes();
         Ok(KvMirror { mirror: Held::new(m), device, block_bytes })
-    }
-
-    /// Bytes per block.
-    #[getter]
-    fn block_bytes(&self) -> u64 {
-        self.block_bytes
-    }
-
-    /// The device the blocks are mapped on here.
-    #[getter]
-    fn device(&self) -> i32 {
-        self.device
     }
 
     /// The local device address of block `b` (valid while the scheduler keeps it: pin to be sure).
@@ -418,25 +362,7 @@ impl KvMirror {
             let (_, ptrs) = m.pinned(&bs)?.keep();
             Ok(ptrs.into_iter().map(|p| p as usize).collect::<Vec<_>>())
         })?;
-        Ok(Pinned { mirror: slf.clone().unbind(), blocks: bs, ptrs, held: RwLock::new(true) })
-    }
-
-    /// Copy `data` into block `b` at `offset` (the block pinned meanwhile).
-    #[pyo3(signature = (b, data, offset=0))]
-    fn write(&self, py: Python<'_>, b: &KvBlock, data: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
-        buffer::write(py, &self.block(b), data, offset)
-    }
-
-    /// Copy `size` bytes (default: the rest) at `offset` of block `b`: bytes.
-    #[pyo3(signature = (b, size=None, offset=0))]
-    fn read<'py>(&self, py: Python<'py>, b: &KvBlock, size: Option<u64>, offset: u64) -> PyResult<Bound<'py, PyBytes>> {
-        buffer::read(py, &self.block(b), size, offset)
-    }
-
-    /// Copy into `buf` from `offset` of block `b`; returns the bytes copied.
-    #[pyo3(signature = (b, buf, offset=0))]
-    fn readinto(&self, py: Python<'_>, b: &KvBlock, buf: &Bound<'_, PyAny>, offset: u64) -> PyResult<usize> {
-        buffer::readinto(py, &self.block(b), buf, offset)
+        Ok(Pinned { mirror: slf.clone().unbind(), blocks: bs, ptrs, held: Gate::new() })
     }
 
     /// What the mirror holds: `chunks`, `generation`, `imports`.
@@ -449,16 +375,6 @@ impl KvMirror {
         self.mirror.close(py, aclshm::KvMirror::close)
     }
 
-    fn __enter__(slf: Py<KvMirror>) -> Py<KvMirror> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
-    }
-
     fn __repr__(&self) -> String {
         format!(
             "<aclshm.KvMirror device={} block_bytes={}{}>",
@@ -469,6 +385,9 @@ impl KvMirror {
     }
 }
 
+context_manager!(KvMirror, close);
+copy_methods!(KvMirror, "block `b` (pinned meanwhile)", |m, b: &KvBlock| &m.block(b));
+
 /// Blocks a worker pinned with `KvMirror.pinned`: kept by the scheduler (not reused, even once freed)
 /// until `release()` or the end of the `with` block. `blocks`, `ptrs` (local device addresses), and
 /// `read(i)` / `readinto(i, buf)` / `write(i, data)` by position.
@@ -477,8 +396,8 @@ pub(crate) struct Pinned {
     mirror: Py<KvMirror>,
     blocks: Vec<aclshm::KvBlock>,
     ptrs: Vec<usize>,
-    /// Whether the pins are still held (false once released).
-    held: RwLock<bool>,
+    /// Open while the pins are held (shut once released).
+    held: Gate,
 }
 
 /// A pinned block, by its place in a `Pinned`.
@@ -499,23 +418,9 @@ impl Region for PinnedBlock<'_> {
     }
 
     /// The pins (and the mirror) held for the copy.
-    fn with_addr<T: Send>(
-        &self,
-        py: Python<'_>,
-        offset: u64,
-        _len: u64,
-        f: impl FnOnce(usize) -> aclshm::Result<T> + Send,
-    ) -> PyResult<T> {
+    fn with_addr<T>(&self, offset: u64, f: impl FnOnce(usize) -> aclshm::Result<T>) -> aclshm::Result<T> {
         let m = self.pinned.mirror.get();
-        py.detach(|| {
-            let held = self.pinned.held.read();
-            let g = m.mirror.read();
-            if !*held || g.is_none() {
-                return Err(Error::Closed);
-            }
-            f(self.addr + offset as usize)
-        })
-        .map_err(err)
+        self.pinned.held.read(|| m.mirror.with_detached(|_| f(self.addr + offset as usize)))
     }
 }
 
@@ -546,49 +451,13 @@ impl Pinned {
         self.blocks.len()
     }
 
-    /// Copy `size` bytes (default: the rest) at `offset` of the `i`th pinned block: bytes.
-    #[pyo3(signature = (i, size=None, offset=0))]
-    fn read<'py>(&self, py: Python<'py>, i: usize, size: Option<u64>, offset: u64) -> PyResult<Bound<'py, PyBytes>> {
-        buffer::read(py, &self.block(i)?, size, offset)
-    }
-
-    /// Copy into `buf` from `offset` of the `i`th pinned block; returns the bytes copied.
-    #[pyo3(signature = (i, buf, offset=0))]
-    fn readinto(&self, py: Python<'_>, i: usize, buf: &Bound<'_, PyAny>, offset: u64) -> PyResult<usize> {
-        buffer::readinto(py, &self.block(i)?, buf, offset)
-    }
-
-    /// Copy `data` into the `i`th pinned block at `offset`.
-    #[pyo3(signature = (i, data, offset=0))]
-    fn write(&self, py: Python<'_>, i: usize, data: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
-        buffer::write(py, &self.block(i)?, data, offset)
-    }
-
     /// Unpin the blocks (once; later calls do nothing). A mirror closed first dropped the pins already.
     fn release(&self, py: Python<'_>) -> PyResult<()> {
         let m = self.mirror.get();
-        py.detach(|| {
-            let mut held = self.held.write();
-            if !*held {
-                return Ok(());
-            }
-            *held = false;
-            match m.mirror.read().as_ref() {
-                Some(mirror) => mirror.unpin(&self.blocks),
-                None => Ok(()),
-            }
+        self.held.close(py, || match m.mirror.read().as_ref() {
+            Some(mirror) => mirror.unpin(&self.blocks),
+            None => Ok(()),
         })
-        .map_err(err)
-    }
-
-    fn __enter__(slf: Py<Pinned>) -> Py<Pinned> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.release(py)?;
-        Ok(false)
     }
 
     fn __repr__(&self) -> String {
@@ -596,11 +465,14 @@ impl Pinned {
     }
 }
 
+context_manager!(Pinned, release);
+copy_methods!(Pinned, "the `i`th pinned block", |p, i: usize| &p.block(i)?);
+
 impl Drop for Pinned {
     /// Pins not released when the object goes are released now (as the Rust guard does); a mirror that
     /// is closing drops them itself.
     fn drop(&mut self) {
-        if std::mem::replace(self.held.get_mut(), false)
+        if self.held.shut_mut()
             && let Some(g) = self.mirror.get().mirror.try_read()
             && let Some(m) = g.as_ref()
         {

@@ -12,6 +12,7 @@
 //! interpreter, so other Python threads run meanwhile.
 
 mod acl;
+mod args;
 mod buffer;
 mod errors;
 mod held;
@@ -27,6 +28,16 @@ pub(crate) use errors::err;
 /// The process's runtime, chosen on first use from `ACLSHM_BACKEND` / `ACLSHM_ACL_LIB`.
 pub(crate) fn runtime() -> PyResult<&'static Runtime> {
     Runtime::global().map_err(err)
+}
+
+/// Run `f` on the process's runtime with the interpreter released (creating, attaching and closing can
+/// wait); its error raised as its exception.
+pub(crate) fn on_runtime<T: Send>(
+    py: Python<'_>,
+    f: impl FnOnce(&'static Runtime) -> aclshm::Result<T> + Send,
+) -> PyResult<T> {
+    let rt = runtime()?;
+    py.detach(|| f(rt)).map_err(err)
 }
 
 /// Which runtime the library uses: `"simulator (embedded)"`, `"CANN (<path>)"`, ...

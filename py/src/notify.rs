@@ -1,14 +1,12 @@
 //! `Notify` and `Stream`: IPC notifies (one process waits, others record) and the streams they queue on.
 
-use std::time::Duration;
-
-use aclshm::Error;
 use aclshm::raw::IpcKey;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
 
-use crate::held::Held;
-use crate::{err, runtime};
+use crate::args::duration;
+use crate::err;
+use crate::held::{Held, context_manager};
+use crate::on_runtime;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Notify>()?;
@@ -20,25 +18,18 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyclass(module = "aclshm", frozen)]
 pub(crate) struct Stream {
     stream: Held<aclshm::Stream>,
+    /// The device.
+    #[pyo3(get)]
     device: i32,
 }
-
-impl Stream {}
 
 #[pymethods]
 impl Stream {
     #[new]
     #[pyo3(signature = (device=0))]
     fn new(py: Python<'_>, device: i32) -> PyResult<Stream> {
-        let rt = runtime()?;
-        let s = py.detach(|| aclshm::Stream::new(rt, device)).map_err(err)?;
+        let s = on_runtime(py, |rt| aclshm::Stream::new(rt, device))?;
         Ok(Stream { stream: Held::new(s), device })
-    }
-
-    /// The device.
-    #[getter]
-    fn device(&self) -> i32 {
-        self.device
     }
 
     /// The runtime's handle (an int, as pyACL's streams are).
@@ -56,17 +47,9 @@ impl Stream {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         self.stream.close(py, aclshm::Stream::close)
     }
-
-    fn __enter__(slf: Py<Stream>) -> Py<Stream> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
-    }
 }
+
+context_manager!(Stream, close);
 
 /// An IPC notify. The creator (`Notify(device=0)`) exports it (`export()`, a key), whitelists importers
 /// (`allow(pid)`) and waits (`wait_host(timeout)`, or `wait(stream)`); importers
@@ -75,7 +58,11 @@ impl Stream {
 #[pyclass(module = "aclshm", frozen)]
 pub(crate) struct Notify {
     notify: Held<aclshm::Notify>,
+    /// Its device.
+    #[pyo3(get)]
     device: i32,
+    /// Whether this process created it (and so may wait on it).
+    #[pyo3(get, name = "is_creator")]
     creator: bool,
 }
 
@@ -85,23 +72,12 @@ impl Notify {
     }
 }
 
-fn timeout(seconds: Option<f64>) -> PyResult<Option<Duration>> {
-    seconds
-        .map(|s| {
-            Duration::try_from_secs_f64(s).map_err(|_| {
-                err(Error::InvalidArgument(format!("timeout {s} is not a non-negative number of seconds")))
-            })
-        })
-        .transpose()
-}
-
 #[pymethods]
 impl Notify {
     #[new]
     #[pyo3(signature = (device=0))]
     fn new(py: Python<'_>, device: i32) -> PyResult<Notify> {
-        let rt = runtime()?;
-        Ok(Notify::wrap(py.detach(|| aclshm::Notify::new(rt, device)).map_err(err)?))
+        on_runtime(py, |rt| aclshm::Notify::new(rt, device)).map(Notify::wrap)
     }
 
     /// Import the notify another process exported under `key`, on `device` (refused unless that
@@ -110,20 +86,7 @@ impl Notify {
     #[pyo3(signature = (key, device=0))]
     fn import_key(py: Python<'_>, key: &str, device: i32) -> PyResult<Notify> {
         let k: IpcKey = key.parse().map_err(err)?;
-        let rt = runtime()?;
-        Ok(Notify::wrap(py.detach(|| aclshm::Notify::import(rt, &k, device)).map_err(err)?))
-    }
-
-    /// Whether this process created it (and so may wait on it).
-    #[getter]
-    fn is_creator(&self) -> bool {
-        self.creator
-    }
-
-    /// Its device.
-    #[getter]
-    fn device(&self) -> i32 {
-        self.device
+        on_runtime(py, |rt| aclshm::Notify::import(rt, &k, device)).map(Notify::wrap)
     }
 
     /// The runtime's handle (an int, as pyACL's notifies are).
@@ -152,21 +115,21 @@ impl Notify {
     /// Wait from the host (creator only) up to `timeout` seconds (rounded up to whole seconds): True
     /// once recorded (and reset), False if the time passed first.
     fn wait_host(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
-        let t = self::timeout(Some(timeout))?.unwrap_or_default();
+        let t = duration(timeout)?;
         self.notify.with(py, |n| n.wait_host(t))
     }
 
     /// Queue a record on `stream`.
     fn record(&self, py: Python<'_>, stream: &Stream) -> PyResult<()> {
-        self.notify.with(py, |n| stream.stream.read().as_ref().ok_or(Error::Closed).and_then(|s| n.record(s)))
+        self.notify.with(py, |n| stream.stream.with_detached(|s| n.record(s)))
     }
 
     /// Queue on `stream` a wait for the next record, then a reset (creator only); `timeout` in seconds,
     /// None for ever. A wait that times out fails the stream's `synchronize`.
     #[pyo3(signature = (stream, timeout=None))]
     fn wait(&self, py: Python<'_>, stream: &Stream, timeout: Option<f64>) -> PyResult<()> {
-        let t = self::timeout(timeout)?;
-        self.notify.with(py, |n| stream.stream.read().as_ref().ok_or(Error::Closed).and_then(|s| n.wait(s, t)))
+        let t = timeout.map(duration).transpose()?;
+        self.notify.with(py, |n| stream.stream.with_detached(|s| n.wait(s, t)))
     }
 
     /// Destroy it in this process. Closing twice does nothing.
@@ -174,17 +137,9 @@ impl Notify {
         self.notify.close(py, aclshm::Notify::close)
     }
 
-    fn __enter__(slf: Py<Notify>) -> Py<Notify> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
-    }
-
     fn __repr__(&self) -> String {
         format!("<aclshm.Notify device={} {}>", self.device, if self.creator { "creator" } else { "imported" })
     }
 }
+
+context_manager!(Notify, close);

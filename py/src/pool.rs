@@ -14,35 +14,18 @@ use aclshm::vmm::PageSize;
 use aclshm::{AllocDesc, Error, PoolConfig, PoolStats, ShareConfig, ShareDesc};
 use parking_lot::RwLock;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::PyDict;
 
-use crate::buffer::{self, Region};
-use crate::held::Held;
-use crate::{err, runtime};
+use crate::args::Size;
+use crate::buffer::{Region, copy_methods};
+use crate::held::{Gate, Held, context_manager};
+use crate::{err, on_runtime};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Pool>()?;
     m.add_class::<Allocation>()?;
     m.add_class::<Mirror>()?;
     Ok(())
-}
-
-/// A size argument: an int, or text such as `"20M"`, `"2MiB"`, `"1G"`.
-#[derive(FromPyObject)]
-pub(crate) enum Size {
-    Int(u64),
-    Text(String),
-}
-
-impl Size {
-    pub(crate) fn bytes(&self, what: &str) -> PyResult<u64> {
-        match self {
-            Size::Int(n) => Ok(*n),
-            Size::Text(s) => {
-                aclshm::sys::host::parse_bytes(s).map_err(|e| err(Error::InvalidArgument(format!("{what}: {e}"))))
-            }
-        }
-    }
 }
 
 /// A pool configuration from keyword arguments over a base (a file's, or the defaults).
@@ -111,47 +94,6 @@ pub(crate) fn mirror_stats<'py>(py: Python<'py>, s: &MirrorStats) -> PyResult<Bo
     Ok(d)
 }
 
-/// A pool's state as Python sees it: open, or closed (everything released).
-pub(crate) struct Gate(RwLock<bool>);
-
-impl Gate {
-    pub(crate) fn new() -> Gate {
-        Gate(RwLock::new(true))
-    }
-
-    /// Run `f` while the gate stays open (many at once); `Closed` if it is shut.
-    pub(crate) fn read<T>(&self, f: impl FnOnce() -> aclshm::Result<T>) -> aclshm::Result<T> {
-        let g = self.0.read();
-        if !*g {
-            return Err(Error::Closed);
-        }
-        f()
-    }
-
-    /// Run `f` alone (nothing else under the gate), while it stays open; `Closed` if it is shut.
-    pub(crate) fn write<T>(&self, f: impl FnOnce() -> aclshm::Result<T>) -> aclshm::Result<T> {
-        let g = self.0.write();
-        if !*g {
-            return Err(Error::Closed);
-        }
-        f()
-    }
-
-    /// Shut the gate once nothing runs under it, running `close` then; false if it was shut already.
-    pub(crate) fn shut(&self, close: impl FnOnce() -> aclshm::Result<()>) -> aclshm::Result<bool> {
-        let mut g = self.0.write();
-        if !*g {
-            return Ok(false);
-        }
-        *g = false;
-        close().map(|()| true)
-    }
-
-    pub(crate) fn is_open(&self) -> bool {
-        *self.0.read()
-    }
-}
-
 /// A pool of device memory: reserves a virtual range once, grows and trims by physical chunks, and can
 /// be shared with other processes (`share`), which attach `Mirror`s and map allocations by descriptor.
 ///
@@ -184,8 +126,7 @@ impl Pool {
             None => PoolConfig::default(),
         };
         let c = pool_config(base, chunk_bytes, reserve_bytes, page, trim_watermark, reserve_chunks)?;
-        let rt = runtime()?;
-        let pool = py.detach(|| aclshm::Pool::new(rt, device, c)).map_err(err)?;
+        let pool = on_runtime(py, |rt| aclshm::Pool::new(rt, device, c))?;
         Ok(Pool { pool, gate: Gate::new() })
     }
 
@@ -212,15 +153,10 @@ impl Pool {
     fn alloc(slf: &Bound<'_, Pool>, size: Size, align: Option<u64>) -> PyResult<Allocation> {
         let size = size.bytes("size")?;
         let this = slf.get();
-        let a = slf
-            .py()
-            .detach(|| {
-                this.gate.read(|| match align {
-                    Some(al) => this.pool.alloc_aligned(size, al),
-                    None => this.pool.alloc(size),
-                })
-            })
-            .map_err(err)?;
+        let a = this.gate.with(slf.py(), || match align {
+            Some(al) => this.pool.alloc_aligned(size, al),
+            None => this.pool.alloc(size),
+        })?;
         Ok(Allocation { pool: slf.clone().unbind(), alloc: a, live: RwLock::new(true) })
     }
 
@@ -242,19 +178,17 @@ impl Pool {
     #[pyo3(signature = (*, validate_pids=true, share_dir=None))]
     fn share(&self, py: Python<'_>, validate_pids: bool, share_dir: Option<PathBuf>) -> PyResult<String> {
         let c = share_config(validate_pids, share_dir);
-        let d = py.detach(|| self.gate.read(|| self.pool.share(c))).map_err(err)?;
-        Ok(d.to_string())
+        Ok(self.gate.with(py, || self.pool.share(c))?.to_string())
     }
 
     /// The descriptor of a live allocation of this shared pool (text), for a mirror to map.
-    fn descriptor(&self, a: &Allocation) -> PyResult<String> {
-        let d = self.gate.read(|| self.pool.descriptor(&a.alloc)).map_err(err)?;
-        Ok(d.to_hex())
+    fn descriptor(&self, py: Python<'_>, a: &Allocation) -> PyResult<String> {
+        Ok(self.gate.with(py, || self.pool.descriptor(&a.alloc))?.to_hex())
     }
 
     /// Give back fully free chunks; returns how many.
     fn trim(&self, py: Python<'_>) -> PyResult<u32> {
-        py.detach(|| self.gate.read(|| self.pool.trim())).map_err(err)
+        self.gate.with(py, || self.pool.trim())
     }
 
     /// What the pool holds and what it cost, as a dict (`mapped_bytes`, `allocated_bytes`, `chunks`,
@@ -275,17 +209,7 @@ impl Pool {
     /// Release everything: mirrors are told, memory is unmapped and freed, the range released. Later
     /// calls raise `ClosedError`; closing twice does nothing.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.gate.shut(|| self.pool.close())).map(|_| ()).map_err(err)
-    }
-
-    fn __enter__(slf: Py<Pool>) -> Py<Pool> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
+        self.gate.close(py, || self.pool.close())
     }
 
     fn __repr__(&self) -> String {
@@ -299,6 +223,8 @@ impl Pool {
         )
     }
 }
+
+context_manager!(Pool, close);
 
 /// An allocation of a `Pool`: its place (`offset`, `size`), its device address (`ptr`), and copies in
 /// and out (`write`, `read`, `readinto`). Freed by `Pool.free` or `free()`.
@@ -321,26 +247,17 @@ impl Region for Allocation {
     }
 
     /// The allocation live and its pool open for the copy.
-    fn with_addr<T: Send>(
-        &self,
-        py: Python<'_>,
-        offset: u64,
-        _len: u64,
-        f: impl FnOnce(usize) -> aclshm::Result<T> + Send,
-    ) -> PyResult<T> {
+    fn with_addr<T>(&self, offset: u64, f: impl FnOnce(usize) -> aclshm::Result<T>) -> aclshm::Result<T> {
         let pool = self.pool.get();
-        py.detach(|| {
-            let live = self.live.read();
-            if !*live {
-                return Err(Error::NotAllocated {
-                    pool: pool.pool.id(),
-                    offset: self.alloc.offset(),
-                    len: self.alloc.len(),
-                });
-            }
-            pool.gate.read(|| f(self.alloc.as_ptr() as usize + offset as usize))
-        })
-        .map_err(err)
+        let live = self.live.read();
+        if !*live {
+            return Err(Error::NotAllocated {
+                pool: pool.pool.id(),
+                offset: self.alloc.offset(),
+                len: self.alloc.len(),
+            });
+        }
+        pool.gate.read(|| f(self.alloc.as_ptr() as usize + offset as usize))
     }
 }
 
@@ -380,27 +297,9 @@ impl Allocation {
         self.alloc.len() as usize
     }
 
-    /// Copy `data` (bytes, bytearray, memoryview, a contiguous numpy array, ...) to the device at `offset`.
-    #[pyo3(signature = (data, offset=0))]
-    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
-        buffer::write(py, self, data, offset)
-    }
-
-    /// Copy `size` bytes (default: to the end) at `offset` from the device: bytes.
-    #[pyo3(signature = (size=None, offset=0))]
-    fn read<'py>(&self, py: Python<'py>, size: Option<u64>, offset: u64) -> PyResult<Bound<'py, PyBytes>> {
-        buffer::read(py, self, size, offset)
-    }
-
-    /// Copy into `buf` (a writable buffer) from `offset`, as many bytes as it holds; returns that count.
-    #[pyo3(signature = (buf, offset=0))]
-    fn readinto(&self, py: Python<'_>, buf: &Bound<'_, PyAny>, offset: u64) -> PyResult<usize> {
-        buffer::readinto(py, self, buf, offset)
-    }
-
     /// The descriptor (text) a mirror maps this allocation by; the pool must be shared.
-    fn descriptor(&self) -> PyResult<String> {
-        self.pool.get().descriptor(self)
+    fn descriptor(&self, py: Python<'_>) -> PyResult<String> {
+        self.pool.get().descriptor(py, self)
     }
 
     /// Free it (as `Pool.free`).
@@ -418,12 +317,16 @@ impl Allocation {
     }
 }
 
+copy_methods!(Allocation, "the allocation", |a| a);
+
 /// Another process's shared pool, mapped here: `Mirror(desc, device=0)` attaches through the owner's
 /// rendezvous (which whitelists this process), on any device. Allocations are reached by the descriptors
 /// the owner hands out (`ptr`, `read`, `write`, `readinto`). A context manager; `close()` unmaps.
 #[pyclass(module = "aclshm", frozen)]
 pub(crate) struct Mirror {
     mirror: Held<aclshm::Mirror>,
+    /// The device the pool is mapped on here.
+    #[pyo3(get)]
     device: i32,
 }
 
@@ -449,19 +352,8 @@ impl Region for MirrorRegion<'_> {
     }
 
     /// The mirror held open and the descriptor resolved for the copy.
-    fn with_addr<T: Send>(
-        &self,
-        py: Python<'_>,
-        offset: u64,
-        _len: u64,
-        f: impl FnOnce(usize) -> aclshm::Result<T> + Send,
-    ) -> PyResult<T> {
-        py.detach(|| {
-            let g = self.mirror.mirror.read();
-            let p = g.as_ref().ok_or(Error::Closed)?.ptr(&self.desc)?;
-            f(p as usize + offset as usize)
-        })
-        .map_err(err)
+    fn with_addr<T>(&self, offset: u64, f: impl FnOnce(usize) -> aclshm::Result<T>) -> aclshm::Result<T> {
+        self.mirror.mirror.with_detached(|m| f(m.ptr(&self.desc)? as usize + offset as usize))
     }
 }
 
@@ -477,15 +369,8 @@ impl Mirror {
     #[pyo3(signature = (desc, device=0))]
     fn new(py: Python<'_>, desc: &str, device: i32) -> PyResult<Mirror> {
         let d: ShareDesc = desc.parse().map_err(err)?;
-        let rt = runtime()?;
-        let m = py.detach(|| aclshm::Mirror::attach(rt, &d, device)).map_err(err)?;
+        let m = on_runtime(py, |rt| aclshm::Mirror::attach(rt, &d, device))?;
         Ok(Mirror { mirror: Held::new(m), device })
-    }
-
-    /// The device the pool is mapped on here.
-    #[getter]
-    fn device(&self) -> i32 {
-        self.device
     }
 
     /// Whether the owner closed the pool (or died).
@@ -505,24 +390,6 @@ impl Mirror {
         self.mirror.with(py, |m| m.ptr(&d).map(|p| p as usize))
     }
 
-    /// Copy `data` into the allocation `desc` names, at `offset`.
-    #[pyo3(signature = (desc, data, offset=0))]
-    fn write(&self, py: Python<'_>, desc: &str, data: &Bound<'_, PyAny>, offset: u64) -> PyResult<()> {
-        buffer::write(py, &self.region(desc)?, data, offset)
-    }
-
-    /// Copy `size` bytes (default: to the end) at `offset` of the allocation `desc` names: bytes.
-    #[pyo3(signature = (desc, size=None, offset=0))]
-    fn read<'py>(&self, py: Python<'py>, desc: &str, size: Option<u64>, offset: u64) -> PyResult<Bound<'py, PyBytes>> {
-        buffer::read(py, &self.region(desc)?, size, offset)
-    }
-
-    /// Copy into `buf` from `offset` of the allocation `desc` names; returns the bytes copied.
-    #[pyo3(signature = (desc, buf, offset=0))]
-    fn readinto(&self, py: Python<'_>, desc: &str, buf: &Bound<'_, PyAny>, offset: u64) -> PyResult<usize> {
-        buffer::readinto(py, &self.region(desc)?, buf, offset)
-    }
-
     /// What the mirror holds: `chunks`, `generation`, `imports`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         mirror_stats(py, &self.mirror.with(py, |m| Ok(m.stats()))?)
@@ -533,17 +400,10 @@ impl Mirror {
         self.mirror.close(py, aclshm::Mirror::close)
     }
 
-    fn __enter__(slf: Py<Mirror>) -> Py<Mirror> {
-        slf
-    }
-
-    #[pyo3(signature = (*_exc))]
-    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        self.close(py)?;
-        Ok(false)
-    }
-
     fn __repr__(&self) -> String {
         format!("<aclshm.Mirror device={}{}>", self.device, if self.mirror.is_closed() { " closed" } else { "" })
     }
 }
+
+context_manager!(Mirror, close);
+copy_methods!(Mirror, "the allocation `desc` names", |m, desc: &str| &m.region(desc)?);

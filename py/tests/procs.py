@@ -26,7 +26,44 @@ def prop_on(device):
     return p
 
 
-# ---- physical memory: export in A, import in B ----
+# ---- the handshake of both sharing flows: export in A, whitelist B, import in B ----
+# A sends what it exported (a shareable handle, a key); B tries to import it (refused: not whitelisted yet)
+# and answers with its pid; A whitelists that pid and says so.
+
+
+def offer(to_b, from_b, exported, whitelist):
+    """A's half: returns the ret of `whitelist(pid)`."""
+    to_b.put(exported)
+    ret = whitelist(from_b.get(timeout=30))
+    to_b.put("whitelisted")
+    return ret
+
+
+def accept(to_b, from_b, import_):
+    """B's half: returns what A exported, the ret of importing it before the whitelist, and that of
+    device_get_bare_tgid."""
+    exported = to_b.get(timeout=30)
+    _, unlisted = import_(exported)
+    pid, tgid = acl.rt.device_get_bare_tgid()
+    from_b.put(pid)
+    assert to_b.get(timeout=30) == "whitelisted"
+    return exported, unlisted, tgid
+
+
+def put_pattern(dev_ptr, n, seed):
+    """Copy `pattern(n, seed)` to device memory; the memcpy's ret."""
+    data = pattern(n, seed)
+    return acl.rt.memcpy(dev_ptr, MB2, acl.util.bytes_to_ptr(data), n, acl.ACL_MEMCPY_HOST_TO_DEVICE)
+
+
+def check_pattern(dev_ptr, n, seed):
+    """The memcpy's ret, and whether device memory holds `pattern(n, seed)`."""
+    got = bytearray(n)
+    ret = acl.rt.memcpy(acl.util.bytes_to_ptr(got), n, dev_ptr, n, acl.ACL_MEMCPY_DEVICE_TO_HOST)
+    return ret, bytes(got) == pattern(n, seed)
+
+
+# ---- physical memory ----
 
 
 def phys_exporter(to_b, from_b, out):
@@ -35,15 +72,13 @@ def phys_exporter(to_b, from_b, out):
     handle, r["malloc"] = acl.rt.malloc_physical(MB2, prop_on(0), 0)
     va, r["reserve"] = acl.rt.reserve_mem_address(MB2, 0, 0, 0)
     r["map"] = acl.rt.map_mem(va, MB2, 0, handle, 0)
-    data = pattern(4096, 1)
-    r["h2d"] = acl.rt.memcpy(va, MB2, acl.util.bytes_to_ptr(data), len(data), acl.ACL_MEMCPY_HOST_TO_DEVICE)
+    r["h2d"] = put_pattern(va, 4096, 1)
     shareable, r["export"] = acl.rt.mem_export_to_shareable_handle(handle, 0, 0)
     _, r["export_again"] = acl.rt.mem_export_to_shareable_handle(handle, 0, 0)
     _, r["import_own"] = acl.rt.mem_import_from_shareable_handle(shareable, 0)
-    to_b.put(shareable)
-    pid = from_b.get(timeout=30)
-    r["set_pid"] = acl.rt.mem_set_pid_to_shareable_handle(shareable, [pid])
-    to_b.put("whitelisted")
+    r["set_pid"] = offer(
+        to_b, from_b, shareable, lambda pid: acl.rt.mem_set_pid_to_shareable_handle(shareable, [pid])
+    )
     assert from_b.get(timeout=30) == "imported"
     # Freeing before the importer unmapped is allowed once it imported: memory goes with the last free.
     r["unmap"] = acl.rt.unmap_mem(va)
@@ -58,20 +93,16 @@ def phys_exporter(to_b, from_b, out):
 def phys_importer(device, to_b, from_b, out):
     r = {}
     assert acl.rt.set_device(device) == 0
-    shareable = to_b.get(timeout=30)
-    _, r["import_unlisted"] = acl.rt.mem_import_from_shareable_handle(shareable, device)
-    pid, r["tgid"] = acl.rt.device_get_bare_tgid()
-    from_b.put(pid)
-    assert to_b.get(timeout=30) == "whitelisted"
+    shareable, r["import_unlisted"], r["tgid"] = accept(
+        to_b, from_b, lambda s: acl.rt.mem_import_from_shareable_handle(s, device)
+    )
     handle, r["import"] = acl.rt.mem_import_from_shareable_handle(shareable, device)
     _, r["import_twice"] = acl.rt.mem_import_from_shareable_handle(shareable, device)
     va, r["reserve"] = acl.rt.reserve_mem_address(MB2, 0, 0, 0)
     r["map"] = acl.rt.map_mem(va, MB2, 0, handle, 0)
     from_b.put("imported")
     assert to_b.get(timeout=30) == "freed"
-    got = bytearray(4096)
-    r["d2h"] = acl.rt.memcpy(acl.util.bytes_to_ptr(got), len(got), va, len(got), acl.ACL_MEMCPY_DEVICE_TO_HOST)
-    r["data_ok"] = bytes(got) == pattern(4096, 1)
+    r["d2h"], r["data_ok"] = check_pattern(va, 4096, 1)
     r["unmap"] = acl.rt.unmap_mem(va)
     r["free"] = acl.rt.free_physical(handle)
     r["release"] = acl.rt.release_mem_address(va)
@@ -87,14 +118,10 @@ def ipc_exporter(to_b, from_b, out):
     r = {}
     assert acl.rt.set_device(0) == 0
     ptr, r["malloc"] = acl.rt.malloc(MB2, acl.ACL_MEM_MALLOC_HUGE_FIRST)
-    data = pattern(8192, 3)
-    r["h2d"] = acl.rt.memcpy(ptr, MB2, acl.util.bytes_to_ptr(data), len(data), acl.ACL_MEMCPY_HOST_TO_DEVICE)
+    r["h2d"] = put_pattern(ptr, 8192, 3)
     key, r["export"] = acl.rt.ipc_mem_get_export_key(ptr, MB2, 65, 0)
     _, r["export_short_len"] = acl.rt.ipc_mem_get_export_key(ptr, MB2, 64, 0)
-    to_b.put(key)
-    pid = from_b.get(timeout=30)
-    r["set_pid"] = acl.rt.ipc_mem_set_import_pid(key, [pid])
-    to_b.put("whitelisted")
+    r["set_pid"] = offer(to_b, from_b, key, lambda pid: acl.rt.ipc_mem_set_import_pid(key, [pid]))
     assert from_b.get(timeout=30) == "closed"
     r["close"] = acl.rt.ipc_mem_close(key)
     r["free"] = acl.rt.free(ptr)
@@ -105,15 +132,9 @@ def ipc_exporter(to_b, from_b, out):
 def ipc_importer(device, to_b, from_b, out):
     r = {}
     assert acl.rt.set_device(device) == 0
-    key = to_b.get(timeout=30)
-    _, r["import_unlisted"] = acl.rt.ipc_mem_import_by_key(key, 0)
-    pid, _ = acl.rt.device_get_bare_tgid()
-    from_b.put(pid)
-    assert to_b.get(timeout=30) == "whitelisted"
+    key, r["import_unlisted"], _ = accept(to_b, from_b, lambda k: acl.rt.ipc_mem_import_by_key(k, 0))
     ptr, r["import"] = acl.rt.ipc_mem_import_by_key(key, acl.ACL_RT_IPC_MEM_IMPORT_FLAG_ENABLE_PEER_ACCESS)
-    got = bytearray(8192)
-    r["d2h"] = acl.rt.memcpy(acl.util.bytes_to_ptr(got), len(got), ptr, len(got), acl.ACL_MEMCPY_DEVICE_TO_HOST)
-    r["data_ok"] = bytes(got) == pattern(8192, 3)
+    r["d2h"], r["data_ok"] = check_pattern(ptr, 8192, 3)
     r["close"] = acl.rt.ipc_mem_close(key)
     r["reset"] = acl.rt.reset_device(device)
     from_b.put("closed")
