@@ -109,6 +109,9 @@ fn simulator_stats(py: Python<'_>) -> PyResult<Py<PyAny>> {
 
 #[pymodule]
 fn _aclshm(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // The library's log records (drop-time failures, workers let go) go to Python's `logging`, unless the
+    // program installed a logger of its own first.
+    let _ = pyo3_log::try_init();
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(backend, m)?)?;
     m.add_function(wrap_pyfunction!(is_simulator, m)?)?;

@@ -57,7 +57,7 @@ pub(crate) fn pool_config(
 }
 
 pub(crate) fn share_config(validate_pids: bool, share_dir: Option<PathBuf>) -> ShareConfig {
-    ShareConfig { validate_pids, dir: share_dir }
+    ShareConfig { validate_pids, dir: share_dir, ..ShareConfig::default() }
 }
 
 pub(crate) fn pool_stats<'py>(py: Python<'py>, s: &PoolStats) -> PyResult<Bound<'py, PyDict>> {

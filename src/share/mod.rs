@@ -50,7 +50,7 @@ pub(crate) use files::NAMES as FILE_NAMES;
 pub(crate) use files::forget_dead_owner;
 pub use files::{default_dir, published_handles, table_path};
 pub use mirror::{Mirror, MirrorStats};
-pub use owner::{ShareConfig, ShareStats};
+pub use owner::{ShareConfig, ShareStats, WHITELIST_CAPACITY};
 pub use wire::Message;
 
 /// The rendezvous protocol's version (see [`Message`]).

@@ -38,11 +38,20 @@ pub struct ShareConfig {
     /// `/dev/shm/aclshm-share-<uid>`.
     /// It must be (or is created as) a directory of this user that others cannot write.
     pub dir: Option<PathBuf>,
+    /// Most workers attached at once (with pid validation). Every attached worker is whitelisted on
+    /// every chunk, and a shareable handle's whitelist is bounded ([`WHITELIST_CAPACITY`] entries in the
+    /// simulator; the driver documents no number), so admitting more than a whitelist holds would make
+    /// the owner's next grow fail. A worker beyond this is refused ("whitelist full").
+    pub max_workers: u32,
 }
+
+/// Entries a shareable handle's whitelist holds in the simulator (the driver documents no bound), and
+/// the default [`ShareConfig::max_workers`].
+pub const WHITELIST_CAPACITY: u32 = 64;
 
 impl Default for ShareConfig {
     fn default() -> Self {
-        ShareConfig { validate_pids: true, dir: None }
+        ShareConfig { validate_pids: true, dir: None, max_workers: WHITELIST_CAPACITY }
     }
 }
 
@@ -81,6 +90,9 @@ struct State {
     /// Published chunks by slot: (chunk id, shareable handle, generation published).
     live: HashMap<usize, (u64, u64, u64)>,
     retired: Vec<Retired>,
+    /// Mirrors dropped because the runtime would not whitelist them on a new chunk: the rendezvous hangs
+    /// up on them.
+    evicted: Vec<u64>,
 }
 
 /// A pool's sharing, on the owner's side.
@@ -91,6 +103,7 @@ pub(crate) struct Sharing {
     chunk_bytes: u64,
     slots: u32,
     device: i32,
+    max_workers: u32,
     /// This process's host pid (`aclrtDeviceGetBareTgid`) is not its pid here: we run in a pid
     /// namespace, so workers' host pids cannot be checked against the kernel's.
     namespaced: bool,
@@ -146,6 +159,7 @@ impl Sharing {
             chunk_bytes,
             slots,
             device,
+            max_workers: config.max_workers,
             namespaced,
             table,
             socket,
@@ -178,12 +192,28 @@ impl Sharing {
             shareables.push(phys.export(self.export_flags)?);
         }
         if self.export_flags == aclshm_sys::ACL_RT_VMM_EXPORT_FLAG_DEFAULT {
-            let tgids: Vec<i32> = self.state.lock().mirrors.values().map(|m| m.tgid).collect();
-            // One pid per call: what every runtime accepts (MindSpore found some take only one).
+            let mirrors: Vec<(u64, i32)> = self.state.lock().mirrors.iter().map(|(&id, m)| (id, m.tgid)).collect();
+            // One pid per call: what every runtime accepts (MindSpore found some take only one). A worker
+            // the runtime will not whitelist on a new chunk is let go rather than fail the owner's grow: the
+            // owner's own allocations never depend on its workers.
+            let mut evict = Vec::new();
             for &s in &shareables {
-                for &tgid in &tgids {
-                    raw::mem_set_pid_to_shareable_handle(&self.rt, s, &[tgid])?;
+                for &(id, tgid) in &mirrors {
+                    if evict.contains(&id) {
+                        continue;
+                    }
+                    if let Err(e) = raw::mem_set_pid_to_shareable_handle(&self.rt, s, &[tgid]) {
+                        log::warn!(target: "aclshm", "worker pid {tgid} let go: it could not be whitelisted on a new chunk ({e})");
+                        evict.push(id);
+                    }
                 }
+            }
+            if !evict.is_empty() {
+                let mut st = self.state.lock();
+                for id in &evict {
+                    st.mirrors.remove(id);
+                }
+                st.evicted.extend(evict);
             }
         }
         let mut st = self.state.lock();
@@ -289,7 +319,13 @@ impl Sharing {
             return;
         }
         let mut peers: Vec<Peer> = Vec::new();
+        // A descriptor kept in reserve: when the process runs out, it is given up to accept the waiting
+        // connection and tell the worker why it is turned away, instead of leaving the connection pending
+        // (which would wake every poll at once: a spinning thread).
+        let mut spare = std::fs::File::open("/dev/null").ok();
         while !this.stop.load(SyncOrdering::Acquire) {
+            let evicted = std::mem::take(&mut this.state.lock().evicted);
+            peers.retain(|p| p.mirror.is_none_or(|id| !evicted.contains(&id)));
             let now = Instant::now();
             let wait = peers
                 .iter()
@@ -319,12 +355,42 @@ impl Sharing {
                 }
             }
             if fds[0].revents != 0 {
-                while let Ok((conn, _)) = listener.accept() {
-                    if conn.set_nonblocking(true).is_ok() {
-                        peers.push(Peer { conn, buf: Vec::new(), admitting_since: Some(Instant::now()), mirror: None });
+                loop {
+                    match listener.accept() {
+                        Ok((conn, _)) => {
+                            if conn.set_nonblocking(true).is_ok() {
+                                peers.push(Peer {
+                                    conn,
+                                    buf: Vec::new(),
+                                    admitting_since: Some(Instant::now()),
+                                    mirror: None,
+                                });
+                            }
+                        }
+                        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                            this.turn_away_for_lack_of_descriptors(&listener, &mut spare);
+                            break;
+                        }
+                        Err(_) => break,
                     }
                 }
             }
+        }
+    }
+
+    /// The process has no file descriptor left for the connection waiting on `listener`: accept it with
+    /// the spare one, tell the worker why it is refused, close it, and take the spare back. Without a
+    /// spare (it could not be had back yet), wait a little before polling the listener again.
+    fn turn_away_for_lack_of_descriptors(&self, listener: &UnixListener, spare: &mut Option<std::fs::File>) {
+        if spare.take().is_some()
+            && let Ok((conn, _)) = listener.accept()
+        {
+            let reason = "the pool's owner has no file descriptors left (RLIMIT_NOFILE); try again later".to_string();
+            let _ = send_blocking(&conn, &Message::Refused { reason });
+        }
+        *spare = std::fs::File::open("/dev/null").ok();
+        if spare.is_none() {
+            thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -394,9 +460,24 @@ impl Sharing {
         // after this are whitelisted for it by `publish`.
         let _serial = self.publish.lock();
         if self.export_flags == aclshm_sys::ACL_RT_VMM_EXPORT_FLAG_DEFAULT {
-            let shareables: Vec<u64> = self.state.lock().live.values().map(|l| l.1).collect();
+            let (attached, shareables) = {
+                let st = self.state.lock();
+                (st.mirrors.len() as u32, st.live.values().map(|l| l.1).collect::<Vec<u64>>())
+            };
+            if attached >= self.max_workers {
+                return Err(Error::NotPermitted(format!(
+                    "whitelist full: {attached} workers are attached, at most {} can be (ShareConfig::max_workers)",
+                    self.max_workers
+                )));
+            }
             for s in shareables {
-                raw::mem_set_pid_to_shareable_handle(&self.rt, s, &[tgid])?;
+                raw::mem_set_pid_to_shareable_handle(&self.rt, s, &[tgid]).map_err(|e| match e.acl_code() {
+                    Some(code) if code == crate::AclError::DRV_INTERNAL_ERROR => Error::NotPermitted(format!(
+                        "whitelist full: a chunk's whitelist takes no more pids (every worker that ever attached \
+                         is on it; a chunk that is trimmed and regrown starts afresh): {e}"
+                    )),
+                    _ => e,
+                })?;
             }
         }
         let generation = self.table.generation();
