@@ -237,19 +237,21 @@ impl Table {
         loop {
             let before = h.seq.load(Ordering::Acquire);
             if before % 2 == 1 {
-                // The owner is writing: let it finish, a while.
+                // The owner is writing: let it finish. One that died (its lock on the table is free) never
+                // will: that is known at once; a live one that does not finish within WRITE_WAIT is broken.
                 spins += 1;
                 if spins > 64 {
+                    let alive = self.owner_alive();
                     let until = *deadline.get_or_insert_with(|| std::time::Instant::now() + WRITE_WAIT);
-                    if std::time::Instant::now() >= until {
-                        let why = if self.owner_alive() { "is not finishing" } else { "died" };
+                    if !alive || std::time::Instant::now() >= until {
+                        let why = if alive { "is not finishing" } else { "died" };
                         return Err(Error::Protocol(format!(
                             "chunk table {}: its owner {why} in the middle of a write (sequence {before} is odd)",
                             self.path().display()
                         )));
                     }
                     // Sleep until the word moves (the writer wakes waiters when it finishes).
-                    os::futex_wait(&h.seq, before, std::time::Duration::from_millis(1));
+                    os::futex_wait(&h.seq, before, Duration::from_millis(1));
                 }
                 continue;
             }
@@ -323,6 +325,11 @@ mod tests {
         // Once the word is even again, readers read.
         w.header().seq.fetch_add(1, Ordering::AcqRel);
         assert!(r.snapshot().is_ok());
+        // An owner that died mid-write is recognised at once: its lock on the table is free.
+        w.header().seq.fetch_add(1, Ordering::AcqRel);
+        drop(w); // its lock goes, as when the process is killed (closing keeps the word odd)
+        let e = r.snapshot().unwrap_err();
+        assert!(matches!(&e, Error::Protocol(m) if m.contains("died in the middle of a write")), "{e}");
     }
 
     #[test]
