@@ -57,6 +57,7 @@ mod sync;
 pub mod tune;
 pub mod vmm;
 
+pub use aclshm_os::{ParseBytesError, parse_bytes};
 pub use aclshm_sys as sys;
 pub use error::{AclError, Error, Result};
 pub use info::{DeviceInfo, RuntimeInfo, SimulatorInfo};

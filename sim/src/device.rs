@@ -201,7 +201,7 @@ pub(crate) unsafe fn aclrtDeviceDisablePeerAccess(peer_device_id: i32) -> R {
 pub(crate) unsafe fn aclrtDeviceGetBareTgid(pid: *mut i32) -> R {
     not_null(pid, "pid")?;
     // SAFETY: non-null out-parameter (C API contract).
-    unsafe { put(pid, crate::sys::bare_tgid()) };
+    unsafe { put(pid, aclshm_os::bare_tgid()) };
     Ok(())
 }
 

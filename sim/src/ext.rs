@@ -157,7 +157,7 @@ pub(crate) unsafe fn aclshmSimListProcesses(procs: *mut aclshmSimProcess, cap: u
                 aclshmSimProcess {
                     pid: slot.pid,
                     bareTgid: slot.bare_tgid,
-                    alive: u32::from(crate::sys::alive(slot.pid, slot.start)),
+                    alive: u32::from(aclshm_os::alive(slot.pid, slot.start)),
                     physAllocated: owned().count() as u32,
                     physHeld: t.phys_live.iter().filter(|&i| t.phys[i].holders.get(p)).count() as u32,
                     exports: owned().filter(|ph| ph.export_open == 1).count() as u32,

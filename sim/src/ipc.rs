@@ -19,7 +19,6 @@ use aclshm_sys::*;
 use crate::memory::{Object, map_whole};
 use crate::registry::{self, KEY_LEN, PHYS_REVOKED};
 use crate::state::{IpcImport, R, Region, RegionKind, Sim, bail, fail, not_null, put, sim};
-use crate::sys;
 
 /// Read a key the caller passed: at most 64 characters before the NUL.
 ///
@@ -156,7 +155,7 @@ pub(crate) unsafe fn aclrtIpcMemSetImportPid(key: *const c_char, pid: *mut i32, 
     if others.is_empty() {
         return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, "no pid to add: every pid given is 0 or the exporter's own");
     }
-    let now = sys::now_ticks();
+    let now = aclshm_os::now_ticks();
     for p in others {
         if !registry::whitelist_add(&mut slot.wl, &mut slot.wl_len, p, now) {
             return bail(
@@ -258,7 +257,7 @@ pub(crate) unsafe fn aclrtIpcMemClose(key: *const c_char) -> R {
         l.handles.remove(handle);
         drop(l);
         // SAFETY: the region is out of the tables.
-        unsafe { sys::unreserve(imp.base, region.size) };
+        unsafe { aclshm_os::unreserve(imp.base, region.size) };
         let mut g = s.lock()?;
         let t = g.t();
         if t.key_live.get(imp.key_slot) {

@@ -57,7 +57,6 @@ mod registry;
 mod state;
 mod stream;
 mod sync;
-mod sys;
 mod vmm;
 
 pub use capi::*;

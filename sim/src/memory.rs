@@ -12,26 +12,27 @@ use std::ffi::c_void;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use aclshm_os::{AnonymousMapping, SharedMapping};
 use aclshm_sys::*;
 
-use crate::config::{GRANULARITY, GRANULARITY_1G};
+use crate::config::{GRANULARITY, GRANULARITY_1G, HOST_PAGE};
 use crate::registry::{self, PHYS_MALLOC, PHYS_REVOKED};
 use crate::state::{Local, Mapping, MemHandle, Origin, R, Region, RegionKind, Sim, bail, fail, not_null, put, sim};
 use crate::stream::Task;
-use crate::sys::{self, Alias, HOST_PAGE};
 
 /// Create a physical object of `size` bytes on device `d`, held by this process.
-pub(crate) fn create_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R<(usize, u64, Alias)> {
+pub(crate) fn create_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R<(usize, u64, SharedMapping)> {
     let (slot, serial) = reserve_phys(s, kind, size, page, d)?;
-    let make = || -> R<Alias> {
+    let make = || -> R<SharedMapping> {
         let path = s.reg.dir().join(registry::phys_file(serial));
-        let fd = sys::create_file(&path)
+        let fd = aclshm_os::create_file(&path)
             .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("create {}: {e}", path.display())))?;
-        let sized = if s.lazy_commit { sys::set_len(&fd, size) } else { sys::allocate(&fd, size) };
+        let sized = if s.lazy_commit { aclshm_os::set_len(&fd, size) } else { aclshm_os::allocate(&fd, size) };
         sized.map_err(|e| {
             fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("no room for {size} bytes in {}: {e}", s.reg.dir().display()))
         })?;
-        Alias::map(&fd, size as usize).map_err(|e| fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("map object: {e}")))
+        SharedMapping::map(&fd, size as usize)
+            .map_err(|e| fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("map object: {e}")))
     };
     match make() {
         Ok(a) => Ok((slot, serial, a)),
@@ -104,16 +105,16 @@ pub(crate) struct Object {
 pub(crate) fn map_whole(
     l: &mut Local,
     obj: &Object,
-    alias: Alias,
+    alias: SharedMapping,
     len: usize,
     imported: bool,
     kind: impl FnOnce(usize) -> RegionKind,
 ) -> R<usize> {
     let base = reserve_va(len, obj.page as usize, None)?;
     // SAFETY: base is a fresh reservation of len bytes, and len is at most the object's size.
-    if let Err(e) = unsafe { alias.mirror_part_at(base, len) } {
+    if let Err(e) = unsafe { alias.mirror_at(base, len) } {
         // SAFETY: our fresh reservation, with nothing in it.
-        unsafe { sys::unreserve(base, len) };
+        unsafe { aclshm_os::unreserve(base, len) };
         return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("map {len:#x} bytes: {e}"));
     }
     let generation = l.new_generation();
@@ -138,7 +139,7 @@ pub(crate) fn map_whole(
 
 /// Reserve an inaccessible range of `len` bytes aligned to `align`.
 pub(crate) fn reserve_va(len: usize, align: usize, at: Option<usize>) -> R<usize> {
-    sys::reserve(len, align.max(HOST_PAGE), at)
+    aclshm_os::reserve(len, align.max(HOST_PAGE), at)
         .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("reserve {len:#x} bytes of address space: {e}")))
 }
 
@@ -208,7 +209,7 @@ pub(crate) unsafe fn aclrtFree(dev_ptr: *mut c_void) -> R {
     s.release_if_done(&mut l, handle)?;
     drop(l);
     // SAFETY: the region is gone from the tables, so nothing reaches its range any more.
-    unsafe { sys::unreserve(base, region.size) };
+    unsafe { aclshm_os::unreserve(base, region.size) };
     Ok(())
 }
 
@@ -222,23 +223,12 @@ pub(crate) unsafe fn aclrtMallocHost(host_ptr: *mut *mut c_void, size: usize) ->
     s.current(&l)?;
     let len =
         size.checked_next_multiple_of(HOST_PAGE).ok_or_else(|| fail(ACL_ERROR_INVALID_PARAM, "size overflows"))?;
-    // SAFETY: a fresh private anonymous mapping at an address of the kernel's choosing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return bail(ACL_ERROR_RT_MEMORY_ALLOCATION, "no host memory for aclrtMallocHost");
-    }
-    l.host.insert(p as usize, len);
+    let m = AnonymousMapping::new(len)
+        .map_err(|e| fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("no host memory for aclrtMallocHost: {e}")))?;
+    let p = m.ptr();
+    l.host.insert(p as usize, m);
     // SAFETY: non-null out-parameter (C API contract).
-    unsafe { put(host_ptr, p) };
+    unsafe { put(host_ptr, p.cast()) };
     Ok(())
 }
 
@@ -246,12 +236,12 @@ pub(crate) unsafe fn aclrtFreeHost(host_ptr: *mut c_void) -> R {
     not_null(host_ptr, "hostPtr")?;
     let s = sim()?;
     let mut l = s.local.lock();
-    let Some(len) = l.host.remove(&(host_ptr as usize)) else {
+    let Some(m) = l.host.remove(&(host_ptr as usize)) else {
         return bail(ACL_ERROR_RT_PARAM_INVALID, "not memory from aclrtMallocHost of this process");
     };
     drop(l);
-    // SAFETY: the mapping was made by aclrtMallocHost and is no longer in the table.
-    unsafe { libc::munmap(host_ptr, len) };
+    // Unmapped here, out of the table and outside the lock.
+    drop(m);
     Ok(())
 }
 
@@ -260,7 +250,7 @@ struct Piece {
     ptr: *mut u8,
     len: usize,
     /// Keeps the alias mapped while the copy runs, even if the memory is unmapped meanwhile.
-    _alias: Option<Arc<Alias>>,
+    _alias: Option<Arc<SharedMapping>>,
 }
 
 /// Where an address lies.
@@ -275,7 +265,7 @@ pub(crate) enum Place {
 pub(crate) fn place(l: &Local, addr: usize) -> Place {
     if l.region_at(addr).is_some() {
         Place::Device
-    } else if l.host.range(..=addr).next_back().is_some_and(|(&b, &n)| addr < b + n) {
+    } else if l.host.range(..=addr).next_back().is_some_and(|(&b, m)| addr < b + m.len()) {
         Place::PinnedHost
     } else {
         Place::Host

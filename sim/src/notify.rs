@@ -20,7 +20,6 @@ use crate::registry::{self, KEY_LEN};
 use crate::state::{LocalNotify, R, Sim, TAG_NOTIFY, bail, decode, encode, fail, not_null, put, sim};
 use crate::stream::Task;
 use crate::sync::AtomicBool;
-use crate::sys;
 
 /// The local notify a caller's handle names.
 fn notify_key(l: &crate::state::Local, n: aclrtNotify) -> R<usize> {
@@ -198,7 +197,7 @@ pub(crate) unsafe fn aclrtNotifySetImportPid(notify: aclrtNotify, pid: *mut i32,
     }
     // SAFETY: pid points to one pid (num == 1; C API contract).
     let p = unsafe { pid.read_unaligned() };
-    if !registry::whitelist_add(&mut slot.wl, &mut slot.wl_len, p, sys::now_ticks()) {
+    if !registry::whitelist_add(&mut slot.wl, &mut slot.wl_len, p, aclshm_os::now_ticks()) {
         return bail(
             ACL_ERROR_RT_DRV_INTERNAL_ERROR,
             format!("a notify admits at most {} processes besides its creator", registry::WL_NOTIFY),
@@ -268,7 +267,7 @@ pub(crate) fn record_now(s: &Sim, slot: usize, serial: u64) -> R {
     live(s, slot, serial)?;
     let w = &s.reg.words().notify_value[slot];
     w.store(1, Ordering::Release);
-    sys::futex_wake_all(w);
+    aclshm_os::futex_wake_all(w);
     Ok(())
 }
 
@@ -295,6 +294,7 @@ pub(crate) fn wait_now(s: &Sim, slot: usize, serial: u64, deadline: Option<Insta
             }
             None => slice,
         };
-        sys::futex_wait(w, 0, nap);
+        // How the wait ended does not matter: the loop looks at the word, the abort flag and the clock.
+        let _ = aclshm_os::futex_wait(w, 0, nap);
     }
 }

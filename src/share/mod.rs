@@ -39,7 +39,7 @@ pub(crate) mod wire;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -367,20 +367,15 @@ impl Sharing {
                 .filter_map(|p| p.admitting_since.map(|t| (t + ADMISSION).saturating_duration_since(now)))
                 .min()
                 .unwrap_or(Duration::from_secs(1));
-            let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
-                .chain(peers.iter().map(|p| p.conn.as_raw_fd()))
-                .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
-                .collect();
-            if os::poll(&mut fds, wait).is_err() {
-                continue;
-            }
+            let fds: Vec<_> = std::iter::once(listener.as_fd()).chain(peers.iter().map(|p| p.conn.as_fd())).collect();
+            let Ok(ready) = os::poll_readable(&fds, wait) else { continue };
             if this.stop.load(SyncOrdering::Acquire) {
                 break;
             }
             // Serve the connections polled (in reverse, so that removing one keeps the others' indices).
             for i in (0..peers.len()).rev() {
                 let expired = peers[i].admitting_since.is_some_and(|t| t.elapsed() >= ADMISSION);
-                let keep = !expired && (fds[i + 1].revents == 0 || this.serve(&mut peers[i]));
+                let keep = !expired && (!ready[i + 1] || this.serve(&mut peers[i]));
                 if !keep {
                     let p = peers.swap_remove(i);
                     if let Some(id) = p.mirror {
@@ -389,7 +384,7 @@ impl Sharing {
                     }
                 }
             }
-            if fds[0].revents != 0 {
+            if ready[0] {
                 while let Ok((conn, _)) = listener.accept() {
                     if conn.set_nonblocking(true).is_ok() {
                         peers.push(Peer { conn, buf: Vec::new(), admitting_since: Some(Instant::now()), mirror: None });
@@ -446,7 +441,8 @@ impl Sharing {
 
     /// Check a worker that said Hello, whitelist it, list it, welcome it.
     fn admit(&self, conn: &UnixStream, tgid: i32, device: i32) -> Result<u64> {
-        let (pid, uid) = os::peer_credentials(conn).map_err(|e| Error::Protocol(format!("peer credentials: {e}")))?;
+        let os::PeerCredentials { pid, uid } =
+            os::peer_credentials(conn).map_err(|e| Error::Protocol(format!("peer credentials: {e}")))?;
         if uid != os::euid() {
             return Err(Error::NotPermitted(format!("the worker runs as uid {uid}, the owner as {}", os::euid())));
         }
