@@ -15,7 +15,8 @@ use std::sync::Arc;
 use aclshm_sys::*;
 use parking_lot::Mutex;
 
-use crate::state::{Local, R, Sim, TAG_STREAM, bail, decode, encode, fail, not_null, put, sim};
+use crate::call::{R, bail, fail, not_null, put};
+use crate::state::{Local, Sim, TAG_STREAM, decode, encode, sim};
 use crate::stream::Stream;
 
 /// The ACL version the simulator implements (the headers aclshm-sys is checked against).

@@ -7,8 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 
 use aclshm_sys::*;
 
+use crate::call::{R, bail, fail, not_null, put, write_key};
 use crate::config::GRANULARITY;
-use crate::state::{R, bail, fail, not_null, put, sim};
+use crate::state::sim;
 
 /// This crate's version, reported by aclshmSimGetInfo.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -41,7 +42,7 @@ pub(crate) unsafe fn aclshmSimGetDir(buf: *mut c_char, len: usize, needed: *mut 
         return bail(ACL_ERROR_INVALID_PARAM, "the buffer is too small for the path (see needed)");
     }
     // SAFETY: buf holds len >= path.len() + 1 bytes (C API contract).
-    unsafe { crate::ipc::write_key(buf, path) };
+    unsafe { write_key(buf, path) };
     Ok(())
 }
 

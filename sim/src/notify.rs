@@ -15,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use aclshm_sys::*;
 
-use crate::ipc::{read_key, write_key};
+use crate::call::{R, bail, fail, not_null, put, read_key, write_key};
+use crate::device::stream_for;
 use crate::registry::{self, KEY_LEN};
-use crate::state::{LocalNotify, R, Sim, TAG_NOTIFY, bail, decode, encode, fail, not_null, put, sim};
+use crate::state::{LocalNotify, Sim, TAG_NOTIFY, decode, encode, sim, sim_for_task};
 use crate::stream::Task;
 use crate::sync::AtomicBool;
 
@@ -96,14 +97,17 @@ fn enqueue(notify: aclrtNotify, stream: aclrtStream, make: impl FnOnce(&LocalNot
     let s = sim()?;
     let mut l = s.local.lock();
     let k = notify_key(&l, notify)?;
-    let st = crate::device::stream_for(s, &mut l, stream)?;
+    let st = stream_for(s, &mut l, stream)?;
     let task = make(&l.notifies[k])?;
     drop(l);
     st.push(task)
 }
 
 pub(crate) unsafe fn aclrtRecordNotify(notify: aclrtNotify, stream: aclrtStream) -> R {
-    enqueue(notify, stream, |n| Ok(Task::Record { slot: n.slot, serial: n.serial }))
+    enqueue(notify, stream, |n| {
+        let (slot, serial) = (n.slot, n.serial);
+        Ok(Box::new(move |_abort| record_now(sim_for_task()?, slot, serial)))
+    })
 }
 
 pub(crate) unsafe fn aclrtWaitAndResetNotify(notify: aclrtNotify, stream: aclrtStream, timeout: u32) -> R {
@@ -114,8 +118,13 @@ pub(crate) unsafe fn aclrtWaitAndResetNotify(notify: aclrtNotify, stream: aclrtS
                 "only the process that created a notify may wait on it; an importer records",
             );
         }
-        let timeout = if timeout == u32::MAX { Duration::ZERO } else { Duration::from_secs(u64::from(timeout)) };
-        Ok(Task::Wait { slot: n.slot, serial: n.serial, timeout })
+        // 0 and u32::MAX wait for ever; the clock starts when the stream reaches the wait.
+        let timeout = (timeout != 0 && timeout != u32::MAX).then(|| Duration::from_secs(u64::from(timeout)));
+        let (slot, serial) = (n.slot, n.serial);
+        Ok(Box::new(move |abort: &AtomicBool| {
+            let deadline = timeout.map(|t| Instant::now() + t);
+            wait_now(sim_for_task()?, slot, serial, deadline, abort)
+        }))
     })
 }
 
@@ -263,7 +272,7 @@ fn live(s: &Sim, slot: usize, serial: u64) -> R {
 }
 
 /// A record task: set the notify and wake its waiters, in any process.
-pub(crate) fn record_now(s: &Sim, slot: usize, serial: u64) -> R {
+fn record_now(s: &Sim, slot: usize, serial: u64) -> R {
     live(s, slot, serial)?;
     let w = &s.reg.words().notify_value[slot];
     w.store(1, Ordering::Release);
@@ -272,7 +281,7 @@ pub(crate) fn record_now(s: &Sim, slot: usize, serial: u64) -> R {
 }
 
 /// A wait-and-reset task: wait until the notify is set, then reset it.
-pub(crate) fn wait_now(s: &Sim, slot: usize, serial: u64, deadline: Option<Instant>, abort: &AtomicBool) -> R {
+fn wait_now(s: &Sim, slot: usize, serial: u64, deadline: Option<Instant>, abort: &AtomicBool) -> R {
     live(s, slot, serial)?;
     let w = &s.reg.words().notify_value[slot];
     loop {

@@ -6,7 +6,6 @@
 //! packs a tag, a generation and a table index into a non-canonical address, so a stale, forged or
 //! foreign handle is recognised (and refused) rather than dereferenced, and dereferencing one faults.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,46 +16,10 @@ use aclshm_sys::*;
 use parking_lot::Mutex;
 use slab::Slab;
 
+use crate::call::{R, bail, fail};
 use crate::config::Config;
 use crate::registry::{self, ProcSlot, Registry};
 use crate::stream::Stream;
-
-/// A failed call: the code the caller gets and why (printed when `ACLSHM_SIM_LOG=1`).
-#[derive(Debug, Clone)]
-pub(crate) struct Fail {
-    pub code: aclError,
-    pub why: Cow<'static, str>,
-}
-
-/// The result of an entry point's implementation.
-pub(crate) type R<T = ()> = Result<T, Fail>;
-
-/// A failure with `code` because `why`.
-pub(crate) fn fail(code: aclError, why: impl Into<Cow<'static, str>>) -> Fail {
-    Fail { code, why: why.into() }
-}
-
-/// `Err(fail(..))` shorthand.
-pub(crate) fn bail<T>(code: aclError, why: impl Into<Cow<'static, str>>) -> R<T> {
-    Err(fail(code, why))
-}
-
-/// Refuse a null pointer argument the way the ACL layer does.
-pub(crate) fn not_null<T>(p: *const T, what: &'static str) -> R {
-    if p.is_null() {
-        return bail(ACL_ERROR_INVALID_PARAM, format!("{what} is NULL"));
-    }
-    Ok(())
-}
-
-/// Write an out-parameter the caller handed us (checked non-null before).
-///
-/// # Safety
-/// 1. `p` is non-null and valid for a write of `T` (alignment not required).
-pub(crate) unsafe fn put<T>(p: *mut T, v: T) {
-    // SAFETY: forwarded to the caller (precondition 1).
-    unsafe { p.write_unaligned(v) }
-}
 
 pub(crate) const TAG_MEM: u64 = 0x5A;
 pub(crate) const TAG_STREAM: u64 = 0x5B;
@@ -332,6 +295,12 @@ pub(crate) fn sim_if_attached() -> Option<&'static Sim> {
     }
 }
 
+/// The simulator for a stream task about to run: it was attached when the task was queued, but the
+/// process may have detached it since (it is exiting), and then the task fails.
+pub(crate) fn sim_for_task() -> R<&'static Sim> {
+    sim_if_attached().ok_or_else(|| fail(ACL_ERROR_RT_STREAM_ABORT, "the simulator was detached while work was queued"))
+}
+
 extern "C" fn after_fork_in_child() {
     FORKED.store(true, Ordering::Relaxed);
 }
@@ -521,15 +490,6 @@ impl Sim {
         let m = l.handles.remove(key);
         self.drop_holder(m.phys, m.serial)?;
         Ok(true)
-    }
-
-    /// Open physical object `serial` of `size` bytes and map it read-write.
-    pub(crate) fn alias_of(&self, serial: u64, size: u64) -> R<SharedMapping> {
-        let path = self.reg.dir().join(registry::phys_file(serial));
-        let fd = aclshm_os::open_file(&path)
-            .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("open {}: {e}", path.display())))?;
-        SharedMapping::map(&fd, size as usize)
-            .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("map object: {e}")))
     }
 }
 

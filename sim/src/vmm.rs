@@ -22,12 +22,11 @@ use std::sync::Arc;
 
 use aclshm_sys::*;
 
+use crate::call::{R, bail, fail, not_null, put};
 use crate::config::{GRANULARITY, GRANULARITY_1G};
-use crate::memory::{create_phys, reserve_va};
+use crate::object::{alias_of, create_phys, reserve_va};
 use crate::registry::{self, PHYS_VMM};
-use crate::state::{
-    Local, Mapping, MemHandle, Origin, R, Region, RegionKind, Sim, TAG_MEM, bail, encode, fail, not_null, put, sim,
-};
+use crate::state::{Local, Mapping, MemHandle, Origin, Region, RegionKind, Sim, TAG_MEM, encode, sim};
 
 /// Reservations larger than this are aligned to 1 GiB, so 1 GiB pages can be mapped into them.
 const BIG_RESERVATION: u64 = 512 << 20;
@@ -509,7 +508,7 @@ pub(crate) unsafe fn aclrtMemImportFromShareableHandle(
         t.phys[slot].holders.set(me.slot as usize);
         (phys, serial, size, page)
     };
-    let alias = match s.alias_of(serial, size) {
+    let alias = match alias_of(s, serial, size) {
         Ok(a) => a,
         Err(e) => {
             let _ = s.drop_holder(phys, serial);
