@@ -353,7 +353,8 @@ impl Registry {
         result
     }
 
-    /// Map the registry file `fd`, whose length the caller has checked (or just set) to be `FILE_SIZE`.
+    /// Map `FILE_SIZE` bytes of the registry file `fd`: its length was just set, or `check_layout`
+    /// compares it before anything past the first page (`Control`) is read.
     fn map(fd: &OwnedFd, dir: &Path) -> Result<Registry, String> {
         let map = SharedMapping::map(fd, FILE_SIZE).map_err(|e| format!("map the registry: {e}"))?;
         Ok(Registry { map, dir: dir.to_path_buf() })
