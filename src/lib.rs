@@ -63,6 +63,7 @@ mod sync;
 pub mod tune;
 pub mod vmm;
 
+pub use aclshm_os::{ParseBytesError, parse_bytes};
 pub use aclshm_sys as sys;
 pub use cleanup::sweep_share_dir;
 pub use error::{AclError, Error, Result};

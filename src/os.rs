@@ -1,19 +1,22 @@
-//! The few operating-system facilities the sharing layer needs: a shared-memory file mapped in several
-//! processes, byte locks on it, a socket peer's credentials, random tokens, private directories. What the
-//! simulator needs too (private files and directories, futexes, random numbers) is `aclshm_sys::host`.
+//! What the sharing layer adds to the operating-system layer (`aclshm_os`, shared with the simulator): a
+//! shared-memory file whose creator can be told alive or gone, the sweep of files whose creator is gone,
+//! where shared files go by default, and a test directory. Every system call is `aclshm_os`'s.
 
 use std::fs;
 use std::io;
-
-use aclshm_sys::host;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+pub(crate) use aclshm_os::{PeerCredentials, euid, futex_wake_all, out_of_descriptors, peer_credentials};
+use aclshm_os::{PollFd, PollFlags, SharedMapping};
+
+use crate::sync::shm::AtomicU32;
 
 /// A read-write shared mapping of a whole file. Unmapped on drop.
 #[derive(Debug)]
 pub(crate) struct SharedMap {
-    map: host::SharedMapping,
+    map: SharedMapping,
     /// The file, open while mapped: byte-range locks on it are taken through this descriptor.
     fd: OwnedFd,
 }
@@ -21,10 +24,8 @@ pub(crate) struct SharedMap {
 impl SharedMap {
     /// Create `path` (mode 0600, failing if it exists) of `len` bytes, zeroed, and map it.
     pub(crate) fn create(path: &Path, len: usize) -> io::Result<SharedMap> {
-        let fd = host::create_file(path)?;
-        // SAFETY: fd is valid.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), len as libc::off_t) } != 0 {
-            let e = io::Error::last_os_error();
+        let fd = aclshm_os::create_file(path)?;
+        if let Err(e) = aclshm_os::set_len(&fd, len as u64) {
             let _ = fs::remove_file(path);
             return Err(e);
         }
@@ -59,8 +60,8 @@ impl SharedMap {
 
     /// Map an existing `path`, which must be ours, private, and `len` bytes long.
     pub(crate) fn open(path: &Path, len: usize) -> io::Result<SharedMap> {
-        let fd = host::open_file(path)?;
-        let size = host::check_private_file(&fd, path)?;
+        let fd = aclshm_os::open_file(path)?;
+        let size = aclshm_os::check_private_file(&fd, path)?;
         if size != len as u64 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -71,7 +72,7 @@ impl SharedMap {
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<SharedMap> {
-        Ok(SharedMap { map: host::SharedMapping::map(&fd, len)?, fd })
+        Ok(SharedMap { map: SharedMapping::map(&fd, len)?, fd })
     }
 
     /// The start of the mapping.
@@ -84,33 +85,18 @@ impl SharedMap {
     /// other open, in this process or another, and the kernel drops it when the file is closed, however
     /// the process ends. Pid namespaces and pid reuse do not matter.
     pub(crate) fn try_lock_byte(&self, at: u64) -> io::Result<bool> {
-        let mut fl = flock(libc::F_WRLCK as libc::c_short, at);
-        // SAFETY: a valid descriptor and flock structure.
-        if unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) } == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
-            _ => Err(e),
-        }
+        aclshm_os::try_lock_byte(&self.fd, at)
     }
 
     /// Drop our lock on byte `at`.
     pub(crate) fn unlock_byte(&self, at: u64) {
-        let mut fl = flock(libc::F_UNLCK as libc::c_short, at);
-        // SAFETY: a valid descriptor and flock structure.
-        unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+        // Fails only for a descriptor that is not open, which ours is for as long as self lives.
+        let _ = aclshm_os::unlock_byte(&self.fd, at);
     }
 
     /// Whether another open of the file holds a lock on byte `at`.
     pub(crate) fn byte_locked_by_other(&self, at: u64) -> io::Result<bool> {
-        let mut fl = flock(libc::F_WRLCK as libc::c_short, at);
-        // SAFETY: a valid descriptor and flock structure.
-        if unsafe { libc::fcntl(self.fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+        aclshm_os::byte_locked_by_other(&self.fd, at)
     }
 }
 
@@ -142,67 +128,32 @@ pub(crate) fn sweep_orphans(dir: &Path, is_ours: impl Fn(&str) -> bool, min_age:
 /// Whether `path` is a file whose creator (which locks its byte 0 for as long as it lives) is gone: the
 /// lock is free. False if it cannot be told (no such file, not ours).
 pub(crate) fn creator_gone(path: &Path) -> bool {
-    let Ok(fd) = host::open_file(path) else { return false };
-    let mut fl = flock(libc::F_WRLCK as libc::c_short, 0);
-    // SAFETY: a valid descriptor and flock structure.
-    unsafe {
-        libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) == 0 && fl.l_type == libc::F_UNLCK as libc::c_short
-    }
+    let Ok(fd) = aclshm_os::open_file(path) else { return false };
+    aclshm_os::byte_locked_by_other(&fd, 0).is_ok_and(|locked| !locked)
 }
 
-/// A one-byte lock request at `at` (pid 0, as OFD locks require).
-fn flock(kind: libc::c_short, at: u64) -> libc::flock {
-    // SAFETY: flock is plain data; all-zero is a valid value, then the fields that matter are set.
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = at as libc::off_t;
-    fl.l_len = 1;
-    fl
+/// Sleep while `word` holds `expected`, for at most `timeout` (see `aclshm_os::futex_wait`). Every
+/// caller here loops on its word and its own deadline, so how the wait ended does not matter to it.
+pub(crate) fn futex_wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let _ = aclshm_os::futex_wait(word, expected, timeout);
 }
 
-pub(crate) use aclshm_sys::host::{futex_wait, futex_wake_all};
-
-/// Wait until one of `fds` is ready (or `timeout` passes); `revents` says which. Interrupted: `Ok(0)`.
-pub(crate) fn poll(fds: &mut [libc::pollfd], timeout: Duration) -> io::Result<usize> {
-    let ms = timeout.as_millis().min(i32::MAX as u128) as libc::c_int;
-    // SAFETY: fds is a valid array of fds.len() pollfd structures.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
-    if n < 0 {
-        let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted { Ok(0) } else { Err(e) };
-    }
-    Ok(n as usize)
-}
-
-/// The pid and uid of the process at the other end of a Unix socket, as the kernel knows them.
-pub(crate) fn peer_credentials(sock: &impl AsRawFd) -> io::Result<(i32, u32)> {
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: cred and len are valid out-parameters of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&raw mut cred).cast(), &mut len)
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((cred.pid, cred.uid))
-}
-
-/// This process's effective uid.
-pub(crate) fn euid() -> u32 {
-    // SAFETY: geteuid cannot fail.
-    unsafe { libc::geteuid() }
+/// Wait until one of `fds` has something to read, has hung up or failed (or `timeout` passes); which did
+/// is `true` in the answer, in the order given. An interrupted wait answers all `false`.
+pub(crate) fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> io::Result<Vec<bool>> {
+    let mut polled: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(fd, PollFlags::IN)).collect();
+    aclshm_os::poll(&mut polled, timeout)?;
+    Ok(polled.iter().map(|p| !p.revents().is_empty()).collect())
 }
 
 /// A random 64-bit value from the kernel, never 0.
 pub(crate) fn random_u64() -> u64 {
-    host::random_u64().max(1)
+    aclshm_os::random_u64().max(1)
 }
 
 /// Create `dir` (0700) or check an existing one is a real directory of ours that others cannot write.
 pub(crate) fn private_dir(dir: &Path) -> io::Result<()> {
-    host::ensure_private_dir(dir)
+    aclshm_os::ensure_private_dir(dir)
 }
 
 /// Where aclshm puts this user's shared files by default: `$ACLSHM_SHARE_DIR` if set, else

@@ -61,7 +61,7 @@ pub struct DemoArgs {
 
 /// A size with an optional binary suffix, not zero.
 pub fn parse_size(s: &str) -> Result<u64, String> {
-    match aclshm::sys::host::parse_bytes(s) {
+    match aclshm::parse_bytes(s) {
         Ok(0) => Err(format!("{s:?}: a size cannot be zero")),
         Ok(n) => Ok(n),
         Err(e) => Err(format!("{s:?}: {e}")),

@@ -32,7 +32,6 @@
 mod generated;
 pub use generated::*;
 
-pub mod host;
 mod loader;
 mod table;
 

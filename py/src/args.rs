@@ -19,9 +19,7 @@ impl Size {
     pub(crate) fn bytes(&self, what: &str) -> PyResult<u64> {
         match self {
             Size::Int(n) => Ok(*n),
-            Size::Text(s) => {
-                aclshm::sys::host::parse_bytes(s).map_err(|e| err(Error::InvalidArgument(format!("{what}: {e}"))))
-            }
+            Size::Text(s) => aclshm::parse_bytes(s).map_err(|e| err(Error::InvalidArgument(format!("{what}: {e}")))),
         }
     }
 }

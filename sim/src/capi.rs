@@ -11,7 +11,8 @@ use std::sync::Once;
 
 use aclshm_sys::*;
 
-use crate::state::{R, log_enabled};
+use crate::call::R;
+use crate::state::log_enabled;
 
 /// Run one call of entry point `func` (`name`).
 #[inline]
@@ -103,7 +104,7 @@ mod tests {
         assert_eq!(code, ACL_ERROR_RT_INTERNAL_ERROR);
         assert_eq!(entry(i, name, || Ok(())), ACL_SUCCESS);
         assert_eq!(
-            entry(i, name, || Err(crate::state::fail(ACL_ERROR_RT_PARAM_INVALID, "x"))),
+            entry(i, name, || Err(crate::call::fail(ACL_ERROR_RT_PARAM_INVALID, "x"))),
             ACL_ERROR_RT_PARAM_INVALID
         );
     }

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use aclshm_sys::*;
 use parking_lot::Mutex;
 
-use crate::state::{Local, R, Sim, TAG_STREAM, bail, decode, encode, fail, not_null, put, sim};
+use crate::call::{R, bail, fail, not_null, put};
+use crate::state::{Local, Sim, TAG_STREAM, decode, encode, sim};
 use crate::stream::Stream;
 
 /// The ACL version the simulator implements (the headers aclshm-sys is checked against).
@@ -201,7 +202,7 @@ pub(crate) unsafe fn aclrtDeviceDisablePeerAccess(peer_device_id: i32) -> R {
 pub(crate) unsafe fn aclrtDeviceGetBareTgid(pid: *mut i32) -> R {
     not_null(pid, "pid")?;
     // SAFETY: non-null out-parameter (C API contract).
-    unsafe { put(pid, crate::sys::bare_tgid()) };
+    unsafe { put(pid, aclshm_os::bare_tgid()) };
     Ok(())
 }
 

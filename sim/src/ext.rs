@@ -7,8 +7,9 @@ use std::os::unix::ffi::OsStrExt;
 
 use aclshm_sys::*;
 
+use crate::call::{R, bail, fail, not_null, put, write_key};
 use crate::config::GRANULARITY;
-use crate::state::{R, bail, fail, not_null, put, sim};
+use crate::state::sim;
 
 /// This crate's version, reported by aclshmSimGetInfo.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -41,7 +42,7 @@ pub(crate) unsafe fn aclshmSimGetDir(buf: *mut c_char, len: usize, needed: *mut 
         return bail(ACL_ERROR_INVALID_PARAM, "the buffer is too small for the path (see needed)");
     }
     // SAFETY: buf holds len >= path.len() + 1 bytes (C API contract).
-    unsafe { crate::ipc::write_key(buf, path) };
+    unsafe { write_key(buf, path) };
     Ok(())
 }
 
@@ -157,7 +158,7 @@ pub(crate) unsafe fn aclshmSimListProcesses(procs: *mut aclshmSimProcess, cap: u
                 aclshmSimProcess {
                     pid: slot.pid,
                     bareTgid: slot.bare_tgid,
-                    alive: u32::from(crate::sys::alive(slot.pid, slot.start)),
+                    alive: u32::from(aclshm_os::alive(slot.pid, slot.start)),
                     physAllocated: owned().count() as u32,
                     physHeld: t.phys_live.iter().filter(|&i| t.phys[i].holders.get(p)).count() as u32,
                     exports: owned().filter(|ph| ph.export_open == 1).count() as u32,

@@ -16,42 +16,10 @@ use std::sync::atomic::Ordering;
 
 use aclshm_sys::*;
 
-use crate::memory::{Object, map_whole};
+use crate::call::{R, bail, fail, not_null, put, read_key, write_key};
+use crate::object::{Object, alias_of, map_whole};
 use crate::registry::{self, KEY_LEN, PHYS_REVOKED};
-use crate::state::{IpcImport, R, Region, RegionKind, Sim, bail, fail, not_null, put, sim};
-use crate::sys;
-
-/// Read a key the caller passed: at most 64 characters before the NUL.
-///
-/// # Safety
-/// 1. `key` is non-null and readable up to its NUL or 65 bytes, whichever comes first.
-pub(crate) unsafe fn read_key(key: *const c_char) -> R<Vec<u8>> {
-    let mut out = Vec::with_capacity(KEY_LEN);
-    for i in 0..KEY_LEN {
-        // SAFETY: within the bytes precondition 1 makes readable.
-        let b = unsafe { key.add(i).read() } as u8;
-        if b == 0 {
-            if out.is_empty() {
-                return bail(ACL_ERROR_RT_PARAM_INVALID, "the key is empty");
-            }
-            return Ok(out);
-        }
-        out.push(b);
-    }
-    bail(ACL_ERROR_RT_PARAM_INVALID, "the key is not NUL-terminated within 65 bytes")
-}
-
-/// Write `key` and its NUL into the caller's buffer.
-///
-/// # Safety
-/// 1. `buf` is valid for `key.len() + 1` bytes.
-pub(crate) unsafe fn write_key(buf: *mut c_char, key: &[u8]) {
-    // SAFETY: forwarded to the caller (precondition 1).
-    unsafe {
-        std::ptr::copy_nonoverlapping(key.as_ptr().cast::<c_char>(), buf, key.len());
-        buf.add(key.len()).write(0);
-    }
-}
+use crate::state::{IpcImport, Region, RegionKind, Sim, sim};
 
 pub(crate) unsafe fn aclrtIpcMemGetExportKey(
     dev_ptr: *mut c_void,
@@ -156,7 +124,7 @@ pub(crate) unsafe fn aclrtIpcMemSetImportPid(key: *const c_char, pid: *mut i32, 
     if others.is_empty() {
         return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, "no pid to add: every pid given is 0 or the exporter's own");
     }
-    let now = sys::now_ticks();
+    let now = aclshm_os::now_ticks();
     for p in others {
         if !registry::whitelist_add(&mut slot.wl, &mut slot.wl_len, p, now) {
             return bail(
@@ -217,7 +185,7 @@ pub(crate) unsafe fn aclrtIpcMemImportByKey(dev_ptr: *mut *mut c_void, key: *con
         }
         let _ = s.drop_holder(phys, serial);
     };
-    let alias = match s.alias_of(serial, obj_size) {
+    let alias = match alias_of(s, serial, obj_size) {
         Ok(a) => a,
         Err(e) => {
             undo(s);
@@ -258,7 +226,7 @@ pub(crate) unsafe fn aclrtIpcMemClose(key: *const c_char) -> R {
         l.handles.remove(handle);
         drop(l);
         // SAFETY: the region is out of the tables.
-        unsafe { sys::unreserve(imp.base, region.size) };
+        unsafe { aclshm_os::unreserve(imp.base, region.size) };
         let mut g = s.lock()?;
         let t = g.t();
         if t.key_live.get(imp.key_slot) {

@@ -38,11 +38,36 @@
 //! Configuration is read from the environment (see [`Config`]). Fault injection (`ACLSHM_SIM_FAULTS`,
 //! `aclshmSimInjectFault`), per-function call counters and live-object counts serve tests.
 //!
+//! ## Modules, in layers
+//!
+//! Each module uses only modules below it (`.ci/modgraph.py check sim/src` keeps it so):
+//!
+//! ```text
+//!   capi                   the C surface: one extern "C" fn per entry point; counts, faults, catch_unwind
+//!   ─────────────────────────────────────────────────────────────────────────────────────────────────
+//!   memory                 aclrtMalloc/Free, host memory, copies, memset (a free closes the memory's
+//!                          IPC keys: uses ipc)
+//!   ipc  notify  vmm       IPC memory by key; notifies; reservations, physical memory, export/import
+//!   device  ext  object    devices, contexts, stream handles (stream_for); the simulator's extensions;
+//!                          physical objects (files, capacity, aliases, mapping one whole)
+//!   ─────────────────────────────────────────────────────────────────────────────────────────────────
+//!   state                  this process's simulator: attach and detach, local tables, handles,
+//!                          each thread's current device
+//!   stream                 a thread per stream, running tasks that carry their own work (closures
+//!                          built by memory and notify), so it names no entry-point module
+//!   call                   R and Fail, NULL checks, out-parameters, key buffers
+//!   queue  registry        the stream's task queue (loom-checked); the cross-process registry
+//!   config  fault  sync    the environment, fault injection, std or loom primitives
+//!   ─────────────────────────────────────────────────────────────────────────────────────────────────
+//!   aclshm-os  aclshm-sys  the operating system; the ACL API as data
+//! ```
+//!
 //! ## Limits, knowingly
 //! No kernels, events, contexts beyond each device's default, host (DDR) physical memory, V2 or fabric
 //! handles, or `ASCEND_RT_VISIBLE_DEVICES`. A process that forks after using the simulator must exec
 //! before the child uses it, as with CANN.
 
+mod call;
 mod capi;
 mod config;
 mod device;
@@ -51,13 +76,13 @@ mod fault;
 mod ipc;
 mod memory;
 mod notify;
+mod object;
 #[doc(hidden)]
 pub mod queue;
 mod registry;
 mod state;
 mod stream;
 mod sync;
-mod sys;
 mod vmm;
 
 pub use capi::*;

@@ -12,135 +12,16 @@ use std::ffi::c_void;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use aclshm_os::{AnonymousMapping, SharedMapping};
 use aclshm_sys::*;
 
-use crate::config::{GRANULARITY, GRANULARITY_1G};
-use crate::registry::{self, PHYS_MALLOC, PHYS_REVOKED};
-use crate::state::{Local, Mapping, MemHandle, Origin, R, Region, RegionKind, Sim, bail, fail, not_null, put, sim};
-use crate::stream::Task;
-use crate::sys::{self, Alias, HOST_PAGE};
-
-/// Create a physical object of `size` bytes on device `d`, held by this process.
-pub(crate) fn create_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R<(usize, u64, Alias)> {
-    let (slot, serial) = reserve_phys(s, kind, size, page, d)?;
-    let make = || -> R<Alias> {
-        let path = s.reg.dir().join(registry::phys_file(serial));
-        let fd = sys::create_file(&path)
-            .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("create {}: {e}", path.display())))?;
-        let sized = if s.lazy_commit { sys::set_len(&fd, size) } else { sys::allocate(&fd, size) };
-        sized.map_err(|e| {
-            fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("no room for {size} bytes in {}: {e}", s.reg.dir().display()))
-        })?;
-        Alias::map(&fd, size as usize).map_err(|e| fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("map object: {e}")))
-    };
-    match make() {
-        Ok(a) => Ok((slot, serial, a)),
-        Err(e) => {
-            let _ = s.drop_holder(slot, serial);
-            Err(e)
-        }
-    }
-}
-
-/// Account `size` bytes on device `d` and take a physical object slot, reclaiming what dead processes
-/// left once if the device is full.
-fn reserve_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R<(usize, u64)> {
-    for attempt in 0..2 {
-        let mut g = s.lock()?;
-        let t = g.t();
-        let used = t.used[d as usize];
-        if used.checked_add(size).is_none_or(|total| total > s.hbm_bytes) {
-            if attempt == 0 {
-                drop(g);
-                s.reclaim()?;
-                continue;
-            }
-            return bail(
-                ACL_ERROR_RT_MEMORY_ALLOCATION,
-                format!("device {d} is full: {used} of {} bytes in use, {size} more asked", s.hbm_bytes),
-            );
-        }
-        let Some(i) = t.alloc_phys() else {
-            return bail(
-                ACL_ERROR_RT_MEMORY_ALLOCATION,
-                format!("the simulator holds {} physical objects, its limit", registry::MAX_PHYS),
-            );
-        };
-        let serial = t.serial();
-        t.used[d as usize] = used + size;
-        let slot = &mut t.phys[i];
-        slot.serial = serial;
-        slot.size = size;
-        slot.page = page;
-        slot.kind = kind;
-        slot.device = d;
-        slot.owner = s.me.slot;
-        slot.generation = slot.generation.wrapping_add(1);
-        slot.holders = Default::default();
-        slot.holders.set(s.me.slot as usize);
-        slot.token = 0;
-        slot.no_pid_check = 0;
-        slot.export_open = 0;
-        slot.wl_len = 0;
-        return Ok((i, serial));
-    }
-    unreachable!("the loop returns on its second attempt")
-}
-
-/// A physical object this process holds.
-pub(crate) struct Object {
-    pub phys: usize,
-    pub serial: u64,
-    pub size: u64,
-    pub page: u64,
-    /// The device the local handle is on.
-    pub device: u32,
-}
-
-/// Map the first `len` bytes of `obj` (reached through `alias`) into a fresh region of this process,
-/// through an internal handle: what `aclrtMalloc` and `aclrtIpcMemImportByKey` return. `kind` makes the
-/// region's kind from the handle. Returns the region's base; on failure nothing is left mapped or
-/// recorded (the caller still holds the object).
-pub(crate) fn map_whole(
-    l: &mut Local,
-    obj: &Object,
-    alias: Alias,
-    len: usize,
-    imported: bool,
-    kind: impl FnOnce(usize) -> RegionKind,
-) -> R<usize> {
-    let base = reserve_va(len, obj.page as usize, None)?;
-    // SAFETY: base is a fresh reservation of len bytes, and len is at most the object's size.
-    if let Err(e) = unsafe { alias.mirror_part_at(base, len) } {
-        // SAFETY: our fresh reservation, with nothing in it.
-        unsafe { sys::unreserve(base, len) };
-        return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("map {len:#x} bytes: {e}"));
-    }
-    let generation = l.new_generation();
-    let handle = l.handles.insert(MemHandle {
-        generation,
-        phys: obj.phys,
-        serial: obj.serial,
-        size: obj.size,
-        page: obj.page,
-        device: obj.device,
-        origin: Origin::Internal,
-        alias: Arc::new(alias),
-        freed: false,
-        maps: 1,
-        exported: None,
-    });
-    let mut region = Region { size: len, kind: kind(handle), maps: Default::default() };
-    region.maps.insert(0, Mapping { handle, size: len, imported, access: None });
-    l.regions.insert(base, region);
-    Ok(base)
-}
-
-/// Reserve an inaccessible range of `len` bytes aligned to `align`.
-pub(crate) fn reserve_va(len: usize, align: usize, at: Option<usize>) -> R<usize> {
-    sys::reserve(len, align.max(HOST_PAGE), at)
-        .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("reserve {len:#x} bytes of address space: {e}")))
-}
+use crate::call::{R, bail, fail, not_null, put};
+use crate::config::{GRANULARITY, GRANULARITY_1G, HOST_PAGE};
+use crate::device::stream_for;
+use crate::ipc::close_keys_of;
+use crate::object::{Object, create_phys, map_whole};
+use crate::registry::{PHYS_MALLOC, PHYS_REVOKED};
+use crate::state::{Local, RegionKind, Sim, sim, sim_for_task};
 
 pub(crate) unsafe fn aclrtMalloc(dev_ptr: *mut *mut c_void, size: usize, policy: aclrtMemMallocPolicy) -> R {
     not_null(dev_ptr, "devPtr")?;
@@ -204,11 +85,11 @@ pub(crate) unsafe fn aclrtFree(dev_ptr: *mut c_void) -> R {
         (m.phys, m.serial)
     };
     // Freeing exported memory closes its keys; importers that still hold them lose their pages.
-    crate::ipc::close_keys_of(s, phys, serial)?;
+    close_keys_of(s, phys, serial)?;
     s.release_if_done(&mut l, handle)?;
     drop(l);
     // SAFETY: the region is gone from the tables, so nothing reaches its range any more.
-    unsafe { sys::unreserve(base, region.size) };
+    unsafe { aclshm_os::unreserve(base, region.size) };
     Ok(())
 }
 
@@ -222,23 +103,12 @@ pub(crate) unsafe fn aclrtMallocHost(host_ptr: *mut *mut c_void, size: usize) ->
     s.current(&l)?;
     let len =
         size.checked_next_multiple_of(HOST_PAGE).ok_or_else(|| fail(ACL_ERROR_INVALID_PARAM, "size overflows"))?;
-    // SAFETY: a fresh private anonymous mapping at an address of the kernel's choosing.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return bail(ACL_ERROR_RT_MEMORY_ALLOCATION, "no host memory for aclrtMallocHost");
-    }
-    l.host.insert(p as usize, len);
+    let m = AnonymousMapping::new(len)
+        .map_err(|e| fail(ACL_ERROR_RT_MEMORY_ALLOCATION, format!("no host memory for aclrtMallocHost: {e}")))?;
+    let p = m.ptr();
+    l.host.insert(p as usize, m);
     // SAFETY: non-null out-parameter (C API contract).
-    unsafe { put(host_ptr, p) };
+    unsafe { put(host_ptr, p.cast()) };
     Ok(())
 }
 
@@ -246,12 +116,12 @@ pub(crate) unsafe fn aclrtFreeHost(host_ptr: *mut c_void) -> R {
     not_null(host_ptr, "hostPtr")?;
     let s = sim()?;
     let mut l = s.local.lock();
-    let Some(len) = l.host.remove(&(host_ptr as usize)) else {
+    let Some(m) = l.host.remove(&(host_ptr as usize)) else {
         return bail(ACL_ERROR_RT_PARAM_INVALID, "not memory from aclrtMallocHost of this process");
     };
     drop(l);
-    // SAFETY: the mapping was made by aclrtMallocHost and is no longer in the table.
-    unsafe { libc::munmap(host_ptr, len) };
+    // Unmapped here, out of the table and outside the lock.
+    drop(m);
     Ok(())
 }
 
@@ -260,7 +130,7 @@ struct Piece {
     ptr: *mut u8,
     len: usize,
     /// Keeps the alias mapped while the copy runs, even if the memory is unmapped meanwhile.
-    _alias: Option<Arc<Alias>>,
+    _alias: Option<Arc<SharedMapping>>,
 }
 
 /// Where an address lies.
@@ -275,7 +145,7 @@ pub(crate) enum Place {
 pub(crate) fn place(l: &Local, addr: usize) -> Place {
     if l.region_at(addr).is_some() {
         Place::Device
-    } else if l.host.range(..=addr).next_back().is_some_and(|(&b, &n)| addr < b + n) {
+    } else if l.host.range(..=addr).next_back().is_some_and(|(&b, m)| addr < b + m.len()) {
         Place::PinnedHost
     } else {
         Place::Host
@@ -327,7 +197,7 @@ fn resolve(s: &Sim, l: &Local, addr: usize, len: usize, device: bool) -> R<Optio
 
 /// Copy `count` bytes from `src` to `dst` now. `dst_dev` and `src_dev` say which are device memory (as
 /// found when the copy was asked for); the others are host addresses.
-pub(crate) fn copy(s: &Sim, dst: usize, src: usize, count: usize, dst_dev: bool, src_dev: bool) -> R {
+fn copy(s: &Sim, dst: usize, src: usize, count: usize, dst_dev: bool, src_dev: bool) -> R {
     let (d, sp) = {
         let l = s.local.lock();
         (resolve(s, &l, dst, count, dst_dev)?, resolve(s, &l, src, count, src_dev)?)
@@ -440,7 +310,7 @@ pub(crate) unsafe fn aclrtMemcpyAsync(
     }
     let s = sim()?;
     let mut l = s.local.lock();
-    let st = crate::device::stream_for(s, &mut l, stream)?;
+    let st = stream_for(s, &mut l, stream)?;
     let (pd, ps) = (place(&l, dst as usize), place(&l, src as usize));
     let want = kind_of(pd, ps);
     if want == aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_HOST {
@@ -465,7 +335,8 @@ pub(crate) unsafe fn aclrtMemcpyAsync(
     resolve(s, &l, dst as usize, count, dst_dev)?;
     resolve(s, &l, src as usize, count, src_dev)?;
     drop(l);
-    st.push(Task::Copy { dst: dst as usize, src: src as usize, count, dst_dev, src_dev })
+    let (dst, src) = (dst as usize, src as usize);
+    st.push(Box::new(move |_abort| copy(sim_for_task()?, dst, src, count, dst_dev, src_dev)))
 }
 
 pub(crate) unsafe fn aclrtMemset(dev_ptr: *mut c_void, max_count: usize, value: i32, count: usize) -> R {

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use aclshm_sys::*;
 
-use crate::ipc::{read_key, write_key};
+use crate::call::{R, bail, fail, not_null, put, read_key, write_key};
+use crate::device::stream_for;
 use crate::registry::{self, KEY_LEN};
-use crate::state::{LocalNotify, R, Sim, TAG_NOTIFY, bail, decode, encode, fail, not_null, put, sim};
+use crate::state::{LocalNotify, Sim, TAG_NOTIFY, decode, encode, sim, sim_for_task};
 use crate::stream::Task;
 use crate::sync::AtomicBool;
-use crate::sys;
 
 /// The local notify a caller's handle names.
 fn notify_key(l: &crate::state::Local, n: aclrtNotify) -> R<usize> {
@@ -97,14 +97,17 @@ fn enqueue(notify: aclrtNotify, stream: aclrtStream, make: impl FnOnce(&LocalNot
     let s = sim()?;
     let mut l = s.local.lock();
     let k = notify_key(&l, notify)?;
-    let st = crate::device::stream_for(s, &mut l, stream)?;
+    let st = stream_for(s, &mut l, stream)?;
     let task = make(&l.notifies[k])?;
     drop(l);
     st.push(task)
 }
 
 pub(crate) unsafe fn aclrtRecordNotify(notify: aclrtNotify, stream: aclrtStream) -> R {
-    enqueue(notify, stream, |n| Ok(Task::Record { slot: n.slot, serial: n.serial }))
+    enqueue(notify, stream, |n| {
+        let (slot, serial) = (n.slot, n.serial);
+        Ok(Box::new(move |_abort| record_now(sim_for_task()?, slot, serial)))
+    })
 }
 
 pub(crate) unsafe fn aclrtWaitAndResetNotify(notify: aclrtNotify, stream: aclrtStream, timeout: u32) -> R {
@@ -115,8 +118,13 @@ pub(crate) unsafe fn aclrtWaitAndResetNotify(notify: aclrtNotify, stream: aclrtS
                 "only the process that created a notify may wait on it; an importer records",
             );
         }
-        let timeout = if timeout == u32::MAX { Duration::ZERO } else { Duration::from_secs(u64::from(timeout)) };
-        Ok(Task::Wait { slot: n.slot, serial: n.serial, timeout })
+        // 0 and u32::MAX wait for ever; the clock starts when the stream reaches the wait.
+        let timeout = (timeout != 0 && timeout != u32::MAX).then(|| Duration::from_secs(u64::from(timeout)));
+        let (slot, serial) = (n.slot, n.serial);
+        Ok(Box::new(move |abort: &AtomicBool| {
+            let deadline = timeout.map(|t| Instant::now() + t);
+            wait_now(sim_for_task()?, slot, serial, deadline, abort)
+        }))
     })
 }
 
@@ -198,7 +206,7 @@ pub(crate) unsafe fn aclrtNotifySetImportPid(notify: aclrtNotify, pid: *mut i32,
     }
     // SAFETY: pid points to one pid (num == 1; C API contract).
     let p = unsafe { pid.read_unaligned() };
-    if !registry::whitelist_add(&mut slot.wl, &mut slot.wl_len, p, sys::now_ticks()) {
+    if !registry::whitelist_add(&mut slot.wl, &mut slot.wl_len, p, aclshm_os::now_ticks()) {
         return bail(
             ACL_ERROR_RT_DRV_INTERNAL_ERROR,
             format!("a notify admits at most {} processes besides its creator", registry::WL_NOTIFY),
@@ -264,16 +272,16 @@ fn live(s: &Sim, slot: usize, serial: u64) -> R {
 }
 
 /// A record task: set the notify and wake its waiters, in any process.
-pub(crate) fn record_now(s: &Sim, slot: usize, serial: u64) -> R {
+fn record_now(s: &Sim, slot: usize, serial: u64) -> R {
     live(s, slot, serial)?;
     let w = &s.reg.words().notify_value[slot];
     w.store(1, Ordering::Release);
-    sys::futex_wake_all(w);
+    aclshm_os::futex_wake_all(w);
     Ok(())
 }
 
 /// A wait-and-reset task: wait until the notify is set, then reset it.
-pub(crate) fn wait_now(s: &Sim, slot: usize, serial: u64, deadline: Option<Instant>, abort: &AtomicBool) -> R {
+fn wait_now(s: &Sim, slot: usize, serial: u64, deadline: Option<Instant>, abort: &AtomicBool) -> R {
     live(s, slot, serial)?;
     let w = &s.reg.words().notify_value[slot];
     loop {
@@ -295,6 +303,7 @@ pub(crate) fn wait_now(s: &Sim, slot: usize, serial: u64, deadline: Option<Insta
             }
             None => slice,
         };
-        sys::futex_wait(w, 0, nap);
+        // How the wait ended does not matter: the loop looks at the word, the abort flag and the clock.
+        let _ = aclshm_os::futex_wait(w, 0, nap);
     }
 }

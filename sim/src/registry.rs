@@ -31,13 +31,13 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use aclshm_os::SharedMapping;
+
 use crate::config::{Config, MAX_DEVICES};
-use crate::sys;
 
 /// Process slots: processes attached to one directory at once.
 pub(crate) const MAX_PROCS: usize = 256;
@@ -272,29 +272,24 @@ pub(crate) fn phys_file(serial: u64) -> String {
     format!("phys-{serial:016x}")
 }
 
-/// A mapped registry.
+/// A mapped registry. It may be shared between threads: its lock-protected part is only reached through
+/// a [`Guard`] holding the process-shared mutex, and its other part is atomics.
 pub(crate) struct Registry {
-    base: NonNull<u8>,
+    map: SharedMapping,
     dir: PathBuf,
 }
-
-// SAFETY: the mapping is shared memory whose lock-protected part is only reached through a Guard holding
-// the process-shared mutex, and whose other part is atomics.
-unsafe impl Send for Registry {}
-// SAFETY: as above.
-unsafe impl Sync for Registry {}
 
 impl Registry {
     /// Open the registry in `cfg.dir`, creating it (and the directory) if needed.
     pub(crate) fn attach(cfg: &Config) -> Result<Registry, String> {
-        sys::ensure_private_dir(&cfg.dir)
+        aclshm_os::ensure_private_dir(&cfg.dir)
             .map_err(|e| format!("simulator directory {}: {e} (ACLSHM_SIM_DIR chooses another)", cfg.dir.display()))?;
         let path = cfg.dir.join(REGISTRY_FILE);
         // Another process may be creating or removing the registry at the same moment: retry a few times.
         for _ in 0..50 {
-            match sys::open_file(&path) {
+            match aclshm_os::open_file(&path) {
                 Ok(fd) => {
-                    let len = sys::check_private_file(&fd, &path).map_err(|e| e.to_string())?;
+                    let len = aclshm_os::check_private_file(&fd, &path).map_err(|e| e.to_string())?;
                     if len == 0 {
                         // Being created by someone else right now (link happens after sizing, so this is an
                         // unrelated empty file); refuse rather than guess.
@@ -326,12 +321,12 @@ impl Registry {
     /// without joining it. None if there is no registry (or its last user is retiring it).
     pub(crate) fn open_existing(dir: &Path) -> Result<Option<Registry>, String> {
         let path = dir.join(REGISTRY_FILE);
-        let fd = match sys::open_file(&path) {
+        let fd = match aclshm_os::open_file(&path) {
             Ok(fd) => fd,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("open {}: {e}", path.display())),
         };
-        let len = sys::check_private_file(&fd, &path).map_err(|e| e.to_string())?;
+        let len = aclshm_os::check_private_file(&fd, &path).map_err(|e| e.to_string())?;
         if len == 0 {
             return Ok(None);
         }
@@ -341,14 +336,12 @@ impl Registry {
     }
 
     fn create(cfg: &Config, path: &Path) -> io::Result<Registry> {
-        sys::ensure_private_dir(&cfg.dir)?;
-        let tmp = cfg.dir.join(format!(".registry-{}-{:x}", sys::pid(), sys::random_u64()));
-        let fd = sys::create_file(&tmp)?;
+        aclshm_os::ensure_private_dir(&cfg.dir)?;
+        let tmp = cfg.dir.join(format!(".registry-{}-{:x}", aclshm_os::pid(), aclshm_os::random_u64()));
+        let fd = aclshm_os::create_file(&tmp)?;
         let result = (|| {
-            // SAFETY: fd is valid; sparse: pages are allocated as slots are used.
-            if unsafe { libc::ftruncate(fd.as_raw_fd(), FILE_SIZE as libc::off_t) } != 0 {
-                return Err(io::Error::last_os_error());
-            }
+            // Sparse: pages are allocated as slots are used.
+            aclshm_os::set_len(&fd, FILE_SIZE as u64)?;
             let reg = Self::map(&fd, &cfg.dir).map_err(io::Error::other)?;
             // SAFETY: nobody else can see the file yet, so we have the mapping to ourselves.
             unsafe { reg.init(cfg)? };
@@ -360,31 +353,17 @@ impl Registry {
         result
     }
 
-    fn map(fd: &std::os::fd::OwnedFd, dir: &Path) -> Result<Registry, String> {
-        // SAFETY: a fresh shared mapping of the registry file at an address of the kernel's choosing.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                FILE_SIZE,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(format!("map the registry: {}", io::Error::last_os_error()));
-        }
-        Ok(Registry {
-            base: NonNull::new(p.cast()).expect("mmap does not return null on success"),
-            dir: dir.to_path_buf(),
-        })
+    /// Map `FILE_SIZE` bytes of the registry file `fd`: its length was just set, or `check_layout`
+    /// compares it before anything past the first page (`Control`) is read.
+    fn map(fd: &OwnedFd, dir: &Path) -> Result<Registry, String> {
+        let map = SharedMapping::map(fd, FILE_SIZE).map_err(|e| format!("map the registry: {e}"))?;
+        Ok(Registry { map, dir: dir.to_path_buf() })
     }
 
     /// # Safety
     /// 1. No other process can reach the mapping yet.
     unsafe fn init(&self, cfg: &Config) -> io::Result<()> {
-        let c = self.base.as_ptr().cast::<Control>();
+        let c = self.map.ptr().cast::<Control>();
         // SAFETY: the mapping is FILE_SIZE bytes of zeroes, ours alone (precondition 1); Control fits.
         unsafe {
             (*c).magic = MAGIC;
@@ -401,8 +380,8 @@ impl Registry {
             if rc != 0 {
                 return Err(io::Error::from_raw_os_error(rc));
             }
-            let t = &mut *self.base.as_ptr().add(TABLES_OFFSET).cast::<Tables>();
-            t.boot_id = sys::boot_id();
+            let t = &mut *self.map.ptr().add(TABLES_OFFSET).cast::<Tables>();
+            t.boot_id = aclshm_os::boot_id();
             t.devices = cfg.devices;
             t.hbm_bytes = cfg.hbm_bytes;
             t.configured = 1;
@@ -438,14 +417,14 @@ impl Registry {
         // SAFETY: the mapping starts with a Control; its fields other than the mutex and state are written
         // once before the file is published, state is atomic, and the mutex is in an UnsafeCell (only ever
         // reached through raw pointers).
-        unsafe { &*self.base.as_ptr().cast::<Control>() }
+        unsafe { &*self.map.ptr().cast::<Control>() }
     }
 
     /// The lock-free words.
     pub(crate) fn words(&self) -> &Words {
         // SAFETY: Words lives at WORDS_OFFSET inside the mapping and is only ever accessed through shared
         // references (it is all atomics).
-        unsafe { &*self.base.as_ptr().add(WORDS_OFFSET).cast::<Words>() }
+        unsafe { &*self.map.ptr().add(WORDS_OFFSET).cast::<Words>() }
     }
 
     /// The directory this registry lives in.
@@ -455,7 +434,7 @@ impl Registry {
 
     /// Take the registry lock. `repaired` on the guard says the previous holder died holding it.
     pub(crate) fn lock(&self) -> Result<Guard<'_>, String> {
-        let c = self.base.as_ptr().cast::<Control>();
+        let c = self.map.ptr().cast::<Control>();
         // SAFETY: the mutex was initialised process-shared and robust before the file was published.
         let rc = unsafe { libc::pthread_mutex_lock(std::cell::UnsafeCell::raw_get(&raw const (*c).mutex)) };
         let owner_died = match rc {
@@ -485,13 +464,6 @@ impl Registry {
     }
 }
 
-impl Drop for Registry {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made by Registry::map with this length and is reachable only through self.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), FILE_SIZE) };
-    }
-}
-
 /// The registry lock, held. Unlocks on drop.
 pub(crate) struct Guard<'a> {
     reg: &'a Registry,
@@ -504,7 +476,7 @@ impl Guard<'_> {
     pub(crate) fn t(&mut self) -> &mut Tables {
         // SAFETY: Tables lives at TABLES_OFFSET; holding the process-shared mutex makes this the only
         // reference to it in any process, for as long as the guard (and so the borrow) lives.
-        unsafe { &mut *self.reg.base.as_ptr().add(TABLES_OFFSET).cast::<Tables>() }
+        unsafe { &mut *self.reg.map.ptr().add(TABLES_OFFSET).cast::<Tables>() }
     }
 
     /// The lock-free words (reachable with the lock held too).
@@ -515,7 +487,7 @@ impl Guard<'_> {
 
 impl Drop for Guard<'_> {
     fn drop(&mut self) {
-        let c = self.reg.base.as_ptr().cast::<Control>();
+        let c = self.reg.map.ptr().cast::<Control>();
         // SAFETY: we hold the mutex.
         unsafe { libc::pthread_mutex_unlock(std::cell::UnsafeCell::raw_get(&raw const (*c).mutex)) };
     }
@@ -570,7 +542,7 @@ impl Tables {
     pub(crate) fn dead_procs(&self, boot_changed: bool) -> Vec<u32> {
         self.proc_live
             .iter()
-            .filter(|&i| boot_changed || !sys::alive(self.procs[i].pid, self.procs[i].start))
+            .filter(|&i| boot_changed || !aclshm_os::alive(self.procs[i].pid, self.procs[i].start))
             .map(|i| i as u32)
             .collect()
     }

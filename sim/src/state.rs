@@ -6,57 +6,20 @@
 //! packs a tag, a generation and a table index into a non-canonical address, so a stale, forged or
 //! foreign handle is recognised (and refused) rather than dereferenced, and dereferencing one faults.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use aclshm_os::{AnonymousMapping, SharedMapping};
 use aclshm_sys::*;
 use parking_lot::Mutex;
 use slab::Slab;
 
+use crate::call::{R, bail, fail};
 use crate::config::Config;
 use crate::registry::{self, ProcSlot, Registry};
 use crate::stream::Stream;
-use crate::sys::{self, Alias};
-
-/// A failed call: the code the caller gets and why (printed when `ACLSHM_SIM_LOG=1`).
-#[derive(Debug, Clone)]
-pub(crate) struct Fail {
-    pub code: aclError,
-    pub why: Cow<'static, str>,
-}
-
-/// The result of an entry point's implementation.
-pub(crate) type R<T = ()> = Result<T, Fail>;
-
-/// A failure with `code` because `why`.
-pub(crate) fn fail(code: aclError, why: impl Into<Cow<'static, str>>) -> Fail {
-    Fail { code, why: why.into() }
-}
-
-/// `Err(fail(..))` shorthand.
-pub(crate) fn bail<T>(code: aclError, why: impl Into<Cow<'static, str>>) -> R<T> {
-    Err(fail(code, why))
-}
-
-/// Refuse a null pointer argument the way the ACL layer does.
-pub(crate) fn not_null<T>(p: *const T, what: &'static str) -> R {
-    if p.is_null() {
-        return bail(ACL_ERROR_INVALID_PARAM, format!("{what} is NULL"));
-    }
-    Ok(())
-}
-
-/// Write an out-parameter the caller handed us (checked non-null before).
-///
-/// # Safety
-/// 1. `p` is non-null and valid for a write of `T` (alignment not required).
-pub(crate) unsafe fn put<T>(p: *mut T, v: T) {
-    // SAFETY: forwarded to the caller (precondition 1).
-    unsafe { p.write_unaligned(v) }
-}
 
 pub(crate) const TAG_MEM: u64 = 0x5A;
 pub(crate) const TAG_STREAM: u64 = 0x5B;
@@ -95,7 +58,8 @@ pub(crate) struct MemHandle {
     /// The device this handle is on (for an import, the importing device).
     pub device: u32,
     pub origin: Origin,
-    pub alias: Arc<Alias>,
+    /// The simulator's read-write mapping of the object: copies and memset go through it.
+    pub alias: Arc<SharedMapping>,
     /// aclrtFreePhysical was called; the handle goes when its last mapping does.
     pub freed: bool,
     pub maps: u32,
@@ -171,8 +135,8 @@ pub(crate) struct DeviceCtx {
 pub(crate) struct Local {
     pub handles: Slab<MemHandle>,
     pub regions: BTreeMap<usize, Region>,
-    /// aclrtMallocHost allocations: base -> length.
-    pub host: BTreeMap<usize, usize>,
+    /// aclrtMallocHost allocations by base address.
+    pub host: BTreeMap<usize, AnonymousMapping>,
     pub streams: Slab<Arc<Stream>>,
     pub notifies: Slab<LocalNotify>,
     pub ipc_imports: HashMap<Vec<u8>, IpcImport>,
@@ -331,6 +295,12 @@ pub(crate) fn sim_if_attached() -> Option<&'static Sim> {
     }
 }
 
+/// The simulator for a stream task about to run: it was attached when the task was queued, but the
+/// process may have detached it since (it is exiting), and then the task fails.
+pub(crate) fn sim_for_task() -> R<&'static Sim> {
+    sim_if_attached().ok_or_else(|| fail(ACL_ERROR_RT_STREAM_ABORT, "the simulator was detached while work was queued"))
+}
+
 extern "C" fn after_fork_in_child() {
     FORKED.store(true, Ordering::Relaxed);
 }
@@ -338,7 +308,7 @@ extern "C" fn after_fork_in_child() {
 extern "C" fn at_exit() {
     if let Some(Ok(s)) = SIM.get() {
         // A child forked without exec inherits this handler: it must not detach its parent's slot.
-        if s.me.pid == sys::pid() && !FORKED.load(Ordering::Relaxed) {
+        if s.me.pid == aclshm_os::pid() && !FORKED.load(Ordering::Relaxed) {
             s.detach();
         }
     }
@@ -348,10 +318,10 @@ impl Sim {
     fn open() -> Result<Sim, String> {
         let cfg = Config::from_env()?;
         crate::fault::load_env()?;
-        let pid = sys::pid();
-        let start = sys::start_time(pid).ok_or("cannot read this process's start time from /proc")?;
-        let bare_tgid = sys::bare_tgid();
-        let identity = ProcSlot { pid, bare_tgid, start, instance: sys::random_u64() };
+        let pid = aclshm_os::pid();
+        let start = aclshm_os::start_time(pid).ok_or("cannot read this process's start time from /proc")?;
+        let bare_tgid = aclshm_os::bare_tgid();
+        let identity = ProcSlot { pid, bare_tgid, start, instance: aclshm_os::random_u64() };
         // The last process to leave a directory retires its registry; one that opened the file just before
         // sees that once it holds the lock, and starts over with a new registry.
         let mut joined = None;
@@ -390,7 +360,7 @@ impl Sim {
             return Ok(None);
         }
         let words = reg.words();
-        let boot = sys::boot_id();
+        let boot = aclshm_os::boot_id();
         let boot_changed = g.t().boot_id != boot;
         let mut destroyed = Vec::new();
         for p in g.t().dead_procs(boot_changed) {
@@ -520,14 +490,6 @@ impl Sim {
         let m = l.handles.remove(key);
         self.drop_holder(m.phys, m.serial)?;
         Ok(true)
-    }
-
-    /// Open physical object `serial` of `size` bytes and map it read-write.
-    pub(crate) fn alias_of(&self, serial: u64, size: u64) -> R<Alias> {
-        let path = self.reg.dir().join(registry::phys_file(serial));
-        let fd = sys::open_file(&path)
-            .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("open {}: {e}", path.display())))?;
-        Alias::map(&fd, size as usize).map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("map object: {e}")))
     }
 }
 

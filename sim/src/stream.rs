@@ -7,28 +7,20 @@
 //! usable again. `aclrtDestroyStream` lets queued work finish first; `aclrtDestroyStreamForce` drops it
 //! and interrupts a task that is waiting on a notify.
 
-use crate::sync::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use aclshm_sys::*;
 use parking_lot::Mutex;
 
+use crate::call::{Fail, R, fail};
 use crate::queue::TaskQueue;
-use crate::state::{Fail, R, fail};
+use crate::sync::AtomicBool;
 
-/// Work queued on a stream.
-#[derive(Debug, Clone)]
-pub(crate) enum Task {
-    /// Copy `count` bytes (addresses as the caller gave them, resolved when the task runs, and which of them
-    /// were device memory when the copy was queued).
-    Copy { dst: usize, src: usize, count: usize, dst_dev: bool, src_dev: bool },
-    /// Set notify `slot` (serial `serial`).
-    Record { slot: usize, serial: u64 },
-    /// Wait until notify `slot` is set, then reset it; `timeout` 0 waits for ever.
-    Wait { slot: usize, serial: u64, timeout: Duration },
-}
+/// Work queued on a stream: what to do when the stream reaches it, built by the module whose call queued
+/// it (a copy by `memory`, a record or a wait by `notify`). It gets the flag a forced destroy raises, for
+/// work that waits.
+pub(crate) type Task = Box<dyn FnOnce(&AtomicBool) -> R + Send>;
 
 /// A stream of this process.
 pub(crate) struct Stream {
@@ -51,7 +43,7 @@ impl Stream {
         let worker = Arc::clone(&queue);
         let thread = std::thread::Builder::new()
             .name(format!("aclshm-sim-stream-d{device}"))
-            .spawn(move || worker.run(|task, abort| execute(&task, abort)))
+            .spawn(move || worker.run(|task: Task, abort| task(abort)))
             .map_err(|e| fail(ACL_ERROR_RT_NO_STREAM_RESOURCE, format!("start a stream thread: {e}")))?;
         Ok(Stream { generation, device, queue, thread: Mutex::new(Some(thread)) })
     }
@@ -74,19 +66,6 @@ impl Stream {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
             }
-        }
-    }
-}
-
-fn execute(task: &Task, abort: &AtomicBool) -> R {
-    let sim = crate::state::sim_if_attached()
-        .ok_or_else(|| fail(ACL_ERROR_RT_STREAM_ABORT, "the simulator was detached while work was queued"))?;
-    match *task {
-        Task::Copy { dst, src, count, dst_dev, src_dev } => crate::memory::copy(sim, dst, src, count, dst_dev, src_dev),
-        Task::Record { slot, serial } => crate::notify::record_now(sim, slot, serial),
-        Task::Wait { slot, serial, timeout } => {
-            let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
-            crate::notify::wait_now(sim, slot, serial, deadline, abort)
         }
     }
 }

@@ -22,13 +22,11 @@ use std::sync::Arc;
 
 use aclshm_sys::*;
 
+use crate::call::{R, bail, fail, not_null, put};
 use crate::config::{GRANULARITY, GRANULARITY_1G};
-use crate::memory::{create_phys, reserve_va};
+use crate::object::{alias_of, create_phys, reserve_va};
 use crate::registry::{self, PHYS_VMM};
-use crate::state::{
-    Local, Mapping, MemHandle, Origin, R, Region, RegionKind, Sim, TAG_MEM, bail, encode, fail, not_null, put, sim,
-};
-use crate::sys;
+use crate::state::{Local, Mapping, MemHandle, Origin, Region, RegionKind, Sim, TAG_MEM, encode, sim};
 
 /// Reservations larger than this are aligned to 1 GiB, so 1 GiB pages can be mapped into them.
 const BIG_RESERVATION: u64 = 512 << 20;
@@ -100,7 +98,7 @@ pub(crate) unsafe fn aclrtReleaseMemAddress(vir_ptr: *mut c_void) -> R {
     let r = l.regions.remove(&base).expect("looked up above");
     drop(l);
     // SAFETY: the range is out of the tables and has nothing mapped.
-    unsafe { sys::unreserve(base, r.size) };
+    unsafe { aclshm_os::unreserve(base, r.size) };
     Ok(())
 }
 
@@ -285,7 +283,7 @@ pub(crate) unsafe fn aclrtMapMem(
     }
     let device = h.device;
     // SAFETY: [va, va+size) lies in our reservation with nothing mapped (checked above).
-    unsafe { h.alias.mirror_at(va) }.map_err(|e| drv(format!("map at {va:#x}: {e}")))?;
+    unsafe { h.alias.mirror_at(va, size) }.map_err(|e| drv(format!("map at {va:#x}: {e}")))?;
     let r = l.regions.get_mut(&base).expect("found above");
     r.maps.insert(off, Mapping { handle: key, size, imported, access: None });
     r.kind = RegionKind::Reserved { bound: Some(device) };
@@ -309,7 +307,7 @@ pub(crate) unsafe fn aclrtUnmapMem(vir_ptr: *mut c_void) -> R {
         .ok_or_else(|| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("nothing is mapped at exactly {va:#x}")))?;
     let m = l.regions.get_mut(&base).expect("found above").maps.remove(&off).expect("found above");
     // SAFETY: the range was our mapping, now out of the tables.
-    unsafe { sys::rereserve(va, m.size) }
+    unsafe { aclshm_os::rereserve(va, m.size) }
         .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("unmap {va:#x}: {e}")))?;
     l.handles[m.handle].maps -= 1;
     s.release_if_done(&mut l, m.handle)?;
@@ -510,7 +508,7 @@ pub(crate) unsafe fn aclrtMemImportFromShareableHandle(
         t.phys[slot].holders.set(me.slot as usize);
         (phys, serial, size, page)
     };
-    let alias = match s.alias_of(serial, size) {
+    let alias = match alias_of(s, serial, size) {
         Ok(a) => a,
         Err(e) => {
             let _ = s.drop_holder(phys, serial);
@@ -568,7 +566,7 @@ pub(crate) unsafe fn aclrtMemSetPidToShareableHandle(shareable_handle: u64, pid:
     if pids.iter().all(|&p| p == 0) {
         return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, "every pid given is 0");
     }
-    let now = sys::now_ticks();
+    let now = aclshm_os::now_ticks();
     for &pid in pids.iter().filter(|&&p| p != 0) {
         if !registry::whitelist_add(&mut p.wl, &mut p.wl_len, pid, now) {
             return bail(

@@ -325,7 +325,7 @@ mod tests {
         let live = PinFile::create(&dir.0, g.token, g.blocks).unwrap();
         // What a worker killed between creating its file and locking, sizing or stamping it leaves.
         let half = dir.0.join(format!("{}{:016x}.pins", pins_prefix(g.token), 7));
-        drop(crate::os::SharedMap::create(&half, 10).unwrap());
+        drop(aclshm_os::create_file(&half).unwrap());
         assert!(PinFile::open(&half, g.token, g.blocks).is_none(), "not a pin file the owner can read");
         let other_pool = PinFile::create(&dir.0, 0xdef, g.blocks).unwrap();
         PinFile::sweep_abandoned(&dir.0, g.token);

@@ -54,9 +54,9 @@ impl Default for PoolConfig {
     }
 }
 
-/// A size written `12345`, `8K`, `8KiB`, `2M`, `1G`, ... (binary units; see `aclshm_sys::host::parse_bytes`).
+/// A size written `12345`, `8K`, `8KiB`, `2M`, `1G`, ... (binary units; see [`crate::parse_bytes`]).
 pub(crate) fn parse_size(s: &str) -> Option<u64> {
-    aclshm_sys::host::parse_bytes(s).ok()
+    crate::parse_bytes(s).ok()
 }
 
 /// A configuration file: the pool's configuration and, for a KV pool, its block size.

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -90,9 +90,6 @@ struct State {
     /// Published chunks by slot: (chunk id, shareable handle, generation published).
     live: HashMap<usize, (u64, u64, u64)>,
     retired: Vec<Retired>,
-    /// Mirrors dropped because the runtime would not whitelist them on a new chunk: the rendezvous hangs
-    /// up on them.
-    evicted: Vec<u64>,
 }
 
 /// A pool's sharing, on the owner's side.
@@ -192,28 +189,15 @@ impl Sharing {
             shareables.push(phys.export(self.export_flags)?);
         }
         if self.export_flags == aclshm_sys::ACL_RT_VMM_EXPORT_FLAG_DEFAULT {
-            let mirrors: Vec<(u64, i32)> = self.state.lock().mirrors.iter().map(|(&id, m)| (id, m.tgid)).collect();
-            // One pid per call: what every runtime accepts (MindSpore found some take only one). A worker
-            // the runtime will not whitelist on a new chunk is let go rather than fail the owner's grow: the
-            // owner's own allocations never depend on its workers.
-            let mut evict = Vec::new();
+            // Never more than `max_workers`, which admission keeps below a whitelist's capacity: a new
+            // chunk's whitelist (empty until now) has room for every attached worker. A failure here is the
+            // runtime's, and undoes the grow (the caller may retry).
+            let tgids: Vec<i32> = self.state.lock().mirrors.values().map(|m| m.tgid).collect();
+            // One pid per call: what every runtime accepts (MindSpore found some take only one).
             for &s in &shareables {
-                for &(id, tgid) in &mirrors {
-                    if evict.contains(&id) {
-                        continue;
-                    }
-                    if let Err(e) = raw::mem_set_pid_to_shareable_handle(&self.rt, s, &[tgid]) {
-                        log::warn!(target: "aclshm", "worker pid {tgid} let go: it could not be whitelisted on a new chunk ({e})");
-                        evict.push(id);
-                    }
+                for &tgid in &tgids {
+                    raw::mem_set_pid_to_shareable_handle(&self.rt, s, &[tgid])?;
                 }
-            }
-            if !evict.is_empty() {
-                let mut st = self.state.lock();
-                for id in &evict {
-                    st.mirrors.remove(id);
-                }
-                st.evicted.extend(evict);
             }
         }
         let mut st = self.state.lock();
@@ -324,28 +308,21 @@ impl Sharing {
         // (which would wake every poll at once: a spinning thread).
         let mut spare = std::fs::File::open("/dev/null").ok();
         while !this.stop.load(SyncOrdering::Acquire) {
-            let evicted = std::mem::take(&mut this.state.lock().evicted);
-            peers.retain(|p| p.mirror.is_none_or(|id| !evicted.contains(&id)));
             let now = Instant::now();
             let wait = peers
                 .iter()
                 .filter_map(|p| p.admitting_since.map(|t| (t + ADMISSION).saturating_duration_since(now)))
                 .min()
                 .unwrap_or(Duration::from_secs(1));
-            let mut fds: Vec<libc::pollfd> = std::iter::once(listener.as_raw_fd())
-                .chain(peers.iter().map(|p| p.conn.as_raw_fd()))
-                .map(|fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 })
-                .collect();
-            if os::poll(&mut fds, wait).is_err() {
-                continue;
-            }
+            let fds: Vec<_> = std::iter::once(listener.as_fd()).chain(peers.iter().map(|p| p.conn.as_fd())).collect();
+            let Ok(ready) = os::poll_readable(&fds, wait) else { continue };
             if this.stop.load(SyncOrdering::Acquire) {
                 break;
             }
             // Serve the connections polled (in reverse, so that removing one keeps the others' indices).
             for i in (0..peers.len()).rev() {
                 let expired = peers[i].admitting_since.is_some_and(|t| t.elapsed() >= ADMISSION);
-                let keep = !expired && (fds[i + 1].revents == 0 || this.serve(&mut peers[i]));
+                let keep = !expired && (!ready[i + 1] || this.serve(&mut peers[i]));
                 if !keep {
                     let p = peers.swap_remove(i);
                     if let Some(id) = p.mirror {
@@ -354,7 +331,7 @@ impl Sharing {
                     }
                 }
             }
-            if fds[0].revents != 0 {
+            if ready[0] {
                 loop {
                     match listener.accept() {
                         Ok((conn, _)) => {
@@ -367,7 +344,7 @@ impl Sharing {
                                 });
                             }
                         }
-                        Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                        Err(e) if os::out_of_descriptors(&e) => {
                             this.turn_away_for_lack_of_descriptors(&listener, &mut spare);
                             break;
                         }
@@ -441,7 +418,8 @@ impl Sharing {
 
     /// Check a worker that said Hello, whitelist it, list it, welcome it.
     fn admit(&self, conn: &UnixStream, tgid: i32, device: i32) -> Result<u64> {
-        let (pid, uid) = os::peer_credentials(conn).map_err(|e| Error::Protocol(format!("peer credentials: {e}")))?;
+        let os::PeerCredentials { pid, uid } =
+            os::peer_credentials(conn).map_err(|e| Error::io("the worker's peer credentials", e))?;
         if uid != os::euid() {
             return Err(Error::NotPermitted(format!("the worker runs as uid {uid}, the owner as {}", os::euid())));
         }
