@@ -43,6 +43,7 @@
 
 mod error;
 mod info;
+mod input;
 pub mod ipc;
 pub mod kv;
 pub mod notify;
