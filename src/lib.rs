@@ -47,6 +47,7 @@ mod device;
 mod error;
 mod handles;
 mod info;
+mod input;
 pub mod ipc;
 pub mod kv;
 pub mod notify;

@@ -16,7 +16,8 @@
 //!
 //! Lines on the workers' stdin and stdout carry the block lists and the reports; the notifies carry the
 //! completion signals. Every wait has a timeout. Any byte that does not verify, or any worker that fails,
-//! makes the command fail.
+//! makes the command fail. The options are checked against the device before anything starts: the
+//! blocks must fit in device 0's memory, in whole chunks.
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
@@ -28,16 +29,17 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
+use crate::out::{self, errln, outln};
 use crate::report::{Table, bytes, duration};
 
 /// Options of `aclshm demo`.
 #[derive(Args, Debug, Clone)]
 pub struct DemoArgs {
     /// Worker processes.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64), allow_negative_numbers = true)]
     pub workers: u32,
-    /// KV blocks in all, shared out evenly between the workers.
-    #[arg(long, default_value_t = 256)]
+    /// KV blocks in all, shared out evenly between the workers (they must fit in device 0's memory).
+    #[arg(long, default_value_t = 256, allow_negative_numbers = true)]
     pub blocks: u32,
     /// Bytes per block (a multiple of 512; K, M and G suffixes are binary).
     #[arg(long, default_value = "256K", value_parser = parse_size)]
@@ -46,10 +48,10 @@ pub struct DemoArgs {
     #[arg(long, default_value = "2M", value_parser = parse_size)]
     pub chunk_size: u64,
     /// Devices to spread the workers over (default: every device).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub devices: Option<u32>,
-    /// Seconds any one step may take before the demo gives up.
-    #[arg(long, default_value_t = 120)]
+    /// Seconds any one step may take before the demo gives up (1 to 86400).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout: u64,
     /// Print the summary as JSON (and no progress bar).
     #[arg(long)]
@@ -249,7 +251,7 @@ pub fn worker(args: &WorkerArgs) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             say(format!("error {msg}"));
-            eprintln!("aclshm demo worker {}: {msg}", args.index);
+            errln!("aclshm demo worker {}: {msg}", args.index);
             ExitCode::FAILURE
         }
     }
@@ -426,17 +428,12 @@ fn run(rt: &Runtime, args: &DemoArgs, report: &mut DemoReport) -> Result<(), Str
     report.block_bytes = args.block_size;
     report.chunk_bytes = args.chunk_size;
     raw::set_device(rt, 0).map_err(e)?;
-    // Room for every block twice over (blocks do not span chunks), in whole chunks.
-    let per_chunk = (args.chunk_size / args.block_size.max(1)).max(1);
-    let chunks_needed = u64::from(report.blocks).div_ceil(per_chunk);
-    let pool = PoolConfig {
-        chunk_bytes: args.chunk_size,
-        reserve_bytes: (2 * chunks_needed + 2) * args.chunk_size,
-        ..PoolConfig::default()
-    };
+    let reserve_bytes = room(args, report.blocks, rt)?;
+    let pool = PoolConfig { chunk_bytes: args.chunk_size, reserve_bytes, ..PoolConfig::default() };
     let kv = KvPool::new(rt, 0, KvConfig { block_bytes: args.block_size, pool, share: ShareConfig::default() })
         .map_err(e)?;
-    let total_bytes = 2 * u64::from(report.blocks) * args.block_size;
+    // Written once and verified once; fits in 64 bits, as the blocks fit in the device (checked by `room`).
+    let total_bytes = u64::from(report.blocks).saturating_mul(args.block_size).saturating_mul(2);
     let bar = if args.json || !std::io::stderr().is_terminal() {
         ProgressBar::with_draw_target(Some(total_bytes), ProgressDrawTarget::hidden())
     } else {
@@ -479,6 +476,44 @@ fn run(rt: &Runtime, args: &DemoArgs, report: &mut DemoReport) -> Result<(), Str
     kv.close().map_err(e)?;
     report.total_ms = started.elapsed().as_secs_f64() * 1e3;
     result
+}
+
+/// The address space the pool reserves for `blocks` blocks: room for every block twice over (blocks do
+/// not span chunks), in whole chunks. Refuses sizes device 0 cannot hold, before anything starts.
+fn room(args: &DemoArgs, blocks: u32, rt: &Runtime) -> Result<u64, String> {
+    let (_, total) = raw::get_mem_info(rt, aclshm::sys::aclrtMemAttr::ACL_HBM_MEM).map_err(|e| e.to_string())?;
+    let total = total as u64;
+    let (chunk, block) = (args.chunk_size, args.block_size);
+    if !chunk.is_multiple_of(2 << 20) {
+        return Err(format!("--chunk-size {}: a chunk is a whole number of 2 MiB pages", bytes(chunk)));
+    }
+    if chunk > total {
+        return Err(format!("--chunk-size {}: more than device 0's memory ({})", bytes(chunk), bytes(total)));
+    }
+    if block > chunk {
+        // The pool says so too; said here with the options' names.
+        return Err(format!(
+            "--block-size {}: blocks do not fit chunks of {} (--chunk-size)",
+            bytes(block),
+            bytes(chunk)
+        ));
+    }
+    let per_chunk = chunk / block;
+    let chunks = u64::from(blocks).div_ceil(per_chunk);
+    let needed = chunks.checked_mul(chunk).filter(|&n| n <= total).ok_or_else(|| {
+        format!(
+            "--blocks {} of {}: {chunks} chunk(s) of {}, more than device 0's memory ({})",
+            args.blocks,
+            bytes(block),
+            bytes(chunk),
+            bytes(total)
+        )
+    })?;
+    // Twice the room the blocks need, and two chunks more: at most 2 * total + 2 * chunk, within 64 bits
+    // for any device of less than 4 EiB; a larger simulated one still gets an error, not an overflow.
+    needed.checked_mul(2).and_then(|n| n.checked_add(chunk.checked_mul(2)?)).ok_or_else(|| {
+        format!("--blocks {} of {}: the address space to reserve overflows 64 bits", args.blocks, bytes(block))
+    })
 }
 
 fn drive(
@@ -591,9 +626,10 @@ fn drive(
     for i in 0..n {
         s.send(i, "stats")?;
         let st = s.expect(i, "stats")?;
-        let v: Vec<u64> = st.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+        let mut v = st.split_whitespace().map(|x| x.parse().unwrap_or(0));
+        let mut next = || v.next().unwrap_or(0);
         let w = &mut s.worker(i).report;
-        (w.imports, w.runtime_imports, w.runtime_maps, w.runtime_calls) = (v[0], v[1], v[2], v[3]);
+        (w.imports, w.runtime_imports, w.runtime_maps, w.runtime_calls) = (next(), next(), next(), next());
         s.send(i, "bye")?;
     }
     for w in &mut s.workers {
@@ -613,7 +649,7 @@ fn drive(
     Ok(())
 }
 
-fn print(report: &DemoReport) {
+fn print(report: &DemoReport) -> out::Result {
     let mut t = Table::new(&[
         "worker",
         "device",
@@ -640,17 +676,17 @@ fn print(report: &DemoReport) {
             w.bad_bytes.to_string(),
         ]);
     }
-    println!("{}", t.render());
-    println!();
+    outln!("{}", t.render());
+    outln!();
     let mut p = Table::new(&["phase", "time"]);
     for (name, ms) in &report.phases {
         p.row(vec![name.clone(), duration(Duration::from_secs_f64(ms / 1e3))]);
     }
     p.row(vec!["total".into(), duration(Duration::from_secs_f64(report.total_ms / 1e3))]);
-    println!("{}", p.render());
-    println!();
-    println!("backend:             {}", report.backend);
-    println!(
+    outln!("{}", p.render());
+    outln!();
+    outln!("backend:             {}", report.backend);
+    outln!(
         "KV pool:             {} blocks of {} on device 0, {} chunks of {} grown, {} trimmed",
         report.blocks,
         bytes(report.block_bytes),
@@ -658,41 +694,53 @@ fn print(report: &DemoReport) {
         bytes(report.chunk_bytes),
         report.chunks_trimmed
     );
-    println!(
+    outln!(
         "scheduler:           {} exports (one per chunk), {} whitelist calls, {} runtime calls in all",
-        report.exports, report.whitelist_calls, report.scheduler_runtime_calls
+        report.exports,
+        report.whitelist_calls,
+        report.scheduler_runtime_calls
     );
-    println!(
+    outln!(
         "pins:                {} blocks freed while pinned by a reader, kept until it unpinned them",
         report.deferred_while_pinned
     );
-    println!(
+    outln!(
         "data:                {} written, {} verified across processes, {} bad bytes",
         bytes(report.bytes_written),
         bytes(report.bytes_verified),
         report.bad_bytes
     );
     match &report.error {
-        None => println!("result:              ok: every byte verified"),
-        Some(err) => println!("result:              FAILED: {err}"),
+        None => outln!("result:              ok: every byte verified"),
+        Some(err) => outln!("result:              FAILED: {err}"),
     }
+    Ok(())
 }
 
-/// `aclshm demo`.
-pub fn demo(rt: &Runtime, args: &DemoArgs) -> ExitCode {
+/// `aclshm demo`. A failure is said on stderr in one line, and in the summary (on stdout) when anything
+/// ran; a summary nobody reads any more (a closed pipe) does not change the demo's status.
+pub fn demo(rt: &Runtime, args: &DemoArgs) -> out::Result {
     let mut report = DemoReport::default();
     let result = run(rt, args, &mut report);
     report.ok = result.is_ok();
     report.error = result.err();
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).expect("plain data serialises"));
+    let printed = if args.json {
+        out::print(&format!("{}\n", serde_json::to_string_pretty(&report).expect("plain data serialises")))
     } else if report.phases.is_empty() && report.workers.is_empty() {
         // Nothing ran: the error is the whole story.
-        eprintln!("aclshm demo: {}", report.error.as_deref().unwrap_or("failed"));
+        Ok(())
     } else {
-        print(&report);
+        print(&report)
+    };
+    if let Some(err) = &report.error {
+        errln!("aclshm demo: {err}");
     }
-    if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+    match printed {
+        Err(out::Failure::Stdout(e)) if out::is_broken_pipe(&e) && !report.ok => Err(out::Failure::Reported),
+        Err(failed) => Err(failed),
+        Ok(()) if report.ok => Ok(()),
+        Ok(()) => Err(out::Failure::Reported),
+    }
 }
 
 #[cfg(test)]

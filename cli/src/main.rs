@@ -1,16 +1,19 @@
 //! `aclshm`: the command-line face of the library.
 
 mod demo;
+mod out;
 mod report;
 mod sim;
 mod tune;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use aclshm::{Runtime, RuntimeInfo};
 use clap::{Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
+use out::outln;
 use report::bytes;
 
 /// Share Ascend NPU memory between processes through the ACL runtime.
@@ -100,8 +103,9 @@ const TRACE_FORMAT: &str = "Trace files (a text format; `--write-trace FILE` wri
   kv-extend <id> <tokens>         it grows (decoding)
   kv-free <id>                    it ends
 
-Errors name the line. Built-in traces: `serving` (weights, then requests allocating activations of mixed
-sizes) and `kv` (a KV-cache manager under a load that rises and falls).";
+A trace file holds at most 256 MiB, and may be a pipe (`--trace /dev/stdin`). Errors name the line.
+Built-in traces: `serving` (weights, then requests allocating activations of mixed sizes) and `kv` (a
+KV-cache manager under a load that rises and falls).";
 
 fn runtime(cli: &Cli) -> aclshm::Result<Runtime> {
     let backend = match cli.backend {
@@ -143,7 +147,7 @@ struct DeviceJson {
     granularity_recommended: usize,
 }
 
-fn info(rt: &Runtime, json: bool) -> aclshm::Result<()> {
+fn info(rt: &Runtime, json: bool) -> out::Result {
     let info = RuntimeInfo::gather(rt)?;
     if json {
         let j = InfoJson {
@@ -169,23 +173,23 @@ fn info(rt: &Runtime, json: bool) -> aclshm::Result<()> {
                 .collect(),
             missing: info.missing.clone(),
         };
-        println!("{}", serde_json::to_string_pretty(&j).expect("plain data serialises"));
+        outln!("{}", serde_json::to_string_pretty(&j).expect("plain data serialises"));
         return Ok(());
     }
-    println!("backend:      {}", info.backend);
+    outln!("backend:      {}", info.backend);
     match info.version {
-        Some((a, b, c)) => println!("ACL version:  {a}.{b}.{c}"),
-        None => println!("ACL version:  unknown"),
+        Some((a, b, c)) => outln!("ACL version:  {a}.{b}.{c}"),
+        None => outln!("ACL version:  unknown"),
     }
     if let Some(sim) = &info.simulator {
-        println!("simulator:    aclshm-sim {}", sim.version);
-        println!("sim dir:      {}", sim.dir.display());
-        println!("sim capacity: {} per device", bytes(sim.hbm_bytes));
-        println!("sim state:    {} process(es) attached, {} physical object(s) alive", sim.processes, sim.phys_objects);
+        outln!("simulator:    aclshm-sim {}", sim.version);
+        outln!("sim dir:      {}", sim.dir.display());
+        outln!("sim capacity: {} per device", bytes(sim.hbm_bytes));
+        outln!("sim state:    {} process(es) attached, {} physical object(s) alive", sim.processes, sim.phys_objects);
     }
-    println!("devices:      {}", info.devices.len());
+    outln!("devices:      {}", info.devices.len());
     for d in &info.devices {
-        println!(
+        outln!(
             "  device {}: {} total, {} free, granularity {} (recommended {})",
             d.id,
             bytes(d.total_bytes as u64),
@@ -195,7 +199,7 @@ fn info(rt: &Runtime, json: bool) -> aclshm::Result<()> {
         );
     }
     if !info.missing.is_empty() {
-        println!(
+        outln!(
             "missing:      {} (an older CANN release; features needing them are unavailable)",
             info.missing.join(", ")
         );
@@ -203,8 +207,26 @@ fn info(rt: &Runtime, json: bool) -> aclshm::Result<()> {
     Ok(())
 }
 
+/// `--help` and `--version` go to stdout like any output; usage errors to stderr (clap ignores a failure
+/// to write them, as `errln!` does).
+fn parse_failed(e: clap::Error) -> ExitCode {
+    let code = ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+    if e.use_stderr() || std::io::stdout().is_terminal() {
+        // On a terminal, clap colours the text; a terminal that fails a write is beyond help.
+        let _ = e.print();
+        return code;
+    }
+    match out::print(&e.render().to_string()) {
+        Ok(()) => code,
+        failed => out::exit(failed),
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return parse_failed(e),
+    };
     if matches!(cli.command, Command::Tune(_)) && std::env::var_os("ACLSHM_SIM_COMMIT").is_none() {
         // The tuner allocates and never touches the memory: on the simulator, let it back device memory
         // only when written, so traces of real models' sizes replay without using as much host memory.
@@ -217,24 +239,14 @@ fn main() -> ExitCode {
     }
     let rt = match runtime(&cli) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("aclshm: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return out::exit(Err(e.into())),
     };
-    let result = match &cli.command {
-        Command::Demo(args) => return demo::demo(&rt, args),
+    out::exit(match &cli.command {
+        Command::Demo(args) => demo::demo(&rt, args),
         Command::DemoWorker(_) => unreachable!("handled above"),
         Command::Info { json } => info(&rt, *json),
         Command::Tune(args) => tune::run(&rt, args),
         Command::Sim { command: SimCommand::Status { json } } => sim::run_status(&rt, *json),
         Command::Sim { command: SimCommand::Clean { json } } => sim::run_clean(&rt, *json),
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("aclshm: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

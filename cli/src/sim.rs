@@ -6,6 +6,7 @@ use std::time::Duration;
 use aclshm::{Runtime, raw};
 use serde::Serialize;
 
+use crate::out::{self, outln};
 use crate::report::{Table, bytes};
 
 /// One process attached to the simulator directory.
@@ -52,8 +53,20 @@ fn need_sim(rt: &Runtime) -> aclshm::Result<()> {
     }
 }
 
+/// `looked` came from a call that looks at the simulator's directory without joining it. Such a call
+/// fails with a bare code (an internal error) when the directory is not one the simulator can use: a
+/// file in its place, a registry of another user's or open to others. The simulator says why when it
+/// starts, as it does for `aclshm info`: so start it, and let it tell. If it starts after all, the failure
+/// was something else, and is reported as it is.
+fn why<T>(rt: &Runtime, looked: aclshm::Result<T>) -> aclshm::Result<T> {
+    match looked {
+        Err(e @ aclshm::Error::Acl { .. }) => Err(raw::get_device_count(rt).err().unwrap_or(e)),
+        other => other,
+    }
+}
+
 fn status(rt: &Runtime) -> aclshm::Result<Status> {
-    let processes = raw::sim_list_processes(rt)?
+    let processes = why(rt, raw::sim_list_processes(rt))?
         .into_iter()
         .map(|p| Process {
             pid: p.pid,
@@ -81,20 +94,21 @@ fn status(rt: &Runtime) -> aclshm::Result<Status> {
     })
 }
 
-fn print_status(s: &Status) {
-    println!("simulator directory: {}", s.dir);
+fn print_status(s: &Status) -> out::Result {
+    outln!("simulator directory: {}", s.dir);
     if s.processes.is_empty() {
-        println!("no process is attached to the simulator");
+        outln!("no process is attached to the simulator");
     } else {
-        print_processes(&s.processes);
+        print_processes(&s.processes)?;
     }
-    println!("share directory: {} ({} file(s))", s.share_dir, s.share_files.len());
+    outln!("share directory: {} ({} file(s))", s.share_dir, s.share_files.len());
     for f in &s.share_files {
-        println!("  {f}");
+        outln!("  {f}");
     }
+    Ok(())
 }
 
-fn print_processes(processes: &[Process]) {
+fn print_processes(processes: &[Process]) -> out::Result {
     let mut t = Table::new(&[
         "pid",
         "host pid",
@@ -122,39 +136,40 @@ fn print_processes(processes: &[Process]) {
             p.notifies.to_string(),
         ]);
     }
-    println!("{}", t.render());
+    outln!("{}", t.render());
     let dead = processes.iter().filter(|p| !p.alive).count();
     if dead > 0 {
-        println!("{dead} process(es) died holding objects: `aclshm sim clean` releases them");
+        outln!("{dead} process(es) died holding objects: `aclshm sim clean` releases them");
     }
+    Ok(())
 }
 
 /// `aclshm sim status`.
-pub fn run_status(rt: &Runtime, json: bool) -> aclshm::Result<()> {
+pub fn run_status(rt: &Runtime, json: bool) -> out::Result {
     need_sim(rt)?;
     let s = status(rt)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&s).expect("plain data serialises"));
+        outln!("{}", serde_json::to_string_pretty(&s).expect("plain data serialises"));
     } else {
-        print_status(&s);
+        print_status(&s)?;
     }
     Ok(())
 }
 
 /// `aclshm sim clean`.
-pub fn run_clean(rt: &Runtime, json: bool) -> aclshm::Result<()> {
+pub fn run_clean(rt: &Runtime, json: bool) -> out::Result {
     need_sim(rt)?;
-    let reclaimed_processes = raw::sim_reclaim(rt)?;
+    let reclaimed_processes = why(rt, raw::sim_reclaim(rt))?;
     let share_files_removed = aclshm::sweep_share_dir(&aclshm::share::default_dir(), Duration::from_secs(1));
     let after = status(rt)?;
     if json {
         let c = Cleaned { reclaimed_processes, share_files_removed, after };
-        println!("{}", serde_json::to_string_pretty(&c).expect("plain data serialises"));
+        outln!("{}", serde_json::to_string_pretty(&c).expect("plain data serialises"));
     } else {
-        println!(
+        outln!(
             "reclaimed {reclaimed_processes} dead process(es); removed {share_files_removed} orphaned share file(s)"
         );
-        print_status(&after);
+        print_status(&after)?;
     }
     Ok(())
 }

@@ -61,7 +61,8 @@ impl Dirs {
 
 impl Drop for Dirs {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.sim);
+        // A test may have put a file, or an unusable directory, where the simulator's directory goes.
+        let _ = std::fs::remove_dir_all(&self.sim).or_else(|_| std::fs::remove_file(&self.sim));
         let _ = std::fs::remove_dir_all(&self.share);
     }
 }
@@ -252,4 +253,468 @@ fn tune_refuses_a_bad_trace_naming_the_line() {
     assert_eq!(back.ops, aclshm::tune::Trace::builtin("kv").unwrap().ops);
     std::fs::remove_dir_all(&d.share).unwrap();
     d.check_empty();
+}
+
+// ---- commands run against a deadline, and the adversarial suite ----
+
+/// What a process run with [`bounded`] did.
+struct Ran {
+    /// Its exit status; `None`: it was still running at the deadline, and was killed.
+    status: Option<std::process::ExitStatus>,
+    stdout: String,
+    stderr: String,
+}
+
+/// Run `cmd` with stdin closed and stderr captured, and stdout as given (`None`: captured), killing it if
+/// it is still running after `limit`: a hang is a failure to report, not a test that never ends. Its
+/// data segment is capped at 2 GiB, so a command that reads without bound fails rather than taking the
+/// machine's memory (device memory is shared mappings, which the cap does not count).
+fn bounded(mut cmd: Command, stdout: Option<Stdio>, limit: Duration) -> Ran {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::null()).stdout(stdout.unwrap_or_else(Stdio::piped)).stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        cmd.pre_exec(|| {
+            let cap = libc::rlimit { rlim_cur: 2 << 30, rlim_max: 2 << 30 };
+            if libc::setrlimit(libc::RLIMIT_DATA, &cap) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let mut child = cmd.spawn().expect("start aclshm");
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            String::from_utf8_lossy(&v).into_owned()
+        })
+    };
+    let out = drain(child.stdout.take().map(|o| Box::new(o) as Box<dyn Read + Send>));
+    let err = drain(child.stderr.take().map(|e| Box::new(e) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait().expect("wait for aclshm") {
+            Some(st) => break Some(st),
+            None if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            None => std::thread::sleep(Duration::from_millis(10)),
+        }
+    };
+    Ran { status, stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+}
+
+/// How long one command of the adversarial suite may run before it counts as hung: far beyond what any
+/// of them takes (under a second each, alone), so only a hang reaches it.
+const HANG: Duration = Duration::from_secs(120);
+
+/// What an attack must end in.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Expect {
+    /// A clear error: a non-zero status and one line on stderr that contains this.
+    Error(&'static str),
+    /// A valid run: status 0.
+    Runs,
+}
+
+/// One attack: the command line, the trace file it reads as `TRACE` (if any), what it must end in.
+struct Attack {
+    args: &'static [&'static str],
+    trace: Option<TraceFile>,
+    expect: Expect,
+}
+
+#[derive(Clone, Copy)]
+enum TraceFile {
+    /// A trace with this text.
+    Text(&'static str),
+    /// A valid trace padded (sparsely, with NUL bytes) to one byte over the limit on trace files.
+    OverLimit,
+    /// A trace whose second line is one word of 1 MiB: an error that quotes it must not print it all.
+    LongWord,
+}
+
+/// The limit on trace files (`aclshm tune --help` says it).
+const TRACE_LIMIT: u64 = 256 << 20;
+
+/// Check one attack's outcome; `Err` says how it failed to hold.
+fn judge(a: &Attack, r: &Ran, d: &Dirs) -> Result<(), String> {
+    let Some(status) = r.status else { return Err(format!("hung (killed after {HANG:?})")) };
+    if r.stderr.contains("panicked") || status.code() == Some(101) {
+        return Err(format!("panicked: {}", r.stderr));
+    }
+    if r.stderr.len() > 4096 {
+        return Err(format!("{} bytes on stderr: a dump, not a message", r.stderr.len()));
+    }
+    // clap adds a hint after its one-line error; that is not a second message.
+    let lines: Vec<&str> =
+        r.stderr.lines().filter(|l| !l.trim().is_empty() && !l.starts_with("For more information, try")).collect();
+    match a.expect {
+        Expect::Error(says) => {
+            if status.success() {
+                return Err(format!("succeeded; stdout: {}", r.stdout));
+            }
+            if status.code().is_none() {
+                return Err(format!("killed by a signal ({status}): {}", r.stderr));
+            }
+            if lines.len() != 1 {
+                return Err(format!("{} message lines, not one: {:?}", lines.len(), r.stderr));
+            }
+            if !lines[0].contains(says) {
+                return Err(format!("the message does not say {says:?}: {}", lines[0]));
+            }
+        }
+        Expect::Runs => {
+            if !status.success() {
+                return Err(format!("failed ({status}): {}", r.stderr));
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while d.sim.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if d.sim.exists() {
+        return Err(format!("left the simulator directory {}", d.sim.display()));
+    }
+    let left: Vec<_> =
+        std::fs::read_dir(&d.share).map(|it| it.flatten().map(|e| e.file_name()).collect()).unwrap_or_default();
+    if !left.is_empty() {
+        return Err(format!("left share files {left:?}"));
+    }
+    Ok(())
+}
+
+/// Run every attack in its own directories; returns the failures.
+fn attack_all(suite: &str, attacks: &[Attack]) -> Vec<String> {
+    let mut failures = Vec::new();
+    for (i, a) in attacks.iter().enumerate() {
+        let d = Dirs::new(&format!("{suite}{i}"));
+        // The trace lives next to the directories, not in them (they must end empty).
+        let trace = PathBuf::from(format!("{}.trace", d.sim.display()));
+        match a.trace {
+            Some(TraceFile::Text(t)) => std::fs::write(&trace, t).unwrap(),
+            Some(TraceFile::OverLimit) => {
+                std::fs::write(&trace, "aclshm-trace 1\nalloc 1 4K\nfree 1\n").unwrap();
+                std::fs::OpenOptions::new().write(true).open(&trace).unwrap().set_len(TRACE_LIMIT + 1).unwrap();
+            }
+            Some(TraceFile::LongWord) => {
+                std::fs::write(&trace, format!("aclshm-trace 1\n{}\n", "x".repeat(1 << 20))).unwrap()
+            }
+            None => {}
+        }
+        let args: Vec<&str> = a.args.iter().map(|&s| if s == "TRACE" { trace.to_str().unwrap() } else { s }).collect();
+        let r = bounded(d.command(&args), None, HANG);
+        let _ = std::fs::remove_file(&trace);
+        if let Err(why) = judge(a, &r, &d) {
+            let trace = match a.trace {
+                Some(TraceFile::Text(t)) => format!(" with trace {t:?}"),
+                Some(TraceFile::OverLimit) => " with a trace over the limit".to_string(),
+                Some(TraceFile::LongWord) => " with a trace of a 1 MiB word".to_string(),
+                None => String::new(),
+            };
+            failures.push(format!("attack {i}: {:?}{trace}: {why}", a.args));
+        }
+    }
+    failures
+}
+
+fn error(args: &'static [&'static str], says: &'static str) -> Attack {
+    Attack { args, trace: None, expect: Expect::Error(says) }
+}
+
+fn trace_error(text: &'static str, grid: &'static [&'static str], says: &'static str) -> Attack {
+    Attack { args: grid, trace: Some(TraceFile::Text(text)), expect: Expect::Error(says) }
+}
+
+/// A small grid for replaying a trace file: one candidate for plain traces, one block size for KV ones.
+const SMALL: &[&str] =
+    &["tune", "--trace", "TRACE", "--chunk-sizes", "2M", "--watermarks", "none", "--reserve-chunks", "0"];
+const SMALL_KV: &[&str] =
+    &["tune", "--trace", "TRACE", "--chunk-sizes", "2M", "--watermarks", "none", "--block-tokens", "16"];
+
+#[test]
+fn extreme_sizes_and_counts_through_every_entry_point_are_clear_errors() {
+    let attacks = [
+        // demo: counts
+        error(&["demo", "--workers", "0"], "workers"),
+        error(&["demo", "--workers", "100000"], "workers"),
+        error(&["demo", "--blocks", "0"], "--blocks 0"),
+        error(&["demo", "--blocks", "18446744073709551615"], "--blocks"),
+        error(&["demo", "--blocks", "4294967295"], "device 0"),
+        error(&["demo", "--devices", "0"], "--devices 0"),
+        error(&["demo", "--devices", "4294967295"], "--devices"),
+        error(&["demo", "--timeout", "0"], "--timeout"),
+        error(&["demo", "--timeout", "18446744073709551615", "--workers", "1", "--blocks", "1"], "--timeout"),
+        // demo: sizes
+        error(&["demo", "--block-size", "0"], "cannot be zero"),
+        error(&["demo", "--block-size", "3"], "not a multiple"),
+        error(&["demo", "--block-size", "16777215T"], "do not fit"),
+        error(&["demo", "--block-size", "99999999999999999999G"], "too large"),
+        error(&["demo", "--block-size", "12Q"], "suffix"),
+        error(&["demo", "--block-size", "1E"], "suffix"),
+        error(&["demo", "--block-size", "17179869184T"], "overflows"),
+        error(&["demo", "--chunk-size", "1"], "2 MiB pages"),
+        error(&["demo", "--chunk-size", "3M"], "2 MiB pages"),
+        error(&["demo", "--chunk-size", "1T"], "device 0"),
+        error(&["demo", "--chunk-size", "16777215T"], "device 0"),
+        error(&["demo", "--chunk-size", "18446744073709551615"], "2 MiB pages"),
+        error(&["demo", "--chunk-size", "16777214T"], "device 0"),
+        // tune: the grid
+        error(&["tune", "--chunk-sizes", "0"], "cannot be zero"),
+        error(&["tune", "--chunk-sizes", ""], "--chunk-sizes"),
+        error(&["tune", "--chunk-sizes", ","], "--chunk-sizes"),
+        error(&["tune", "--chunk-sizes", "3M"], "2 MiB"),
+        error(&["tune", "--chunk-sizes", "1T"], "device 0"),
+        error(&["tune", "--chunk-sizes", "16777215T"], "device 0"),
+        error(&["tune", "--watermarks", ""], "--watermarks"),
+        error(&["tune", "--reserve-chunks", "4294967295", "--chunk-sizes", "2M"], "device 0"),
+        error(&["tune", "--reserve-chunks", "-1"], "--reserve-chunks"),
+        error(&["tune", "--trace", "kv", "--chunk-sizes", "2M", "--block-tokens", "64"], "every chunk size"),
+        error(&["tune", "--trace", "kv", "--block-tokens", "4294967295"], "every chunk size"),
+        error(&["tune", "--trace", "kv", "--block-tokens", "0"], "--block-tokens 0"),
+        error(&["tune", "--trace", "kv", "--block-tokens", ""], "--block-tokens"),
+        error(&["tune", "--trace", "serving", "--block-tokens", "16"], "KV traces"),
+        error(&["tune", "--tolerance", "NaN"], "--tolerance"),
+        error(&["tune", "--tolerance", "1e308"], "--tolerance"),
+        error(&["tune", "--device=-1"], "aclrtSetDevice"),
+        error(&["tune", "--device", "4294967295"], "--device"),
+        // tune: files
+        error(&["tune", "--trace", "/dev/zero"], "256 MiB"),
+        error(&["tune", "--trace", "/nonexistent/trace"], "/nonexistent/trace"),
+        error(&["tune", "--trace", "/"], "/"),
+        error(&["tune", "--trace", "kv", "--write-trace", "/dev/full"], "/dev/full"),
+        Attack { args: SMALL, trace: Some(TraceFile::OverLimit), expect: Expect::Error("256 MiB") },
+        // tune: traces with huge ids, sizes and counts. An allocation larger than the device is refused
+        // before any replay, so the pool's own overflow on 2^64 - 1 bytes (issue 17 #1) is not reached.
+        trace_error("aclshm-trace 1\nalloc 1 18446744073709551615\n", SMALL, "device 0"),
+        trace_error("aclshm-trace 1\nalloc 1 16777215T\n", SMALL, "device 0"),
+        trace_error("aclshm-trace 1\nalloc 1 18446744073709551616\n", SMALL, "not a positive size"),
+        trace_error("aclshm-trace 1\nalloc 18446744073709551616 4K\n", SMALL, "not an id"),
+        trace_error("aclshm-trace 1\nalloc 1 9223372036854775808\nalloc 2 9223372036854775808\n", SMALL, "2^64"),
+        trace_error("aclshm-trace 1\nkv-token-bytes 16777215T\nkv-alloc 1 1\n", SMALL_KV, "every chunk size"),
+        trace_error("aclshm-trace 1\nkv-token-bytes 1K\nkv-alloc 1 18446744073709551615\n", SMALL_KV, "2^64"),
+        trace_error("aclshm-trace 1\nkv-token-bytes 1K\nkv-alloc 1 1099511627776\n", SMALL_KV, "device 0"),
+        trace_error(
+            "aclshm-trace 1\nkv-token-bytes 1K\nkv-alloc 1 1\nkv-extend 1 18446744073709551615\n",
+            SMALL_KV,
+            "2^64",
+        ),
+        Attack { args: SMALL, trace: Some(TraceFile::LongWord), expect: Expect::Error("unknown operation") },
+        Attack {
+            args: SMALL,
+            trace: Some(TraceFile::Text("aclshm-trace 1\nalloc 18446744073709551615 4K\nfree 18446744073709551615\n")),
+            expect: Expect::Runs,
+        },
+        Attack {
+            args: &["tune", "--trace", "kv", "--chunk-sizes", "2M,8M", "--watermarks", "none", "--block-tokens", "64"],
+            trace: None,
+            expect: Expect::Runs,
+        },
+        // info and sim: a runtime that is not there
+        error(&["info", "--backend", "acl", "--acl-lib", "/nonexistent/libascendcl.so"], "no ACL runtime"),
+        error(&["sim", "status", "--backend", "acl", "--acl-lib", "/dev/zero"], "no ACL runtime"),
+        error(&["sim", "clean", "--backend", "acl", "--acl-lib", "/nonexistent/libascendcl.so"], "no ACL runtime"),
+    ];
+    let failures = attack_all("adv", &attacks);
+    println!("cli adversarial: {} attacks tried, {} held", attacks.len(), attacks.len() - failures.len());
+    assert!(failures.is_empty(), "{} attack(s) got through:\n{}", failures.len(), failures.join("\n"));
+}
+
+// ---- stdout and stderr that fail ----
+
+/// `/dev/full`: every write fails with ENOSPC.
+fn full() -> Stdio {
+    Stdio::from(std::fs::OpenOptions::new().write(true).open("/dev/full").expect("open /dev/full"))
+}
+
+/// A pipe whose reader is closed before the command starts: every write fails with EPIPE.
+fn closed_pipe() -> Stdio {
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    Stdio::from(writer)
+}
+
+#[test]
+fn a_full_or_closed_stdout_ends_every_command_cleanly_never_in_a_panic() {
+    let tune = &["tune", "--chunk-sizes", "64M", "--watermarks", "none", "--reserve-chunks", "0"];
+    let tune_json = &["tune", "--chunk-sizes", "64M", "--watermarks", "none", "--reserve-chunks", "0", "--json"];
+    let commands: [&[&str]; 13] = [
+        &["info"],
+        &["info", "--json"],
+        &["sim", "status"],
+        &["sim", "status", "--json"],
+        &["sim", "clean"],
+        &["sim", "clean", "--json"],
+        tune,
+        tune_json,
+        &["demo", "--workers", "1", "--blocks", "1"],
+        &["demo", "--workers", "1", "--blocks", "1", "--json"],
+        &["--help"],
+        &["--version"],
+        &["tune", "--help"],
+    ];
+    let mut failures = Vec::new();
+    for (i, args) in commands.iter().enumerate() {
+        let d = Dirs::new(&format!("stdout{i}"));
+        let r = bounded(d.command(args), Some(full()), HANG);
+        let said = "aclshm: cannot write to stdout: No space left on device (os error 28)\n";
+        if r.status.and_then(|s| s.code()) != Some(1) || r.stderr != said {
+            failures.push(format!("{args:?} > /dev/full: {:?}, stderr {:?}", r.status, r.stderr));
+        }
+        let r = bounded(d.command(args), Some(closed_pipe()), HANG);
+        if !r.status.is_some_and(|s| s.success()) || !r.stderr.is_empty() {
+            failures.push(format!("{args:?} | (closed): {:?}, stderr {:?}", r.status, r.stderr));
+        }
+        d.check_empty();
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn a_reader_that_goes_away_after_one_line_ends_the_command_quietly() {
+    let d = Dirs::new("head");
+    std::fs::create_dir_all(&d.share).unwrap();
+    // Far more output than a pipe holds, so the command is still writing when the reader goes.
+    for i in 0..3000 {
+        std::fs::write(d.share.join(format!("not-a-share-file-{i:05}-{}", "x".repeat(40))), "").unwrap();
+    }
+    let mut child = d.command(&["sim", "status"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.starts_with("simulator directory:"), "{line}");
+    drop(out); // as `head -1` does
+    let deadline = Instant::now() + HANG;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "`aclshm sim status` hung after its reader went away");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success() && err.is_empty(), "{status}: {err}");
+    std::fs::remove_dir_all(&d.share).unwrap();
+    d.check_empty();
+}
+
+#[test]
+fn a_full_stderr_makes_neither_the_command_nor_a_demo_worker_panic() {
+    let d = Dirs::new("stderr");
+    let run = |args: &[&str], stdout: Stdio| {
+        let mut c = d.command(args);
+        c.stdin(Stdio::null()).stdout(stdout).stderr(full());
+        let mut child = c.spawn().unwrap();
+        let deadline = Instant::now() + HANG;
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{args:?} hung");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    // The error message cannot be written: the command still fails with status 1, not a panic's 101.
+    assert_eq!(run(&["tune", "--trace", "/nonexistent/trace"], Stdio::null()).code(), Some(1));
+    // The demo fails (a spoilt byte) and says so on stderr.
+    assert_eq!(run(&["demo", "--workers", "1", "--blocks", "1", "--spoil-one-byte"], Stdio::null()).code(), Some(1));
+    // A worker whose scheduler is gone (stdin closed) reports it on stdout and stderr, both full.
+    let worker = ["demo-worker", "--index", "0", "--device", "0", "--kv", "nonsense"];
+    assert_eq!(run(&worker, full()).code(), Some(1));
+    d.check_empty();
+}
+
+/// A pseudo-terminal: its master side and its terminal.
+fn pty() -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let mut name = [0 as libc::c_char; 128];
+    // SAFETY: libc calls on a descriptor this function opens and then owns; ptsname_r writes at most
+    // `name.len()` bytes into `name`, which `open` then reads as a NUL-terminated path.
+    unsafe {
+        let master = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(master >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+        let master_file = std::fs::File::from_raw_fd(master);
+        assert_eq!(libc::grantpt(master), 0);
+        assert_eq!(libc::unlockpt(master), 0);
+        assert_eq!(libc::ptsname_r(master, name.as_mut_ptr(), name.len()), 0);
+        let term = libc::open(name.as_ptr(), libc::O_RDWR | libc::O_NOCTTY);
+        assert!(term >= 0, "open the terminal: {}", std::io::Error::last_os_error());
+        (master_file, std::fs::File::from_raw_fd(term))
+    }
+}
+
+#[test]
+fn progress_bars_on_a_terminal_that_hangs_up_mid_run_do_not_fail_the_demo() {
+    use std::io::Read;
+    let d = Dirs::new("pty");
+    let (mut master, term) = pty();
+    let mut c = d.command(&["demo", "--workers", "2", "--blocks", "64"]);
+    c.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(term);
+    let child = c.spawn().unwrap();
+    drop(c); // our copy of the terminal: the demo's stderr is its only one now
+    let mut drawn = [0u8; 64];
+    let n = master.read(&mut drawn).unwrap_or(0);
+    drop(master); // the terminal hangs up: every later draw fails (EIO)
+    let out = child.wait_with_output().unwrap();
+    assert!(n > 0, "the demo drew no progress bar on a terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("ok: every byte verified"), "{}: {text}", out.status);
+    d.check_empty();
+}
+
+// ---- a simulator directory the simulator refuses ----
+
+#[test]
+fn sim_status_and_clean_say_why_the_simulator_directory_is_unusable() {
+    type Setup = fn(&Path);
+    let mut cases: Vec<(&str, Setup, &str)> = vec![
+        ("file", |p| std::fs::write(p, "not a directory").unwrap(), "exists and is not a directory"),
+        (
+            "registry",
+            |p| {
+                use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+                std::fs::DirBuilder::new().mode(0o700).create(p).unwrap();
+                let r = p.join("registry");
+                std::fs::write(&r, "anyone could have written this").unwrap();
+                std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o644)).unwrap();
+            },
+            "mode 644",
+        ),
+    ];
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        // Root can make a registry that belongs to another user.
+        cases.push((
+            "other-user",
+            |p| {
+                use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+                std::fs::DirBuilder::new().mode(0o700).create(p).unwrap();
+                let r = p.join("registry");
+                std::fs::write(&r, "another user's").unwrap();
+                std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o600)).unwrap();
+                std::os::unix::fs::chown(&r, Some(65534), Some(65534)).unwrap();
+            },
+            "owned by uid 65534",
+        ));
+    }
+    for (name, setup, says) in cases {
+        let d = Dirs::new(&format!("unusable-{name}"));
+        setup(&d.sim);
+        for args in [&["sim", "status"][..], &["sim", "status", "--json"], &["sim", "clean"], &["info"]] {
+            let r = bounded(d.command(args), None, HANG);
+            assert_eq!(r.status.and_then(|s| s.code()), Some(1), "{name}: {args:?}: {}", r.stderr);
+            assert!(r.stderr.contains(says) && !r.stderr.contains("panicked"), "{name}: {args:?}: {}", r.stderr);
+        }
+    }
 }

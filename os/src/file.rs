@@ -34,6 +34,14 @@ pub fn open_file(path: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(path, OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?)
 }
 
+/// Open `path` to read it, without waiting: a FIFO with no writer opens at once instead of blocking
+/// (`O_NONBLOCK`, which changes nothing for a regular file), so that a caller can look at what it opened
+/// and refuse what it does not read.
+pub fn open_read_nonblocking(path: &Path) -> io::Result<fs::File> {
+    let fd = rustix::fs::open(path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())?;
+    Ok(fs::File::from(fd))
+}
+
 /// Check that the file behind `fd` (opened from `path`, which the message names) is ours and private:
 /// owned by this process's effective uid, no access for group or others. Returns its length.
 pub fn check_private_file(fd: impl AsFd, path: &Path) -> io::Result<u64> {

@@ -40,7 +40,9 @@ mod socket;
 mod units;
 
 pub use addr::{rereserve, reserve, unreserve};
-pub use file::{allocate, check_private_file, create_file, ensure_private_dir, open_file, set_len};
+pub use file::{
+    allocate, check_private_file, create_file, ensure_private_dir, open_file, open_read_nonblocking, set_len,
+};
 pub use futex::{FutexWait, futex_wait, futex_wake_all};
 pub use lock::{byte_locked_by_other, try_lock_byte, unlock_byte};
 pub use map::{AnonymousMapping, SharedMapping};

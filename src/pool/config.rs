@@ -11,13 +11,16 @@
 //! ```
 //!
 //! Every key is optional (a missing one keeps its default); an unknown key, a repeated one, or a value
-//! that does not parse is an error naming the line.
+//! that does not parse is an error naming the line. A file is read up to
+//! [`PoolConfig::MAX_FILE_BYTES`] (1 MiB; `aclshm tune` writes a few hundred bytes), and must be a
+//! regular file: a FIFO or a device is refused at once rather than read from.
 
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::input::{Accept, excerpt, read_text};
 use crate::vmm::PageSize;
 
 /// How a [`Pool`](super::Pool) is set up. Every field has a default; each says what it trades.
@@ -77,26 +80,26 @@ impl ConfigFile {
             }
             let bad = |why: String| Error::InvalidArgument(format!("{origin}:{}: {why}", n + 1));
             let (key, value) =
-                line.split_once('=').ok_or_else(|| bad(format!("expected `key = value`, got {line:?}")))?;
+                line.split_once('=').ok_or_else(|| bad(format!("expected `key = value`, got {}", excerpt(line))))?;
             let (key, value) = (key.trim(), value.trim());
             if seen.contains(&key) {
                 return Err(bad(format!("{key} is set twice")));
             }
-            let size = || parse_size(value).ok_or_else(|| bad(format!("{key}: {value:?} is not a size")));
+            let size = || parse_size(value).ok_or_else(|| bad(format!("{key}: {} is not a size", excerpt(value))));
             match key {
                 "chunk_bytes" => out.pool.chunk_bytes = size()?,
                 "reserve_bytes" => out.pool.reserve_bytes = size()?,
                 "page" => {
-                    out.pool.page =
-                        PageSize::parse(value).ok_or_else(|| bad(format!("page: {value:?} is not 2M or 1G")))?
+                    out.pool.page = PageSize::parse(value)
+                        .ok_or_else(|| bad(format!("page: {} is not 2M or 1G", excerpt(value))))?
                 }
                 "trim_watermark" => out.pool.trim_watermark = if value == "none" { None } else { Some(size()?) },
                 "reserve_chunks" => {
                     out.pool.reserve_chunks =
-                        value.parse().map_err(|_| bad(format!("reserve_chunks: {value:?} is not a count")))?
+                        value.parse().map_err(|_| bad(format!("reserve_chunks: {} is not a count", excerpt(value))))?
                 }
                 "kv_block_bytes" => out.kv_block_bytes = Some(size()?),
-                _ => return Err(bad(format!("unknown key {key:?}"))),
+                _ => return Err(bad(format!("unknown key {}", excerpt(key)))),
             }
             seen.push(key);
         }
@@ -111,8 +114,7 @@ impl ConfigFile {
     }
 
     pub(crate) fn load(path: &Path) -> Result<ConfigFile> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::InvalidArgument(format!("read {}: {e}", path.display())))?;
+        let text = read_text(path, PoolConfig::MAX_FILE_BYTES, "configuration file", Accept::RegularFile)?;
         ConfigFile::parse(&text, &path.display().to_string())
     }
 }
@@ -150,6 +152,9 @@ impl FromStr for PoolConfig {
 }
 
 impl PoolConfig {
+    /// The most bytes [`PoolConfig::load`] reads: 1 MiB, thousands of times what `aclshm tune` writes.
+    pub const MAX_FILE_BYTES: u64 = 1 << 20;
+
     /// Read a configuration file (what `aclshm tune` writes):
     ///
     /// ```text
@@ -163,7 +168,9 @@ impl PoolConfig {
     /// ```
     ///
     /// Every key is optional (a missing one keeps its default); an unknown key, a repeated one, or a
-    /// value that does not parse is an error naming the line.
+    /// value that does not parse is an error naming the line. The file must be a regular file of at most
+    /// [`PoolConfig::MAX_FILE_BYTES`]; anything else is refused before it is read
+    /// ([`Error::InvalidArgument`]); a file that cannot be opened or read is an [`Error::Io`].
     ///
     /// ```
     /// use aclshm::PoolConfig;
@@ -209,5 +216,34 @@ mod tests {
             let e = ConfigFile::parse(text, "t").unwrap_err().to_string();
             assert!(e.contains(says), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn files_are_read_up_to_the_limit_and_only_regular_ones() {
+        let dir = std::env::temp_dir().join(format!("aclshm-config-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("pool.conf");
+        std::fs::write(&p, "chunk_bytes = 8M\n").unwrap();
+        assert_eq!(PoolConfig::load(&p).unwrap().chunk_bytes, 8 << 20);
+        // One byte over the limit (sparse): refused before reading, naming the limit.
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(PoolConfig::MAX_FILE_BYTES + 1).unwrap();
+        let over = PoolConfig::load(&p).unwrap_err();
+        let missing = PoolConfig::load(dir.join("missing.conf")).unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(over, Error::InvalidArgument(_)), "{over:?}");
+        assert!(over.to_string().ends_with("is larger than the limit of 1 MiB"), "{over}");
+        assert!(
+            matches!(&missing, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+            "{missing:?}"
+        );
+        // An endless device is not read from at all.
+        let e = PoolConfig::load("/dev/zero").unwrap_err().to_string();
+        assert!(e.ends_with("/dev/zero is a character device, not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn errors_quote_an_excerpt_of_a_long_value() {
+        let e = ConfigFile::parse(&format!("chunk_bytes = {}", "9".repeat(1 << 20)), "t").unwrap_err().to_string();
+        assert!(e.contains("t:1: chunk_bytes: \"999") && e.len() < 200, "{}", &e[..200.min(e.len())]);
     }
 }

@@ -13,12 +13,18 @@
 //! ```
 //!
 //! Sizes accept the binary suffixes `K`, `M`, `G`. An id is live from its `alloc`/`kv-alloc` to its
-//! `free`/`kv-free`; a trace may end with ids live. Errors name the line and say what is wrong.
+//! `free`/`kv-free`; a trace may end with ids live. The bytes live at any step (a KV request's are its
+//! tokens times `kv-token-bytes`) must fit in 64 bits, so replaying a valid trace cannot overflow. Errors
+//! name the line and say what is wrong.
+//!
+//! A trace file is read up to [`Trace::MAX_BYTES`] (256 MiB, several times a long serving run's trace);
+//! it may also be a pipe or FIFO (`/dev/stdin`, `<(zcat t.trace.gz)`), read to its end or that limit.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use crate::input::{Accept, excerpt, read_text};
 use crate::pool::config::parse_size;
 
 /// One step of a trace.
@@ -79,7 +85,9 @@ impl Trace {
             _ => return Err(Error::InvalidArgument(format!("{name}:1: a trace starts with {HEADER:?}"))),
         }
         let mut t = Trace { name: name.to_string(), kv_token_bytes: None, ops: Vec::new() };
-        let (mut live, mut kv_live) = (HashSet::new(), HashSet::new());
+        // Live ids with their bytes, live requests with their tokens, and the bytes live in all.
+        let (mut live, mut kv_live) = (HashMap::new(), HashMap::new());
+        let mut held = 0u64;
         for (n, raw) in lines {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -91,13 +99,22 @@ impl Trace {
                 if words.len() == k + 1 {
                     Ok(())
                 } else {
-                    Err(bad(format!("{} takes {k} argument(s): {line:?}", words[0])))
+                    Err(bad(format!("{} takes {k} argument(s): {}", words[0], excerpt(line))))
                 }
             };
-            let id = |i: usize| words[i].parse::<u64>().map_err(|_| bad(format!("{:?} is not an id", words[i])));
+            let id = |i: usize| words[i].parse::<u64>().map_err(|_| bad(format!("{} is not an id", excerpt(words[i]))));
             let count = |i: usize, what: &str| match parse_size(words[i]) {
                 Some(v) if v > 0 => Ok(v),
-                _ => Err(bad(format!("{:?} is not a positive {what}", words[i]))),
+                _ => Err(bad(format!("{} is not a positive {what}", excerpt(words[i])))),
+            };
+            let hold = |held: u64, bytes: u64| {
+                held.checked_add(bytes).ok_or_else(|| bad("the trace would hold more than 2^64 bytes at once".into()))
+            };
+            let token_bytes = t.kv_token_bytes.unwrap_or(0);
+            let kv_bytes = |id: u64, tokens: u64| {
+                tokens
+                    .checked_mul(token_bytes)
+                    .ok_or_else(|| bad(format!("request {id} would hold more than 2^64 bytes of KV cache")))
             };
             let op = match words[0] {
                 "kv-token-bytes" => {
@@ -111,17 +128,20 @@ impl Trace {
                 "alloc" => {
                     arity(2)?;
                     let (id, bytes) = (id(1)?, count(2, "size")?);
-                    if !live.insert(id) {
+                    if live.contains_key(&id) {
                         return Err(bad(format!("id {id} is live already")));
                     }
+                    held = hold(held, bytes)?;
+                    live.insert(id, bytes);
                     Op::Alloc { id, bytes }
                 }
                 "free" => {
                     arity(1)?;
                     let id = id(1)?;
-                    if !live.remove(&id) {
+                    let Some(bytes) = live.remove(&id) else {
                         return Err(bad(format!("id {id} is not live")));
-                    }
+                    };
+                    held -= bytes;
                     Op::Free { id }
                 }
                 "kv-alloc" | "kv-extend" | "kv-free" if t.kv_token_bytes.is_none() => {
@@ -130,28 +150,36 @@ impl Trace {
                 "kv-alloc" => {
                     arity(2)?;
                     let (id, tokens) = (id(1)?, count(2, "token count")?);
-                    if !kv_live.insert(id) {
+                    if kv_live.contains_key(&id) {
                         return Err(bad(format!("request {id} is live already")));
                     }
+                    held = hold(held, kv_bytes(id, tokens)?)?;
+                    kv_live.insert(id, tokens);
                     Op::KvAlloc { id, tokens }
                 }
                 "kv-extend" => {
                     arity(2)?;
                     let (id, tokens) = (id(1)?, count(2, "token count")?);
-                    if !kv_live.contains(&id) {
+                    let Some(have) = kv_live.get_mut(&id) else {
                         return Err(bad(format!("request {id} is not live")));
-                    }
+                    };
+                    let total =
+                        have.checked_add(tokens).ok_or_else(|| bad(format!("request {id}: 2^64 tokens or more")))?;
+                    kv_bytes(id, total)?;
+                    held = hold(held, kv_bytes(id, tokens)?)?;
+                    *have = total;
                     Op::KvExtend { id, tokens }
                 }
                 "kv-free" => {
                     arity(1)?;
                     let id = id(1)?;
-                    if !kv_live.remove(&id) {
+                    let Some(tokens) = kv_live.remove(&id) else {
                         return Err(bad(format!("request {id} is not live")));
-                    }
+                    };
+                    held -= kv_bytes(id, tokens)?;
                     Op::KvFree { id }
                 }
-                other => return Err(bad(format!("unknown operation {other:?}"))),
+                other => return Err(bad(format!("unknown operation {}", excerpt(other)))),
             };
             t.ops.push(op);
         }
@@ -161,10 +189,14 @@ impl Trace {
         Ok(t)
     }
 
-    /// Read and check a trace file.
+    /// The most bytes [`Trace::load`] reads: 256 MiB, several times the trace of a long serving run
+    /// (a line is about 16 bytes), and what a replay over a whole grid can get through.
+    pub const MAX_BYTES: u64 = 256 << 20;
+
+    /// Read and check a trace file: a regular file, or a pipe, FIFO or character device (`/dev/stdin`)
+    /// read to its end, of at most [`Trace::MAX_BYTES`]. A larger one is refused, naming the limit.
     pub fn load(path: &Path) -> Result<Trace> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::InvalidArgument(format!("read {}: {e}", path.display())))?;
+        let text = read_text(path, Trace::MAX_BYTES, "trace", Accept::FileOrStream)?;
         Trace::parse(&path.display().to_string(), &text)
     }
 
@@ -365,5 +397,55 @@ mod tests {
         }
         let ok = Trace::parse("t", "aclshm-trace 1\n# c\nalloc 1 2M # weights\nfree 1\n").unwrap();
         assert_eq!(ok.ops, vec![Op::Alloc { id: 1, bytes: 2 << 20 }, Op::Free { id: 1 }]);
+    }
+
+    #[test]
+    fn traces_whose_bytes_overflow_64_bits_are_refused_so_a_replay_cannot_overflow() {
+        const MAX: u64 = u64::MAX;
+        for (text, says) in [
+            (format!("alloc 1 {MAX}\nalloc 2 1"), "t:3: the trace would hold more than 2^64 bytes at once"),
+            (format!("kv-token-bytes 1K\nkv-alloc 1 {MAX}"), "t:3: request 1 would hold more than 2^64 bytes"),
+            (format!("kv-token-bytes 1K\nkv-alloc 1 1\nkv-extend 1 {MAX}"), "t:4: request 1: 2^64 tokens or more"),
+            (format!("kv-token-bytes 1K\nkv-alloc 1 1\nkv-extend 1 {}", MAX >> 10), "t:4: request 1 would hold more"),
+            ("kv-token-bytes 8E\nkv-alloc 1 2".to_string(), "t:2: \"8E\" is not a positive size"),
+            (format!("kv-token-bytes {}\nkv-alloc 1 2", 1u64 << 63), "t:3: request 1 would hold more than 2^64"),
+            (format!("kv-token-bytes 1\nalloc 1 {}\nkv-alloc 2 2", MAX - 1), "t:4: the trace would hold more"),
+        ] {
+            let e = Trace::parse("t", &format!("aclshm-trace 1\n{text}\n")).unwrap_err().to_string();
+            assert!(e.contains(says), "{text:?}: {e}");
+        }
+        // Up to 2^64 - 1 bytes live is fine, and what is freed is no longer counted.
+        let ok = format!("aclshm-trace 1\nalloc 1 {MAX}\nfree 1\nalloc 2 {MAX}\n");
+        assert_eq!(Trace::parse("t", &ok).unwrap().ops.len(), 3);
+        let ok =
+            format!("aclshm-trace 1\nkv-token-bytes 2\nkv-alloc 1 {}\nkv-free 1\nkv-alloc 2 {}\n", MAX / 2, MAX / 2);
+        assert_eq!(Trace::parse("t", &ok).unwrap().ops.len(), 3);
+    }
+
+    #[test]
+    fn errors_quote_an_excerpt_of_a_long_line_not_all_of_it() {
+        let e = Trace::parse("t", &format!("aclshm-trace 1\n{}\n", "x".repeat(1 << 20))).unwrap_err().to_string();
+        assert!(
+            e.starts_with("invalid argument: t:2: unknown operation \"xxx") && e.len() < 200,
+            "{}",
+            &e[..200.min(e.len())]
+        );
+        let e =
+            Trace::parse("t", &format!("aclshm-trace 1\nalloc 1 {}\n", "9".repeat(1 << 20))).unwrap_err().to_string();
+        assert!(e.contains("is not a positive size") && e.len() < 200, "{}", &e[..200.min(e.len())]);
+    }
+
+    #[test]
+    fn trace_files_are_read_up_to_the_limit() {
+        let dir = std::env::temp_dir().join(format!("aclshm-trace-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("big.trace");
+        std::fs::write(&p, "aclshm-trace 1\nalloc 1 4K\n").unwrap();
+        assert_eq!(Trace::load(&p).unwrap().ops, vec![Op::Alloc { id: 1, bytes: 4096 }]);
+        // One byte over the limit (sparse: nothing is written): refused before reading, naming the limit.
+        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(Trace::MAX_BYTES + 1).unwrap();
+        let e = Trace::load(&p).unwrap_err().to_string();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(e.ends_with("is larger than the limit of 256 MiB"), "{e}");
     }
 }
