@@ -13,9 +13,13 @@ use aclshm_os::{PollFd, PollFlags, SharedMapping};
 
 use crate::sync::shm::AtomicU32;
 
-/// A read-write shared mapping of a whole file. Unmapped on drop.
+/// A read-write shared mapping of a whole file, guarded against the file shrinking under it (a truncated
+/// file reads as zeros and [`truncated`](SharedMap::truncated) says so, instead of `SIGBUS` killing the
+/// process: see `aclshm_os::guard`). Unmapped on drop.
 #[derive(Debug)]
 pub(crate) struct SharedMap {
+    /// Declared before the mapping: it stops guarding before the range is unmapped.
+    guard: aclshm_os::Guard,
     map: SharedMapping,
     /// The file, open while mapped: byte-range locks on it are taken through this descriptor.
     fd: OwnedFd,
@@ -72,7 +76,15 @@ impl SharedMap {
     }
 
     fn map(fd: OwnedFd, len: usize) -> io::Result<SharedMap> {
-        Ok(SharedMap { map: SharedMapping::map(&fd, len)?, fd })
+        let map = SharedMapping::map(&fd, len)?;
+        let guard = aclshm_os::guard(map.ptr() as usize, map.len())?;
+        Ok(SharedMap { guard, map, fd })
+    }
+
+    /// Whether the file shrank under the mapping (someone truncated it): what it held is lost, and the
+    /// mapping now holds zeros of this process's own.
+    pub(crate) fn truncated(&self) -> bool {
+        self.guard.tripped()
     }
 
     /// The start of the mapping.

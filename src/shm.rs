@@ -14,6 +14,10 @@
 //! private, large enough, of the right magic and version, and lets the kind check the rest. Every field is
 //! an atomic, so processes racing each other read stale values, never torn ones.
 //!
+//! A file truncated under its mappings (by a careless or hostile process of the same user) does not kill
+//! the processes that map it: the mapping is guarded (`aclshm_os::guard`), reads zeros from then on, and
+//! [`ShmFile::check_intact`] says so at each reader's checkpoints.
+//!
 //! Files whose creator died are removed by [`sweep`] (each kind says which names are its own), by the
 //! module that uses them, and by `aclshm sim clean`.
 
@@ -184,6 +188,19 @@ impl<K: Kind> ShmFile<K> {
         unsafe { std::slice::from_raw_parts(self.map.ptr().add(HEADER_BYTES).cast::<K::Item>(), self.items) }
     }
 
+    /// Whether the file is still what was mapped: an error once someone truncated it under this process
+    /// (what it held is lost; the mapping reads zeros from then on, which no check of this kind accepts).
+    pub(crate) fn check_intact(&self) -> Result<()> {
+        if self.map.truncated() {
+            return Err(Error::Protocol(format!(
+                "{} {} was truncated under this process: its contents are lost",
+                K::WHAT,
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
     /// The state word (open, closed).
     pub(crate) fn state(&self) -> &AtomicU32 {
         &self.prefix().state
@@ -304,6 +321,25 @@ mod tests {
         assert!(!r.creator_alive());
         let e = ShmFile::<Demo>::open(&path, |_, _| Ok(())).unwrap_err();
         assert!(matches!(&e, Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound), "{e}");
+    }
+
+    #[test]
+    fn a_file_truncated_under_its_readers_is_an_error_not_a_crash() {
+        let dir = os::TestDir::new("shm-trunc");
+        let path = dir.0.join("f");
+        let w = ShmFile::<Demo>::create(&path, 4096, |h| h.token.store(42, Ordering::Relaxed)).unwrap();
+        let r = ShmFile::<Demo>::open(&path, |_, _| Ok(())).unwrap();
+        w.items()[4000].store(9, Ordering::Relaxed);
+        r.check_intact().unwrap();
+        std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
+        // Without the guard, each of these reads would end the process with SIGBUS.
+        assert_eq!(r.items()[4000].load(Ordering::Relaxed), 0, "the bytes are gone");
+        assert_eq!(r.header().token.load(Ordering::Relaxed), 0);
+        let e = r.check_intact().unwrap_err();
+        assert!(e.to_string().contains("was truncated under this process"), "{e}");
+        // The creator's own mapping is guarded too.
+        assert_eq!(w.items()[4000].load(Ordering::Relaxed), 0);
+        assert!(w.check_intact().is_err());
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! This crate is that operating-system layer, written once, on [`rustix`] (system calls without libc's
 //! error conventions), [`memmap2`] (file mappings) and [`getrandom`]. `libc` serves only where rustix falls
 //! short: OFD byte-range locks ([`try_lock_byte`]; rustix locks whole files per process), glibc's
-//! `posix_fallocate` emulation ([`allocate`], on filesystems without `fallocate(2)`), and `SO_PEERCRED`
+//! `posix_fallocate` emulation ([`allocate`], on filesystems without `fallocate(2)`), `sigaction` ([`guard`];
+//! rustix has no signal handling), and `SO_PEERCRED`
 //! ([`peer_credentials`]; rustix's answer cannot hold the pid 0 the kernel gives for a peer in another pid
 //! namespace).
 //!
@@ -15,6 +16,7 @@
 //!   map       SharedMapping (a whole file, read-write, shared), AnonymousMapping (private memory)
 //!   addr      address space: reserve (PROT_NONE, aligned), unreserve, rereserve, SharedMapping::mirror_at
 //!   lock      OFD byte locks: owned by an open file, dropped by the kernel when the process dies
+//!   guard     a SIGBUS handler that turns a shared file truncated under its mapping into zero pages
 //!   futex     futex_wait / futex_wake_all on a shared AtomicU32, across processes
 //!   process   pid, euid, /proc identity (start_time, alive, bare_tgid), now_ticks, boot_id
 //!   socket    poll, peer_credentials (SO_PEERCRED)
@@ -32,6 +34,7 @@
 mod addr;
 mod file;
 mod futex;
+mod guard;
 mod lock;
 mod map;
 mod process;
@@ -44,6 +47,7 @@ pub use file::{
     allocate, check_private_file, create_file, ensure_private_dir, open_file, open_read_nonblocking, set_len,
 };
 pub use futex::{FutexWait, futex_wait, futex_wake_all};
+pub use guard::{Guard, MAX_GUARDS, guard};
 pub use lock::{byte_locked_by_other, try_lock_byte, unlock_byte};
 pub use map::{AnonymousMapping, SharedMapping};
 pub use process::{alive, bare_tgid, boot_id, euid, now_ticks, pid, start_time};

@@ -148,6 +148,8 @@ impl KvMirror {
     pub fn ptr(&self, b: &KvBlock) -> Result<*mut c_void> {
         self.check(b)?;
         if self.table.generation(b.id) != b.generation {
+            // A table truncated under us reads zeros: say so rather than call every block stale.
+            self.table.check_intact()?;
             return Err(Error::StaleBlock { id: b.id, generation: b.generation });
         }
         self.mirror().resolve(self.geometry.offset(b.id), self.geometry.block_bytes)
@@ -172,6 +174,7 @@ impl KvMirror {
                     Ok(())
                 } else {
                     self.pins.count(b.id).fetch_sub(1, Ordering::SeqCst);
+                    self.table.check_intact()?;
                     Err(Error::StaleBlock { id: b.id, generation: b.generation })
                 }
             });

@@ -179,6 +179,11 @@ impl BlockTable {
         os::futex_wait(&self.header().unpins, seen, timeout);
     }
 
+    /// An error if the table was truncated under this process (see `shm`).
+    pub(crate) fn check_intact(&self) -> Result<()> {
+        self.file.check_intact()
+    }
+
     /// Whether the owner still lives (it holds a lock on the table while it does).
     pub(crate) fn owner_alive(&self) -> bool {
         self.file.creator_alive()
@@ -257,9 +262,10 @@ impl PinFile {
         &self.file.items()[id as usize]
     }
 
-    /// Whether the worker that made the file still lives.
+    /// Whether the worker that made the file still lives (and its file is whole: a pin file truncated
+    /// under the owner says nothing any more, and counts as its worker gone).
     pub(crate) fn holder_alive(&self) -> bool {
-        self.file.creator_alive()
+        self.file.creator_alive() && self.file.check_intact().is_ok()
     }
 
     pub(crate) fn path(&self) -> &Path {

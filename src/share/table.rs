@@ -267,6 +267,8 @@ impl Table {
             let closed = self.file.is_closed();
             fence(Ordering::Acquire);
             if h.seq.load(Ordering::Relaxed) == before {
+                // A table truncated under us reads zeros: that is no table the owner published.
+                self.file.check_intact()?;
                 return Ok(Snapshot { generation, closed, entries: copy });
             }
         }
