@@ -271,8 +271,7 @@ impl IpcMemory {
         let size = size
             .checked_next_multiple_of(IPC_ALIGN)
             .ok_or_else(|| Error::InvalidArgument(format!("{size:#x} bytes of IPC memory")))?;
-        let dir = config.dir.clone().unwrap_or_else(os::default_share_dir);
-        os::private_dir(&dir).map_err(|e| Error::io(format!("share directory {}", dir.display()), e))?;
+        let dir = crate::shm::share_dir(config.dir.as_deref())?;
         shm::sweep(&dir, FILE_NAMES, Duration::from_secs(60));
         let flags = if config.validate_pids {
             ACL_RT_IPC_MEM_EXPORT_FLAG_DEFAULT

@@ -243,6 +243,20 @@ impl<K: Kind> ShmFile<K> {
     }
 }
 
+/// The share directory to use: `explicit` if the caller gave one, else the default (`$ACLSHM_SHARE_DIR`,
+/// else `/dev/shm/aclshm-share-<uid>`), created private or checked to be (ours, a real directory,
+/// writable by no one else). When the default cannot be used (another user made it first, say), the
+/// error names the way out.
+pub(crate) fn share_dir(explicit: Option<&Path>) -> Result<PathBuf> {
+    let dir = explicit.map_or_else(os::default_share_dir, Path::to_path_buf);
+    os::private_dir(&dir).map_err(|e| {
+        let way_out =
+            if explicit.is_some() { "" } else { " (ACLSHM_SHARE_DIR, or the config's `dir`, chooses another)" };
+        Error::io(format!("share directory {}{way_out}", dir.display()), e)
+    })?;
+    Ok(dir)
+}
+
 /// The names a kind of shared file has in a share directory, and what goes with each file.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Names {

@@ -132,8 +132,7 @@ impl Sharing {
         config: &ShareConfig,
         errors: &Arc<DropErrors>,
     ) -> Result<StdArc<Sharing>> {
-        let dir = config.dir.clone().unwrap_or_else(os::default_share_dir);
-        os::private_dir(&dir).map_err(|e| Error::io(format!("share directory {}", dir.display()), e))?;
+        let dir = crate::shm::share_dir(config.dir.as_deref())?;
         files::sweep(&dir);
         let token = os::random_u64();
         let export_flags = if config.validate_pids {
