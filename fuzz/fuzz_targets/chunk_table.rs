@@ -16,15 +16,13 @@ use libfuzzer_sys::fuzz_target;
 /// and chunk size (8).
 const TOKEN_AT: usize = 32;
 
-
 fuzz_target!(|data: &[u8]| {
     let token = data.get(TOKEN_AT..TOKEN_AT + 8).map_or(1, |b| u64::from_le_bytes(b.try_into().unwrap())).max(1);
     // In the temporary directory, removed after each input: a run leaves nothing behind.
     let socket = std::env::temp_dir().join(format!("aclshm-fuzz-table-{}-{token:016x}.sock", std::process::id()));
     let table = socket.with_extension("table");
     let _ = std::fs::remove_file(&table);
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&table).unwrap();
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&table).unwrap();
     f.write_all(data).unwrap();
     drop(f);
     match aclshm::share::published_handles(&ShareDesc { socket, token }) {

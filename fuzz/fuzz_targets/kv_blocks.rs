@@ -50,8 +50,7 @@ fn owner() -> ! {
     let freed: Vec<KvBlock> = first.iter().copied().step_by(3).collect();
     kv.free_many(&freed).unwrap();
     let again = kv.alloc_many(4).unwrap();
-    let live: Vec<KvBlock> =
-        first.iter().filter(|b| !freed.contains(b)).chain(again.iter()).copied().collect();
+    let live: Vec<KvBlock> = first.iter().filter(|b| !freed.contains(b)).chain(again.iter()).copied().collect();
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", kv.desc()).unwrap();
     writeln!(out, "{}", kv.stats().capacity).unwrap();
@@ -141,7 +140,10 @@ fn references(w: &World, data: &[u8]) -> Vec<KvBlock> {
 }
 
 fn typed(e: &Error) -> bool {
-    matches!(e, Error::BadDescriptor(_) | Error::StaleBlock { .. } | Error::NotPinned { .. } | Error::StaleDescriptor { .. })
+    matches!(
+        e,
+        Error::BadDescriptor(_) | Error::StaleBlock { .. } | Error::NotPinned { .. } | Error::StaleDescriptor { .. }
+    )
 }
 
 fuzz_target!(
