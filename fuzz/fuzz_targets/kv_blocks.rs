@@ -83,6 +83,9 @@ fn world() -> &'static World {
             std::env::set_var("ACLSHM_SIM_DIR", &sim);
             std::env::set_var("ACLSHM_SHARE_DIR", &share);
         }
+        // Never waited for, on purpose: the scheduler outlives the fuzzer (it ends when the fuzzer's exit
+        // closes its stdin), and then belongs to init, which reaps it.
+        #[allow(clippy::zombie_processes)]
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env(OWNER_VAR, "1")
             .stdin(Stdio::piped())
