@@ -8,17 +8,26 @@
 //!
 //! ## Layers
 //!
+//! Each line uses only the lines below it (`.ci/modgraph.py check` fails CI on a cycle;
+//! `docs/design.md` explains the three places where a hook turns an upward call around).
+//!
 //! ```text
 //!   aclshm (this crate)
-//!     share, ipc, notify   a pool shared with other processes (mirrors, descriptors, the rendezvous),
-//!                          IPC memory by key, IPC notifies
-//!     registry             exports and imports of this process: one-to-one, enforced
-//!     pool                 a chunked pool: reserve once, grow and trim by physical chunks
-//!     vmm                  RAII ranges, physical memory, mappings
+//!     cleanup              sweep_share_dir: every kind of shared file
+//!     kv                   KV-cache blocks shared by reference, pins across processes
+//!     share  tune          a pool shared with other processes (mirrors, descriptors, the rendezvous) │
+//!                          allocation traces replayed over a grid of configurations
+//!     pool                 a chunked pool: reserve once, grow and trim by physical chunks; a chunk
+//!                          observer (the sharing) is told of every chunk mapped and given back
+//!     registry  ipc  notify   imports (one per handle per process) │ IPC memory by key │ IPC notifies
+//!     vmm                  RAII ranges, physical memory, mappings; the process's book of handles
+//!     backend  device      choosing a runtime │ the current device
 //!     raw                  one fallible function per ACL call
-//!     runtime              the one seam: a table of ACL entry points
+//!     runtime  handles  shm   the one seam: a table of ACL entry points │ the handle book │ shared files
+//!     error  stats  sync  os
 //!   aclshm-sys   the C API as data: our declarations, bindgen output, the libascendcl.so loader
 //!   aclshm-sim   the ACL runtime simulated on host shared memory (embedded, or as a drop-in .so)
+//!   aclshm-os    the Linux layer under both (rustix, memmap2, getrandom)
 //! ```
 //!
 //! Everything reaches the device through a [`Runtime`]: a real CANN `libascendcl.so` loaded at run time,
