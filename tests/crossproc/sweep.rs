@@ -122,7 +122,9 @@ fn begin(rt: &Runtime, device: i32) -> Log {
     log
 }
 
-fn finish(rt: &Runtime, log: &Log) {
+/// A role's end: reset `device`, then report what went wrong, what is still held, and the calls made.
+fn finish(rt: &Runtime, mut log: Log, device: i32) {
+    log.step("reset device", raw::reset_device(rt, device));
     say(log.report());
     say(format!("held {}", held(rt)));
     say(format!("calls {}", calls(rt)));
@@ -209,8 +211,7 @@ fn owner(rt: &Runtime) {
         log.close("pool close", || p.close());
     }
     drop(pool);
-    log.step("reset device", raw::reset_device(rt, 0));
-    finish(rt, &log);
+    finish(rt, log, 0);
 }
 
 fn worker(rt: &Runtime) {
@@ -269,9 +270,8 @@ fn worker(rt: &Runtime) {
     if let Some(m) = m {
         log.step("detach", m.close());
     }
-    log.step("reset device", raw::reset_device(rt, 1));
     say("synced");
-    finish(rt, &log);
+    finish(rt, log, 1);
 }
 
 /// A KV block's pattern: its id and generation.
@@ -401,8 +401,7 @@ fn kv_owner(rt: &Runtime) {
         log.close("kv close", || kv.close());
     }
     drop(kv);
-    log.step("reset device", raw::reset_device(rt, 0));
-    finish(rt, &log);
+    finish(rt, log, 0);
 }
 
 /// The KV worker: attaches, reads what was written before, follows the growth, pins the prefix and `one`
@@ -471,9 +470,8 @@ fn kv_worker(rt: &Runtime) {
     if let Some(mirror) = mirror {
         log.step("detach", mirror.close());
     }
-    log.step("reset device", raw::reset_device(rt, 1));
     say("closed");
-    finish(rt, &log);
+    finish(rt, log, 1);
 }
 
 /// One of the sweep's scenarios: its two roles, and the lines the parent relays between them.
