@@ -144,16 +144,7 @@ impl Tally {
 
 #[test]
 fn survivors_of_a_sigkill_keep_their_data_and_nothing_is_left() {
-    by_role(
-        test_name!(),
-        |rt, role| match role {
-            "owner" => owner(rt),
-            "worker0" => worker(rt, 0),
-            "worker1" => worker(rt, 1),
-            other => panic!("no role {other:?}"),
-        },
-        trials,
-    );
+    by_role(test_name!(), |rt, role| owner_or_worker(rt, role, owner, worker), trials);
 }
 
 /// The parent: the trials, each in a scenario of its own, and the report.

@@ -441,6 +441,15 @@ pub fn by_role(test: String, child: impl FnOnce(&Runtime, &str), parent: impl Fn
     }
 }
 
+/// Play `role`: `owner`, or `worker<device>` (`worker0`, `worker1`, ...), a worker on that device.
+pub fn owner_or_worker(rt: &Runtime, role: &str, owner: impl FnOnce(&Runtime), worker: impl FnOnce(&Runtime, i32)) {
+    match (role, role.strip_prefix("worker").map(str::parse)) {
+        ("owner", _) => owner(rt),
+        (_, Some(Ok(device))) => worker(rt, device),
+        _ => panic!("no role {role:?}: `owner` or `worker<device>`"),
+    }
+}
+
 /// The whole of a test that needs one process: as the child, run `body` and say `ok`; as the parent, start
 /// that child in a fresh simulator directory, wait for its `ok` and its exit, and check nothing is left.
 pub fn solo(test: String, body: impl FnOnce(&Runtime)) {

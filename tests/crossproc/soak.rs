@@ -167,16 +167,7 @@ fn worker(rt: &Runtime, device: i32) {
 
 #[test]
 fn threads_and_processes_churn_a_shared_pool_and_every_check_holds() {
-    by_role(
-        test_name!(),
-        |rt, role| match role {
-            "owner" => owner(rt),
-            "worker0" => worker(rt, 0),
-            "worker1" => worker(rt, 1),
-            other => panic!("no role {other:?}"),
-        },
-        soak,
-    );
+    by_role(test_name!(), |rt, role| owner_or_worker(rt, role, owner, worker), soak);
 }
 
 /// The parent: start the crew, let it churn, stop it, report.
