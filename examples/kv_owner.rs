@@ -10,43 +10,16 @@
 //! cargo build --examples && cargo run --example kv_owner
 //! ```
 
-use std::io::{BufRead, BufReader, Lines, Write};
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
 use aclshm::{KvBlock, KvConfig, KvLayout, KvPool, PoolConfig, Runtime, ShareConfig, raw};
+use common::{Result, Worker};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
-
-struct Worker {
-    child: Child,
-    to: ChildStdin,
-    from: Lines<BufReader<ChildStdout>>,
-}
-
-impl Worker {
-    fn start(role: &str, device: i32, kv: &KvPool) -> Result<Worker> {
-        let exe = std::env::current_exe()?.with_file_name("kv_worker");
-        if !exe.exists() {
-            return Err(format!("{} is not built: run `cargo build --examples` first", exe.display()).into());
-        }
-        let mut child = Command::new(&exe)
-            .args([role, &device.to_string(), &kv.desc().to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let to = child.stdin.take().ok_or("no stdin")?;
-        let from = BufReader::new(child.stdout.take().ok_or("no stdout")?).lines();
-        Ok(Worker { child, to, from })
-    }
-
-    fn send(&mut self, line: &str) -> Result<()> {
-        Ok(writeln!(self.to, "{line}")?)
-    }
-
-    fn recv(&mut self) -> Result<String> {
-        Ok(self.from.next().ok_or("a worker exited")??)
-    }
+/// Start a `kv_worker` playing `role` on `device`.
+fn start(role: &str, device: i32, kv: &KvPool) -> Result<Worker> {
+    Worker::start("kv_worker", &[role, &device.to_string(), &kv.desc().to_string()])
 }
 
 fn line(blocks: &[KvBlock]) -> String {
@@ -62,8 +35,8 @@ fn main() -> Result<()> {
     let kv = KvPool::new(rt, 0, KvConfig { block_bytes: layout.block_bytes()?, pool, share: ShareConfig::default() })?;
     println!("scheduler: blocks of {} KiB, {} per chunk", kv.block_bytes() >> 10, kv.stats().blocks_per_chunk);
 
-    let mut prefill = Worker::start("prefill", 0, &kv)?;
-    let mut decode = Worker::start("decode", 1, &kv)?;
+    let mut prefill = start("prefill", 0, &kv)?;
+    let mut decode = start("decode", 1, &kv)?;
 
     // A 100-token prompt: 7 blocks.
     let prompt = kv.alloc_many(7)?;
@@ -88,11 +61,9 @@ fn main() -> Result<()> {
         "scheduler: unpinned; the prefix's blocks are reused: {}",
         reused.iter().all(|b| prompt.iter().any(|p| p.id() == b.id()))
     );
-    for w in [&mut prefill, &mut decode] {
+    for mut w in [prefill, decode] {
         w.send("bye")?;
-        if !w.child.wait()?.success() {
-            return Err("a worker failed".into());
-        }
+        w.finish()?;
     }
     kv.free_many(&other)?;
     kv.free_many(&reused)?;

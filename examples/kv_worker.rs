@@ -1,11 +1,12 @@
 //! KV-cache sharing between workers, a worker's side: started by `kv_owner` (see there) as `prefill` (it
 //! writes the blocks it is given) or `decode` (it pins blocks as a shared prefix, then reads them).
 
+mod common;
+
 use std::io::{BufRead, Write};
 
 use aclshm::{KvBlock, KvDesc, KvMirror, Runtime, raw};
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+use common::{Result, from_device, to_device};
 
 /// What block `b` holds once written: a function of its id and generation.
 fn content(b: &KvBlock, len: usize) -> Vec<u8> {
@@ -35,18 +36,8 @@ fn main() -> Result<()> {
             "write" => {
                 let bs = blocks(rest)?;
                 for b in &bs {
-                    let data = content(b, len);
-                    // SAFETY: a host buffer of `len` bytes into a block of `len` bytes, mapped by the mirror.
-                    unsafe {
-                        raw::memcpy(
-                            rt,
-                            kv.ptr(b)?,
-                            len,
-                            data.as_ptr().cast(),
-                            len,
-                            aclshm::sys::aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
-                        )?
-                    };
+                    // SAFETY: a block is `len` bytes, mapped by the mirror.
+                    unsafe { to_device(rt, kv.ptr(b)?, &content(b, len))? };
                 }
                 println!("{role} (device {device}): wrote {} blocks", bs.len());
             }
@@ -62,19 +53,9 @@ fn main() -> Result<()> {
                 let freed = kv.ptr(&pinned.blocks()[0]).is_err();
                 // ...but the pins kept them as they were.
                 let mut ok = 0;
-                for (b, p) in pinned.blocks().iter().zip(pinned.ptrs()) {
-                    let mut got = vec![0u8; len];
-                    // SAFETY: a host buffer of `len` bytes from a pinned block mapped by the mirror.
-                    unsafe {
-                        raw::memcpy(
-                            rt,
-                            got.as_mut_ptr().cast(),
-                            len,
-                            *p,
-                            len,
-                            aclshm::sys::aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
-                        )?
-                    };
+                for (b, &p) in pinned.blocks().iter().zip(pinned.ptrs()) {
+                    // SAFETY: a pinned block is `len` bytes, mapped by the mirror.
+                    let got = unsafe { from_device(rt, p, len)? };
                     ok += usize::from(got == content(b, len));
                 }
                 let n = pinned.blocks().len();

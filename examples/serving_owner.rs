@@ -14,13 +14,12 @@
 //! Without an NPU both run on the built-in simulator (the same directory: the default, or
 //! `ACLSHM_SIM_DIR`); with `ACLSHM_BACKEND=acl` on CANN.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+mod common;
+
 use std::time::Duration;
 
 use aclshm::{Notify, Pool, PoolConfig, Runtime, ShareConfig, raw};
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+use common::{Result, Worker, from_device, to_device};
 
 /// The bytes of weight tensor `i` (the worker computes the same).
 fn weights(i: u64, len: usize) -> Vec<u8> {
@@ -39,72 +38,43 @@ fn main() -> Result<()> {
     let mut tensors = Vec::new();
     for (i, &len) in sizes.iter().enumerate() {
         let a = pool.alloc(len as u64)?;
-        let w = weights(i as u64, len);
-        // SAFETY: a host buffer of `len` bytes into the allocation of at least `len` bytes.
-        unsafe {
-            raw::memcpy(
-                rt,
-                a.as_ptr(),
-                len,
-                w.as_ptr().cast(),
-                len,
-                aclshm::sys::aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
-            )?
-        };
+        // SAFETY: the allocation is at least `len` bytes.
+        unsafe { to_device(rt, a.as_ptr(), &weights(i as u64, len))? };
         tensors.push(a);
     }
     let share = pool.share(ShareConfig::default())?;
     println!("owner: {} weight tensors in {} chunks, shared as {share}", tensors.len(), pool.stats().chunks);
 
     // The worker is the other example program, built next to this one.
-    let exe = std::env::current_exe()?.with_file_name("serving_worker");
-    if !exe.exists() {
-        return Err(format!("{} is not built: run `cargo build --examples` first", exe.display()).into());
-    }
-    let mut worker = Command::new(&exe).arg(share.to_string()).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-    let mut to_worker = worker.stdin.take().ok_or("no stdin")?;
-    let mut from_worker = BufReader::new(worker.stdout.take().ok_or("no stdout")?).lines();
-    let mut next = || -> Result<String> { Ok(from_worker.next().ok_or("the worker exited")??) };
+    let mut worker = Worker::start("serving_worker", &[&share.to_string()])?;
 
     // A notify for "request done", whitelisted for the worker only.
     let done = Notify::new(rt, 0)?;
-    let tgid: i32 = next()?.parse()?;
+    let tgid: i32 = worker.recv()?.parse()?;
     let key = done.export(true)?;
     done.allow(tgid)?;
-    writeln!(to_worker, "notify {key}")?;
+    worker.send(&format!("notify {key}"))?;
     for (i, a) in tensors.iter().enumerate() {
-        writeln!(to_worker, "weights {i} {}", pool.descriptor(a)?.to_hex())?;
+        worker.send(&format!("weights {i} {}", pool.descriptor(a)?.to_hex()))?;
     }
     // One request: an output buffer the worker fills.
     let out = pool.alloc(4 << 20)?;
-    writeln!(to_worker, "request {}", pool.descriptor(&out)?.to_hex())?;
+    worker.send(&format!("request {}", pool.descriptor(&out)?.to_hex()))?;
     if !done.wait_host(Duration::from_secs(30))? {
         return Err("the worker did not finish the request".into());
     }
-    println!("{}", next()?);
-    let mut answer = vec![0u8; 16];
-    // SAFETY: a host buffer of 16 bytes from the 4 MiB output buffer.
-    unsafe {
-        raw::memcpy(
-            rt,
-            answer.as_mut_ptr().cast(),
-            16,
-            out.as_ptr(),
-            16,
-            aclshm::sys::aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
-        )?
-    };
+    println!("{}", worker.recv()?);
+    // SAFETY: the output buffer is 4 MiB.
+    let answer = unsafe { from_device(rt, out.as_ptr(), 16)? };
     println!("owner: the request's output starts {:02x?}", &answer[..8]);
 
     // The request ends: its buffer goes, and the chunks it alone used go back to the device.
     pool.free(out)?;
     let trimmed = pool.trim()?;
-    writeln!(to_worker, "trimmed")?;
-    println!("{}", next()?);
-    writeln!(to_worker, "bye")?;
-    if !worker.wait()?.success() {
-        return Err("the worker failed".into());
-    }
+    worker.send("trimmed")?;
+    println!("{}", worker.recv()?);
+    worker.send("bye")?;
+    worker.finish()?;
     let st = pool.stats();
     let exports = st.runtime_calls.iter().find(|(f, _)| *f == "aclrtMemExportToShareableHandle").map_or(0, |c| c.1);
     println!("owner: trimmed {trimmed} chunk(s); {exports} exports in all, one per chunk, none per allocation");

@@ -2,11 +2,12 @@
 //! mirror of the owner's pool on device 1, checks the weights it is given by descriptor, answers a
 //! request, and follows the pool when the owner trims it.
 
+mod common;
+
 use std::io::{BufRead, Write};
 
 use aclshm::{AllocDesc, Mirror, Notify, Runtime, ShareDesc, raw};
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+use common::{Result, from_device, to_device};
 
 /// The bytes of weight tensor `i` (as the owner loaded them).
 fn weights(i: u64, len: usize) -> Vec<u8> {
@@ -32,36 +33,17 @@ fn main() -> Result<()> {
                 let i: u64 = words.next().ok_or("no index")?.parse()?;
                 let d = AllocDesc::from_hex(words.next().ok_or("no descriptor")?)?;
                 let len = d.len() as usize;
-                let mut got = vec![0u8; len];
-                // SAFETY: a host buffer of `len` bytes from the weights, mapped by the mirror.
-                unsafe {
-                    raw::memcpy(
-                        rt,
-                        got.as_mut_ptr().cast(),
-                        len,
-                        mirror.ptr(&d)?,
-                        len,
-                        aclshm::sys::aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
-                    )?
-                };
-                if got[..] != weights(i, len)[..len] {
+                // SAFETY: the weights are `len` bytes, mapped by the mirror.
+                let got = unsafe { from_device(rt, mirror.ptr(&d)?, len)? };
+                if got != weights(i, len) {
                     return Err(format!("weights {i} differ on device 1").into());
                 }
             }
             Some("request") => {
                 let d = AllocDesc::from_hex(words.next().ok_or("no descriptor")?)?;
                 let answer: Vec<u8> = (0..16u8).map(|b| b.wrapping_mul(17)).collect();
-                // SAFETY: 16 host bytes into the request's buffer, mapped by the mirror.
-                unsafe {
-                    raw::memcpy(
-                        rt,
-                        mirror.ptr(&d)?,
-                        16,
-                        answer.as_ptr().cast(),
-                        16,
-                        aclshm::sys::aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
-                    )?
-                };
+                // SAFETY: the request's buffer is at least 16 bytes, mapped by the mirror.
+                unsafe { to_device(rt, mirror.ptr(&d)?, &answer)? };
                 done.as_ref().ok_or("no notify yet")?.signal()?;
                 let st = mirror.stats();
                 at_request = st.chunks;

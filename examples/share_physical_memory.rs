@@ -11,17 +11,17 @@
 //!
 //! Without an NPU it runs on the built-in simulator; with `ACLSHM_BACKEND=acl` on CANN.
 
+mod common;
+
 use std::ffi::c_void;
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 
 use aclshm::sys::{
     ACL_RT_VMM_EXPORT_FLAG_DEFAULT, aclrtMemAllocationType, aclrtMemAttr, aclrtMemGranularityOptions,
-    aclrtMemHandleType, aclrtMemLocation, aclrtMemLocationType, aclrtMemcpyKind, aclrtPhysicalMemProp,
+    aclrtMemHandleType, aclrtMemLocation, aclrtMemLocationType, aclrtPhysicalMemProp,
 };
 use aclshm::{Runtime, raw};
-
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+use common::{Result, Worker, from_device, to_device};
 
 fn prop(device: u32) -> aclrtPhysicalMemProp {
     aclrtPhysicalMemProp {
@@ -40,12 +40,8 @@ fn prop(device: u32) -> aclrtPhysicalMemProp {
 unsafe fn put(rt: &Runtime, dst: *mut c_void, text: &str, len: usize) -> Result<()> {
     let mut buf = text.as_bytes().to_vec();
     buf.resize(len, 0);
-    // SAFETY: buf is a host buffer of len bytes; dst is mapped device memory of at least len bytes
-    // (precondition 1).
-    unsafe {
-        raw::memcpy(rt, dst, len, buf.as_ptr().cast(), len, aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE)?;
-    }
-    Ok(())
+    // SAFETY: dst is mapped device memory of at least len bytes (precondition 1).
+    unsafe { to_device(rt, dst, &buf) }
 }
 
 /// Read a NUL-padded string of at most `len` bytes from device memory at `src`.
@@ -53,12 +49,8 @@ unsafe fn put(rt: &Runtime, dst: *mut c_void, text: &str, len: usize) -> Result<
 /// # Safety
 /// 1. `src` is device memory of at least `len` bytes mapped in this process.
 unsafe fn get(rt: &Runtime, src: *const c_void, len: usize) -> Result<String> {
-    let mut buf = vec![0u8; len];
-    // SAFETY: buf is a host buffer of len bytes; src is mapped device memory of at least len bytes
-    // (precondition 1).
-    unsafe {
-        raw::memcpy(rt, buf.as_mut_ptr().cast(), len, src, len, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST)?;
-    }
+    // SAFETY: src is mapped device memory of at least len bytes (precondition 1).
+    let buf = unsafe { from_device(rt, src, len)? };
     let end = buf.iter().position(|&b| b == 0).unwrap_or(len);
     Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
 }
@@ -109,26 +101,19 @@ fn owner() -> Result<()> {
     };
     println!("owner: {size} bytes on device 0 exported as shareable handle {shareable:#x}");
 
-    let mut worker =
-        Command::new(std::env::current_exe()?).arg("worker").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn()?;
-    let mut to_worker = worker.stdin.take().ok_or("no stdin")?;
-    let mut from_worker = BufReader::new(worker.stdout.take().ok_or("no stdout")?).lines();
-    let mut next = || -> Result<String> { Ok(from_worker.next().ok_or("the worker exited")??) };
+    let mut worker = Worker::start_self(&["worker"])?;
 
     // Validation is on: only whitelisted pids (as the host sees them) may import.
-    let pid: i32 = next()?.parse()?;
+    let pid: i32 = worker.recv()?.parse()?;
     raw::mem_set_pid_to_shareable_handle(rt, shareable, &[pid])?;
     println!("owner: whitelisted the worker (pid {pid})");
-    writeln!(to_worker, "{shareable} {size}")?;
-    println!("{}", next()?);
-    println!("{}", next()?);
+    worker.send(&format!("{shareable} {size}"))?;
+    println!("{}", worker.recv()?);
+    println!("{}", worker.recv()?);
     // SAFETY: as above.
     let reply = unsafe { get(rt, va.cast::<u8>().wrapping_add(MSG).cast(), MSG)? };
     println!("owner: the worker wrote back: {reply:?}");
-    let status = worker.wait()?;
-    if !status.success() {
-        return Err(format!("the worker failed: {status}").into());
-    }
+    worker.finish()?;
     // SAFETY: our range with our handle mapped whole at its start; nothing uses them any more.
     unsafe { teardown(rt, va, handle)? };
     println!("owner: unmapped, freed, released; done");

@@ -11,6 +11,7 @@ use std::sync::Mutex;
 
 use aclshm::Runtime;
 use aclshm::sys::*;
+use aclshm::vmm::DropErrors;
 
 /// One runtime call, as the device saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +59,25 @@ fn with<T>(f: impl FnOnce(&mut Device) -> T) -> T {
 /// Forget everything: call at the start of each model iteration.
 pub fn reset() {
     *DEVICE.lock().unwrap_or_else(|p| p.into_inner()) = Some(Device { next: 0x1000, ..Device::default() });
+}
+
+/// The start of a model iteration: a fresh device ([`reset`]), a runtime over it, and the record of what
+/// drops fail to release.
+pub fn fresh() -> (Runtime, loom::sync::Arc<DropErrors>) {
+    reset();
+    (runtime(), DropErrors::new())
+}
+
+/// Fail the model if a rule was broken so far.
+#[track_caller]
+pub fn assert_no_violations() {
+    let v = violations();
+    assert!(v.is_empty(), "{v:?}");
+}
+
+/// Where, in `events`, the events `pick` picks are.
+pub fn positions(events: &[Event], pick: impl Fn(&Event) -> bool) -> Vec<usize> {
+    events.iter().enumerate().filter(|(_, e)| pick(e)).map(|(i, _)| i).collect()
 }
 
 /// Every call so far.

@@ -1,16 +1,28 @@
 //! The pool's teardown and trimming under concurrency, on a fake device that checks the rules.
 #![cfg(loom)]
 
-use aclshm::vmm::{DropErrors, Mapping, PageSize, PhysicalMem, VaRange};
+use aclshm::vmm::{Mapping, PageSize, PhysicalMem, VaRange};
 use aclshm::{Pool, PoolConfig};
 use aclshm_loom_tests::fake::{self, Event};
 use aclshm_loom_tests::model;
+use loom::sync::Arc;
 use loom::thread;
 
 const MIB: usize = 1 << 20;
 
-fn small_pool(rt: &aclshm::Runtime) -> Pool {
-    Pool::new(rt, 0, PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 8 << 20, ..PoolConfig::default() }).unwrap()
+/// A pool of 2 MiB chunks on a fresh device, for threads to share.
+fn shared_pool() -> Arc<Pool> {
+    let (rt, _) = fake::fresh();
+    Arc::new(
+        Pool::new(&rt, 0, PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 8 << 20, ..PoolConfig::default() })
+            .unwrap(),
+    )
+}
+
+/// Close the pool once every thread let go of it; no rule may have been broken.
+fn close(pool: Arc<Pool>) {
+    Arc::try_unwrap(pool).expect("the last reference").close().unwrap();
+    fake::assert_no_violations();
 }
 
 /// (a) Physical memory mapped twice, its mappings dropped by two threads while a third drops the owner's
@@ -18,9 +30,7 @@ fn small_pool(rt: &aclshm::Runtime) -> Pool {
 #[test]
 fn physical_memory_is_freed_once_after_its_last_unmap() {
     model(|| {
-        fake::reset();
-        let rt = fake::runtime();
-        let errors = DropErrors::new();
+        let (rt, errors) = fake::fresh();
         let range = VaRange::reserve(&rt, 4 * MIB, &errors).unwrap();
         let phys = PhysicalMem::allocate(&rt, 0, 2 * MIB, PageSize::Huge2M, &errors).unwrap();
         let m1 = Mapping::map(&range, 0, &phys).unwrap();
@@ -32,16 +42,14 @@ fn physical_memory_is_freed_once_after_its_last_unmap() {
         drop(range);
         t1.join().unwrap();
         t2.join().unwrap();
-        assert!(fake::violations().is_empty(), "{:?}", fake::violations());
+        fake::assert_no_violations();
         let ev = fake::events();
         let frees = ev.iter().filter(|e| matches!(e, Event::Free(_))).count();
         assert_eq!(frees, 1, "{ev:?}");
         let free = ev.iter().position(|x| *x == Event::Free(h)).unwrap();
-        let releases: Vec<usize> =
-            ev.iter().enumerate().filter(|(_, e)| matches!(e, Event::Release(_))).map(|(i, _)| i).collect();
+        let releases = fake::positions(&ev, |e| matches!(e, Event::Release(_)));
         assert_eq!(releases.len(), 1, "{ev:?}");
-        let unmaps: Vec<usize> =
-            ev.iter().enumerate().filter(|(_, e)| matches!(e, Event::Unmap(..))).map(|(i, _)| i).collect();
+        let unmaps = fake::positions(&ev, |e| matches!(e, Event::Unmap(..)));
         assert_eq!(unmaps.len(), 2);
         assert!(unmaps.iter().all(|&u| u < free && u < releases[0]), "free and release after both unmaps: {ev:?}");
         assert!(errors.take().is_empty());
@@ -53,12 +61,10 @@ fn physical_memory_is_freed_once_after_its_last_unmap() {
 #[test]
 fn no_allocation_lands_in_a_chunk_being_trimmed() {
     model(|| {
-        fake::reset();
-        let rt = fake::runtime();
-        let pool = loom::sync::Arc::new(small_pool(&rt));
+        let pool = shared_pool();
         let warm = pool.alloc(4096).unwrap();
         pool.free(warm).unwrap();
-        let p = loom::sync::Arc::clone(&pool);
+        let p = Arc::clone(&pool);
         let allocator = thread::spawn(move || {
             let a = p.alloc(4096).unwrap();
             let addr = a.as_ptr() as usize;
@@ -73,11 +79,10 @@ fn no_allocation_lands_in_a_chunk_being_trimmed() {
         let trimmed = pool.trim().unwrap();
         allocator.join().unwrap();
         assert!(trimmed <= 1);
-        assert!(fake::violations().is_empty(), "{:?}", fake::violations());
+        fake::assert_no_violations();
         let st = pool.stats();
         assert_eq!((st.live_allocations, st.allocated_bytes), (0, 0));
-        loom::sync::Arc::try_unwrap(pool).expect("the last reference").close().unwrap();
-        assert!(fake::violations().is_empty(), "{:?}", fake::violations());
+        close(pool);
     });
 }
 
@@ -86,18 +91,16 @@ fn no_allocation_lands_in_a_chunk_being_trimmed() {
 #[test]
 fn block_frees_racing_a_trim_lose_nothing() {
     model(|| {
-        fake::reset();
-        let rt = fake::runtime();
-        let pool = loom::sync::Arc::new(small_pool(&rt));
+        let pool = shared_pool();
         let class = pool.block_class(MIB as u64).unwrap();
         let b0 = pool.alloc_block(class).unwrap();
         let b1 = pool.alloc_block(class).unwrap();
-        let p = loom::sync::Arc::clone(&pool);
+        let p = Arc::clone(&pool);
         let freer = thread::spawn(move || {
             p.free_block(b0).unwrap();
             p.free_block(b1).unwrap();
         });
-        let p = loom::sync::Arc::clone(&pool);
+        let p = Arc::clone(&pool);
         let allocator = thread::spawn(move || {
             let b = p.alloc_block(class).unwrap();
             fake::live(b.as_ptr() as usize, b.len() as usize);
@@ -119,7 +122,7 @@ fn block_frees_racing_a_trim_lose_nothing() {
         for b in more.into_iter().chain([held]) {
             pool.free_block(b).unwrap();
         }
-        assert!(fake::violations().is_empty(), "{:?}", fake::violations());
-        loom::sync::Arc::try_unwrap(pool).expect("the last reference").close().unwrap();
+        fake::assert_no_violations();
+        close(pool);
     });
 }

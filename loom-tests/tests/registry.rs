@@ -4,7 +4,7 @@
 
 use aclshm::Error;
 use aclshm::registry::ImportRegistry;
-use aclshm::vmm::{DropErrors, Mapping, PageSize, PhysicalMem, VaRange};
+use aclshm::vmm::{Mapping, PageSize, PhysicalMem, VaRange};
 use aclshm_loom_tests::fake::{self, Event};
 use aclshm_loom_tests::model;
 use loom::thread;
@@ -24,9 +24,7 @@ fn imports_and_frees(ev: &[Event]) -> (Vec<usize>, usize) {
 #[test]
 fn concurrent_users_share_one_import_which_is_freed_once() {
     model(|| {
-        fake::reset();
-        let rt = fake::runtime();
-        let errors = DropErrors::new();
+        let (rt, errors) = fake::fresh();
         let registry = ImportRegistry::global();
         let users: Vec<_> = (0..2)
             .map(|_| {
@@ -43,7 +41,7 @@ fn concurrent_users_share_one_import_which_is_freed_once() {
         for u in users {
             u.join().unwrap();
         }
-        assert!(fake::violations().is_empty(), "{:?}", fake::violations());
+        fake::assert_no_violations();
         let ev = fake::events();
         let (imported, freed) = imports_and_frees(&ev);
         assert!((1..=3).contains(&imported.len()), "{ev:?}");
@@ -58,9 +56,7 @@ fn concurrent_users_share_one_import_which_is_freed_once() {
 #[test]
 fn an_import_waits_for_a_release_that_waits_for_an_unmap() {
     model(|| {
-        fake::reset();
-        let rt = fake::runtime();
-        let errors = DropErrors::new();
+        let (rt, errors) = fake::fresh();
         let registry = ImportRegistry::global();
         let range = VaRange::reserve(&rt, GRAN, &errors).unwrap();
         let first = registry.import(&rt, SHAREABLE, 0, GRAN, &errors).unwrap();
@@ -77,7 +73,7 @@ fn an_import_waits_for_a_release_that_waits_for_an_unmap() {
         unmapper.join().unwrap();
         importer.join().unwrap();
         drop(range);
-        assert!(fake::violations().is_empty(), "{:?}", fake::violations());
+        fake::assert_no_violations();
         let ev = fake::events();
         let (imported, freed) = imports_and_frees(&ev);
         assert_eq!(freed, imported.len(), "{ev:?}");
@@ -93,9 +89,7 @@ fn an_import_waits_for_a_release_that_waits_for_an_unmap() {
 #[test]
 fn the_exporting_process_never_imports_its_own_export() {
     model(|| {
-        fake::reset();
-        let rt = fake::runtime();
-        let errors = DropErrors::new();
+        let (rt, errors) = fake::fresh();
         let registry = ImportRegistry::global();
         let phys = PhysicalMem::allocate(&rt, 0, GRAN, PageSize::Huge2M, &errors).unwrap();
         let s = phys.export(0).unwrap();
@@ -118,7 +112,7 @@ fn the_exporting_process_never_imports_its_own_export() {
             }
             Err(e) => panic!("{e}"),
         }
-        assert!(fake::violations().is_empty(), "{:?}", fake::violations());
+        fake::assert_no_violations();
         assert_eq!(registry.exports(), 0);
     });
 }

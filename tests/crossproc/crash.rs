@@ -4,10 +4,15 @@
 //! then check their data one last time and leave; nothing may hang, and once the last process is gone
 //! nothing may be left in the simulator or the share directory. Many trials, each with its own seed.
 //!
+//! Every survivor reports what it did, and the counts say only that: a survivor that checked its data
+//! says `verified <checks>` (at least one check), a worker that never attached says `unattached <why>`
+//! and has nothing to check. A worker may fail to attach only because the owner was killed first (while
+//! the workers attached); any other failure fails the test.
+//!
 //! `ACLSHM_CRASH_TRIALS` sets the number of trials (200 by default).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use aclshm::{KvBlock, KvConfig, KvDesc, KvMirror, KvPool, PoolConfig, Runtime, ShareConfig, raw};
@@ -17,41 +22,19 @@ use crate::test_name;
 
 const BLOCK: u64 = 64 << 10;
 
-/// Reads stdin in the background: true once the parent says stop (or goes away).
-fn stop_flag() -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let s = Arc::clone(&stop);
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
-        s.store(true, Ordering::SeqCst);
-    });
-    stop
-}
-
-fn fill(rt: &Runtime, p: *mut std::ffi::c_void, seed: u64) {
-    write_dev(rt, p, &pattern(seed, BLOCK as usize)).unwrap();
-}
-
-fn holds(rt: &Runtime, p: *mut std::ffi::c_void, seed: u64) -> bool {
-    read_dev(rt, p, BLOCK as usize).unwrap() == pattern(seed, BLOCK as usize)
-}
-
-fn owner() {
-    let rt = runtime();
-    raw::set_device(&rt, 0).unwrap();
+fn owner(rt: &Runtime) {
+    raw::set_device(rt, 0).unwrap();
     let pool =
         PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 64 << 20, trim_watermark: Some(0), ..PoolConfig::default() };
-    let kv = KvPool::new(&rt, 0, KvConfig { block_bytes: BLOCK, pool, share: ShareConfig::default() }).unwrap();
+    let kv = KvPool::new(rt, 0, KvConfig { block_bytes: BLOCK, pool, share: ShareConfig::default() }).unwrap();
     say(format!("kv {}", kv.desc()));
     for _ in 0..2 {
-        let blocks = kv.alloc_many(8).unwrap();
-        say(format!("blocks {}", blocks.iter().map(KvBlock::to_string).collect::<Vec<_>>().join(" ")));
+        say(format!("blocks {}", words(kv.alloc_many(8).unwrap())));
     }
     // The owner's own blocks, written once and checked every round.
     let mine = kv.alloc_many(4).unwrap();
     for b in &mine {
-        fill(&rt, kv.ptr(b).unwrap(), u64::from(b.id()));
+        fill(rt, kv.ptr(b).unwrap(), BLOCK, u64::from(b.id()));
     }
     hear_word("go");
     let stop = stop_flag();
@@ -60,36 +43,37 @@ fn owner() {
         // Churn: grow, write, check, free (and trim back: the watermark is 0).
         let more = kv.alloc_many(12).unwrap();
         for b in &more {
-            fill(&rt, kv.ptr(b).unwrap(), 1000 + rounds);
+            fill(rt, kv.ptr(b).unwrap(), BLOCK, 1000 + rounds);
         }
         for b in &more {
-            assert!(holds(&rt, kv.ptr(b).unwrap(), 1000 + rounds), "round {rounds}: block {b}");
+            assert!(holds(rt, kv.ptr(b).unwrap(), BLOCK, 1000 + rounds), "round {rounds}: block {b}");
         }
         kv.free_many(&more).unwrap();
         kv.reclaim().unwrap();
         rounds += 1;
     }
     for b in &mine {
-        assert!(holds(&rt, kv.ptr(b).unwrap(), u64::from(b.id())), "the owner's block {b}");
+        assert!(holds(rt, kv.ptr(b).unwrap(), BLOCK, u64::from(b.id())), "the owner's block {b}");
     }
     kv.free_many(&mine).unwrap();
     kv.close().unwrap();
-    say(format!("ok {rounds}"));
+    // Each churn round checked its blocks, and the owner's own blocks were checked once more.
+    say(format!("verified {}", rounds + 1));
 }
 
-fn worker(device: i32) {
-    let rt = runtime();
-    let desc: KvDesc = hear_word("kv").parse().unwrap();
-    let blocks: Vec<KvBlock> = hear_word("blocks").split_whitespace().map(|b| b.parse().unwrap()).collect();
-    raw::set_device(&rt, device).unwrap();
-    let m = match KvMirror::attach(&rt, &desc, device) {
+fn worker(rt: &Runtime, device: i32) {
+    let desc: KvDesc = hear_as("kv");
+    let blocks: Vec<KvBlock> = hear_list("blocks");
+    raw::set_device(rt, device).unwrap();
+    let m = match KvMirror::attach(rt, &desc, device) {
         Ok(m) => m,
         Err(e) => {
-            // The owner was killed before we attached: a typed error, and nothing to do.
-            say(format!("ready without the owner: {e}"));
+            // No mirror, so no data to check: the parent decides whether that could happen.
+            let why = format!("{} ({e})", variant(&e));
+            say(format!("unattached {why}"));
             hear_word("go");
             hear_word("stop");
-            say("ok 0");
+            say(format!("unattached {why}"));
             return;
         }
     };
@@ -99,47 +83,79 @@ fn worker(device: i32) {
     say("ready");
     hear_word("go");
     let stop = stop_flag();
-    let mut round = 0u64;
+    let mut checks = 0u64;
     loop {
         for (b, &p) in blocks.iter().zip(&ptrs) {
-            fill(&rt, p, (round << 32) | u64::from(b.id()));
+            fill(rt, p, BLOCK, (checks << 32) | u64::from(b.id()));
         }
         for (b, &p) in blocks.iter().zip(&ptrs) {
-            assert!(holds(&rt, p, (round << 32) | u64::from(b.id())), "round {round}: block {b}");
+            assert!(holds(rt, p, BLOCK, (checks << 32) | u64::from(b.id())), "round {checks}: block {b}");
         }
+        checks += 1;
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        round += 1;
     }
     drop(pinned);
     m.close().unwrap();
-    say(format!("ok {round}"));
+    say(format!("verified {checks}"));
 }
 
-/// A small deterministic generator for the trials' choices.
-fn next(x: &mut u64) -> u64 {
-    *x ^= *x << 13;
-    *x ^= *x >> 7;
-    *x ^= *x << 17;
-    *x
+/// The name of an error's variant (`Protocol`, `Io`, `Acl`, ...).
+fn variant(e: &aclshm::Error) -> String {
+    format!("{e:?}").chars().take_while(char::is_ascii_alphanumeric).collect()
+}
+
+/// What the survivors of the trials did.
+#[derive(Default)]
+struct Tally {
+    /// Owners that survived and checked their data.
+    owners_verified: u64,
+    /// Workers that survived and checked their data.
+    workers_verified: u64,
+    /// Workers that could not attach because the owner was killed first, by the error's variant.
+    unattached: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    /// Count a survivor's last line (`verified <checks>` or `unattached <why>`); `owner_killed_early`
+    /// says whether this trial killed the owner while the workers attached.
+    fn count(&mut self, what: &str, name: &str, said: &str, owner_killed_early: bool) {
+        if let Some(checks) = said.strip_prefix("verified ") {
+            let checks: u64 = checks.parse().unwrap_or_else(|_| panic!("{what}: {name} said {said:?}"));
+            assert!(checks >= 1, "{what}: {name} says it verified its data {checks} times");
+            if name == "owner" {
+                self.owners_verified += 1;
+            } else {
+                self.workers_verified += 1;
+            }
+        } else if let Some(why) = said.strip_prefix("unattached ") {
+            assert!(name != "owner" && owner_killed_early, "{what}: {name} could not attach: {why}");
+            *self.unattached.entry(why.split(' ').next().unwrap_or_default().to_string()).or_default() += 1;
+        } else {
+            panic!("{what}: {name} said {said:?}");
+        }
+    }
+
+    fn unattached(&self) -> u64 {
+        self.unattached.values().sum()
+    }
 }
 
 #[test]
 fn survivors_of_a_sigkill_keep_their_data_and_nothing_is_left() {
-    match role().as_deref() {
-        Some("owner") => return owner(),
-        Some("worker0") => return worker(0),
-        Some("worker1") => return worker(1),
-        _ => {}
-    }
+    by_role(test_name!(), |rt, role| owner_or_worker(rt, role, owner, worker), trials);
+}
+
+/// The parent: the trials, each in a scenario of its own, and the report.
+fn trials(sc: Scenario) {
     let trials: u64 = std::env::var("ACLSHM_CRASH_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let names = ["owner", "worker0", "worker1"];
-    let (mut killed, mut survivors, mut early_kills) = ([0u64; 3], 0u64, 0u64);
+    let (mut killed, mut early_kills, mut tally) = ([0u64; 3], 0u64, Tally::default());
     for trial in 0..trials {
-        let mut seed = 0x9E37_79B9_7F4A_7C15 ^ (trial + 1);
-        let sc = Scenario::new(test_name!()).shared();
-        let mut peers: Vec<Option<Peer>> = names.iter().map(|n| Some(sc.spawn(n))).collect();
+        let mut rng = Rng::new(0x9E37_79B9_7F4A_7C15 ^ (trial + 1));
+        let sc = sc.another().shared();
+        let mut peers: Vec<Option<Peer>> = sc.spawn_each(names).map(Some).into();
         let kv = peers[0].as_mut().unwrap().expect("kv");
         for w in 1..3 {
             let blocks = peers[0].as_mut().unwrap().expect("blocks");
@@ -148,20 +164,27 @@ fn survivors_of_a_sigkill_keep_their_data_and_nothing_is_left() {
             p.send(format!("blocks {blocks}"));
         }
         // One trial in five kills while the workers attach; the others while everyone works.
-        let early = next(&mut seed).is_multiple_of(5);
-        let victim = (next(&mut seed) % 3) as usize;
+        let early = rng.next().is_multiple_of(5);
+        let victim = rng.below(3) as usize;
+        let what = format!("trial {trial}: {} killed{}", names[victim], if early { " while attaching" } else { "" });
         if early {
-            std::thread::sleep(Duration::from_millis(next(&mut seed) % 5));
+            std::thread::sleep(Duration::from_millis(rng.below(5)));
             peers[victim].take().unwrap().kill();
         }
-        for p in peers.iter_mut().skip(1).flatten() {
-            p.expect("ready");
+        // A worker that could not attach says so now, and again at the end (what is counted then).
+        let mut ready = [true; 3];
+        for (i, p) in peers.iter_mut().enumerate().skip(1) {
+            if let Some(p) = p {
+                let said = p.recv();
+                ready[i] = said == "ready";
+                assert!(ready[i] || said.starts_with("unattached "), "{what}: {} said {said:?}", names[i]);
+            }
         }
         for p in peers.iter_mut().flatten() {
             p.send("go");
         }
         if !early {
-            std::thread::sleep(Duration::from_millis(next(&mut seed) % 60));
+            std::thread::sleep(Duration::from_millis(rng.below(60)));
             peers[victim].take().unwrap().kill();
         }
         killed[victim] += 1;
@@ -169,9 +192,9 @@ fn survivors_of_a_sigkill_keep_their_data_and_nothing_is_left() {
         for (i, p) in peers.iter_mut().enumerate() {
             if let Some(p) = p {
                 p.send("stop");
-                let rounds = p.expect("ok");
-                assert!(rounds.parse::<u64>().is_ok(), "trial {trial}: {} said {rounds:?}", names[i]);
-                survivors += 1;
+                let said = p.recv();
+                assert_eq!(ready[i], said.starts_with("verified "), "{what}: {} said {said:?} at the end", names[i]);
+                tally.count(&what, names[i], &said, early && victim == 0);
             }
         }
         for p in peers.into_iter().flatten() {
@@ -179,16 +202,26 @@ fn survivors_of_a_sigkill_keep_their_data_and_nothing_is_left() {
         }
         // Nothing left once everyone is gone: the dead process's objects were reclaimed by the last one
         // out, and its shared files removed by a survivor.
-        let what = format!("trial {trial}: {} killed{}", names[victim], if early { " while attaching" } else { "" });
         if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sc.finish())) {
             panic!("{what}: {}", e.downcast_ref::<String>().cloned().unwrap_or_default());
         }
     }
+    let verified = tally.owners_verified + tally.workers_verified;
+    let kinds: Vec<String> = tally.unattached.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!(
         "crash harness: {trials} trials (owner killed {}, a worker killed {}; {early_kills} while attaching); \
-         {survivors} survivors verified their data; 0 leftovers",
+         {verified} survivors verified their data (owners {}, workers {}); {} workers could not attach, the owner \
+         having been killed first{}; 0 leftovers",
         killed[0],
-        killed[1] + killed[2]
+        killed[1] + killed[2],
+        tally.owners_verified,
+        tally.workers_verified,
+        tally.unattached(),
+        if kinds.is_empty() { String::new() } else { format!(" ({})", kinds.join(", ")) },
     );
-    assert_eq!(survivors, 2 * trials);
+    // Every survivor is counted once, as verified or (a worker, when the owner died early) unattached;
+    // every owner that was not killed verified its data.
+    assert_eq!(verified + tally.unattached(), 2 * trials);
+    assert_eq!(tally.owners_verified, trials - killed[0]);
+    assert_eq!(tally.workers_verified + tally.unattached(), 2 * trials - (killed[1] + killed[2]));
 }

@@ -1,11 +1,33 @@
 //! Cross-process test harness: a test re-executes its own binary with a role in the environment (the
 //! servo/ipc-channel pattern), once per process it needs.
 //!
-//! A test starts with `if let Some(role) = role() { ... }` and plays that role when it is a child; as the
-//! parent it makes a [`Scenario`] (a fresh simulator directory), spawns [`Peer`]s and exchanges lines with
-//! them: a child [`say`]s on stdout (lines prefixed `@@ `) and [`hear`]s on stdin. The parent never uses
-//! the simulator itself, so tests can run in parallel threads of one process or under nextest alike.
-//! Every wait has a timeout, and [`Scenario::finish`] checks the directory is gone once every child exited.
+//! A test is [`by_role`]`(test_name!(), child, parent)`: as a child, `child` plays the role it was given,
+//! on its runtime; as the parent, `parent` gets a [`Scenario`] (a fresh simulator directory), spawns
+//! [`Peer`]s and exchanges lines with them: a child [`say`]s on stdout (lines prefixed `@@ `) and
+//! [`hear`]s on stdin. The parent never uses the simulator itself, so tests can run in parallel threads of
+//! one process or under nextest alike. Every wait has a timeout, and [`Scenario::finish`] checks the
+//! directory is gone once every child exited.
+//!
+//! ```text
+//!   parent (the test)                     children (the test binary again, ACLSHM_TEST_ROLE=<role>)
+//!   Scenario::new ── spawn ──────────────> owner:  say("share ...")  ── stdout "@@ share ..." ──┐
+//!        │         relay: expect + send                                                          │
+//!        │ <─────────────────────────────────────────────────────────────────────────────────────┘
+//!        └─────────────── stdin "share ..." ──> worker: hear_word("share")
+//! ```
+//!
+//! The shapes most tests take have helpers of their own:
+//!
+//! - [`solo`]: the whole test is one child that does its work and says `ok`;
+//! - [`Scenario::crew`]: an owner and its workers, started with one call, whose conversation is a script
+//!   ([`Crew::play`]: `"> share, < attached"` passes the owner's `share` line down to every worker, then
+//!   every worker's `attached` line up to the owner) and which ends the usual way ([`Crew::finish`]: the
+//!   owner says `ok`; each worker, told `done`, closes and says `ok`, see [`when_done`]), or with the
+//!   workers first ([`Crew::release`]), or by itself ([`Crew::join`]);
+//! - on the children's side, [`hear_as`] and [`hear_list`] parse what they hear, [`fill`] and [`holds`]
+//!   write and check a seeded pattern in device memory, [`eventually`] polls with the harness's timeout,
+//!   [`stop_flag`] turns the parent's next line into a flag for a loop, [`Rng`] makes the choices of
+//!   randomised tests reproducible.
 //!
 //! Set `ACLSHM_BACKEND=acl ACLSHM_ACL_LIB=<libascendcl.so>` to run every child through the drop-in library
 //! instead of the embedded simulator; each child reports its backend and the parent checks it is the one
@@ -13,14 +35,18 @@
 
 #![allow(dead_code)]
 
+use std::ffi::c_void;
+use std::fmt::{Debug, Display};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aclshm::sys::aclrtMemcpyKind;
 use aclshm::{Runtime, raw};
 
 const ROLE_VAR: &str = "ACLSHM_TEST_ROLE";
@@ -70,6 +96,39 @@ pub fn hear_word(word: &str) -> String {
         .to_string()
 }
 
+/// Read the next line, which must start with `word `, and parse the rest.
+pub fn hear_as<T: FromStr>(word: &str) -> T
+where
+    T::Err: Debug,
+{
+    let rest = hear_word(word);
+    rest.parse().unwrap_or_else(|e| panic!("{word} {rest:?} does not parse: {e:?}"))
+}
+
+/// Read the next line, which must start with `word `, and parse each of the words after it.
+pub fn hear_list<T: FromStr>(word: &str) -> Vec<T>
+where
+    T::Err: Debug,
+{
+    let rest = hear_word(word);
+    rest.split_whitespace()
+        .map(|w| w.parse().unwrap_or_else(|e| panic!("{word}: {w:?} does not parse: {e:?}")))
+        .collect()
+}
+
+/// Items as one line, separated by spaces (what [`hear_list`] reads back).
+pub fn words<T: Display>(items: impl IntoIterator<Item = T>) -> String {
+    items.into_iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+}
+
+/// A worker's end of [`Crew::finish`]: wait to be told `done`, then `leave` (close what it holds) and say
+/// `ok`.
+pub fn when_done(leave: impl FnOnce()) {
+    hear_word("done");
+    leave();
+    say("ok");
+}
+
 /// The child's runtime, as the environment selects it; tells the parent which backend it is.
 pub fn runtime() -> Runtime {
     let rt = Runtime::from_env().expect("select the runtime");
@@ -105,49 +164,72 @@ macro_rules! assert_code {
     }};
 }
 
+/// A xorshift generator: the choices of randomised tests, reproducible from their seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator from `seed`, which must not be 0.
+    pub fn new(seed: u64) -> Rng {
+        assert_ne!(seed, 0, "xorshift stays at 0");
+        Rng(seed)
+    }
+
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        let x = &mut self.0;
+        *x ^= *x << 13;
+        *x ^= *x >> 7;
+        *x ^= *x << 17;
+        *x
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// Bytes of a recognisable pattern: `len` bytes from `seed`.
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut rng = Rng::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    (0..len).map(|_| rng.next() as u8).collect()
 }
 
 /// Write `data` to device address `dst`.
-pub fn write_dev(rt: &Runtime, dst: *mut std::ffi::c_void, data: &[u8]) -> aclshm::Result<()> {
+pub fn write_dev(rt: &Runtime, dst: *mut c_void, data: &[u8]) -> aclshm::Result<()> {
     // SAFETY: data is a host buffer of data.len() bytes; dst is device memory the test mapped.
     unsafe {
-        raw::memcpy(
-            rt,
-            dst,
-            data.len(),
-            data.as_ptr().cast(),
-            data.len(),
-            aclshm::sys::aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
-        )
+        raw::memcpy(rt, dst, data.len(), data.as_ptr().cast(), data.len(), aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE)
     }
 }
 
 /// Read `len` bytes from device address `src`.
-pub fn read_dev(rt: &Runtime, src: *const std::ffi::c_void, len: usize) -> aclshm::Result<Vec<u8>> {
+pub fn read_dev(rt: &Runtime, src: *const c_void, len: usize) -> aclshm::Result<Vec<u8>> {
     let mut out = vec![0u8; len];
     // SAFETY: out is a host buffer of len bytes; src is device memory the test mapped.
-    unsafe {
-        raw::memcpy(
-            rt,
-            out.as_mut_ptr().cast(),
-            len,
-            src,
-            len,
-            aclshm::sys::aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
-        )?
-    };
+    unsafe { raw::memcpy(rt, out.as_mut_ptr().cast(), len, src, len, aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST)? };
     Ok(out)
+}
+
+/// Write the pattern of `seed` over `len` bytes of device memory at `p`.
+pub fn try_fill(rt: &Runtime, p: *mut c_void, len: u64, seed: u64) -> aclshm::Result<()> {
+    write_dev(rt, p, &pattern(seed, len as usize))
+}
+
+/// Whether `len` bytes of device memory at `p` hold the pattern of `seed`.
+pub fn try_holds(rt: &Runtime, p: *mut c_void, len: u64, seed: u64) -> aclshm::Result<bool> {
+    Ok(read_dev(rt, p, len as usize)? == pattern(seed, len as usize))
+}
+
+/// [`try_fill`], which must work.
+pub fn fill(rt: &Runtime, p: *mut c_void, len: u64, seed: u64) {
+    try_fill(rt, p, len, seed).unwrap();
+}
+
+/// [`try_holds`], which must be able to read.
+pub fn holds(rt: &Runtime, p: *mut c_void, len: u64, seed: u64) -> bool {
+    try_holds(rt, p, len, seed).unwrap()
 }
 
 /// Properties of 2 MiB-page device memory on `device` (or another memAttr).
@@ -171,8 +253,36 @@ pub fn sim_calls(rt: &Runtime) -> Vec<(&'static str, u64)> {
         .collect()
 }
 
+/// The calls made between two [`sim_calls`], and how many of each.
 pub fn calls_since(before: &[(&'static str, u64)], after: &[(&'static str, u64)]) -> Vec<(&'static str, u64)> {
     before.iter().zip(after).filter(|(b, a)| a.1 > b.1).map(|(b, a)| (b.0, a.1 - b.1)).collect()
+}
+
+/// The simulator's count of `f` calls in this process.
+pub fn sim_count(rt: &Runtime, f: &str) -> u64 {
+    raw::sim_get_call_count(rt, f).unwrap()
+}
+
+/// Wait (polling, at most [`TIMEOUT`]) until `cond` holds.
+pub fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A flag that goes up when the parent sends its next line (or goes away): for a child that works in a
+/// loop until told to stop. Reads stdin in the background, so the child must not [`hear`] any more.
+pub fn stop_flag() -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = Arc::clone(&stop);
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        s.store(true, Ordering::SeqCst);
+    });
+    stop
 }
 
 /// 2 MiB.
@@ -204,6 +314,11 @@ impl Scenario {
         let dir = base().join(format!("aclshm-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         Scenario { test, dir, env: Vec::new(), share: None }
+    }
+
+    /// Another scenario for the same test: a fresh simulator directory.
+    pub fn another(&self) -> Scenario {
+        Scenario::new(self.test.clone())
     }
 
     /// Give the children a share directory of this scenario's own (for pool sharing and IPC files), which
@@ -276,10 +391,22 @@ impl Scenario {
                 l.push('\n');
             }
         });
-        let mut peer = Peer { role: role.to_string(), child, stdin, rx, log, exited: None };
+        let mut peer = Peer { role: role.to_string(), child, stdin, rx, log, exited: None, killed: false };
         let backend = peer.expect("backend");
         check_backend(&backend);
         peer
+    }
+
+    /// Start one child per role, in order.
+    pub fn spawn_each<const N: usize>(&self, roles: [&str; N]) -> [Peer; N] {
+        roles.map(|r| self.spawn(r))
+    }
+
+    /// Start an owner and its workers (in that order) as a [`Crew`].
+    pub fn crew(self, owner: &str, workers: &[&str]) -> Crew {
+        let owner = self.spawn(owner);
+        let workers = workers.iter().map(|w| self.spawn(w)).collect();
+        Crew { sc: self, owner, workers }
     }
 
     /// Check that nothing was left behind: the simulator's directory is gone (the last process removed
@@ -302,6 +429,132 @@ impl Drop for Scenario {
         if let Some(share) = &self.share {
             let _ = std::fs::remove_dir_all(share);
         }
+    }
+}
+
+/// The whole of a test: as a child, `child` plays the role the parent gave it, on its runtime; as the
+/// parent, `parent` spawns the children in a fresh scenario for `test` (see [`test_name!`]).
+pub fn by_role(test: String, child: impl FnOnce(&Runtime, &str), parent: impl FnOnce(Scenario)) {
+    match role() {
+        Some(role) => child(&runtime(), &role),
+        None => parent(Scenario::new(test)),
+    }
+}
+
+/// Play `role`: `owner`, or `worker<device>` (`worker0`, `worker1`, ...), a worker on that device.
+pub fn owner_or_worker(rt: &Runtime, role: &str, owner: impl FnOnce(&Runtime), worker: impl FnOnce(&Runtime, i32)) {
+    match (role, role.strip_prefix("worker").map(str::parse)) {
+        ("owner", _) => owner(rt),
+        (_, Some(Ok(device))) => worker(rt, device),
+        _ => panic!("no role {role:?}: `owner` or `worker<device>`"),
+    }
+}
+
+/// The whole of a test that needs one process: as the child, run `body` and say `ok`; as the parent, start
+/// that child in a fresh simulator directory, wait for its `ok` and its exit, and check nothing is left.
+pub fn solo(test: String, body: impl FnOnce(&Runtime)) {
+    solo_with(test, &[], body);
+}
+
+/// [`solo`], with extra environment for the child.
+pub fn solo_with(test: String, env: &[(&str, &str)], body: impl FnOnce(&Runtime)) {
+    if role().is_some() {
+        let rt = runtime();
+        body(&rt);
+        say("ok");
+        return;
+    }
+    let sc = Scenario::new(test);
+    let mut child = sc.spawn_with("child", env);
+    child.expect("ok");
+    child.join();
+    sc.finish();
+}
+
+/// An owner and its workers in one scenario ([`Scenario::crew`]). Lines go down from the owner to every
+/// worker and up from the workers to the owner, as a script says ([`play`](Crew::play)).
+pub struct Crew {
+    sc: Scenario,
+    /// The owner (the first child spawned).
+    pub owner: Peer,
+    /// The workers, in the order they were named.
+    pub workers: Vec<Peer>,
+}
+
+impl Crew {
+    /// Relay lines as `script` says: steps separated by commas, each `> word` (the owner's next `word`
+    /// line goes to every worker, as is) or `< word` (see [`up`](Crew::up)). Words may hold spaces.
+    pub fn play(&mut self, script: &str) {
+        for step in script.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match step.split_at(1) {
+                (">", word) => drop(self.down(word.trim())),
+                ("<", word) => drop(self.up(word.trim())),
+                _ => panic!("script step {step:?}: expected `> word` or `< word`"),
+            }
+        }
+    }
+
+    /// [`play`](Crew::play) `script`, then [`finish`](Crew::finish): the whole of a test whose conversation
+    /// is a script.
+    pub fn run(mut self, script: &str) {
+        self.play(script);
+        self.finish();
+    }
+
+    /// Pass the owner's next `word` line to every worker; returns the rest of the line.
+    pub fn down(&mut self, word: &str) -> String {
+        let rest = self.owner.expect(word);
+        for w in &mut self.workers {
+            w.send(format!("{word} {rest}"));
+        }
+        rest
+    }
+
+    /// Wait for every worker's next `word` line, then tell the owner `word` once, followed by what each
+    /// worker said after it (in order; with one worker, the line as is). Returns what the owner was told
+    /// after `word`.
+    pub fn up(&mut self, word: &str) -> String {
+        let rests: Vec<String> = self.workers.iter_mut().map(|w| w.expect(word)).filter(|r| !r.is_empty()).collect();
+        let rest = rests.join(" ");
+        self.owner.send(format!("{word} {rest}"));
+        rest
+    }
+
+    /// The scenario, to spawn others in it.
+    pub fn scenario(&self) -> &Scenario {
+        &self.sc
+    }
+
+    /// The usual end: the owner says `ok` and exits; every worker is told `done`, says `ok` and exits (see
+    /// [`when_done`]); then nothing may be left ([`Scenario::finish`]).
+    pub fn finish(self) {
+        let Crew { sc, mut owner, workers } = self;
+        owner.expect("ok");
+        owner.join();
+        for w in workers {
+            w.done();
+        }
+        sc.finish();
+    }
+
+    /// The end where the workers go first: each exits by itself, then the owner is told `done` and exits;
+    /// then nothing may be left.
+    pub fn release(mut self) {
+        for w in self.workers.drain(..) {
+            w.join();
+        }
+        self.owner.send("done");
+        self.join();
+    }
+
+    /// An end already played out: every child exits by itself (workers first), then nothing may be left.
+    pub fn join(self) {
+        let Crew { sc, owner, workers } = self;
+        for w in workers {
+            w.join();
+        }
+        owner.join();
+        sc.finish();
     }
 }
 
@@ -343,6 +596,8 @@ pub struct Peer {
     rx: Receiver<String>,
     log: Arc<Mutex<String>>,
     exited: Option<ExitStatus>,
+    /// The harness killed it ([`kill`](Peer::kill)): it is not expected to exit successfully.
+    killed: bool,
 }
 
 impl Peer {
@@ -377,14 +632,6 @@ impl Peer {
         }
     }
 
-    /// Send `msg` to each of `peers` in turn, waiting for each one's `reply` before the next.
-    pub fn tell_each(peers: &mut [&mut Peer], msg: &str, reply: &str) {
-        for p in peers.iter_mut() {
-            p.send(msg);
-            p.expect(reply);
-        }
-    }
-
     /// Pass this child's next `word` line on to `to`, as is; returns the rest of the line.
     pub fn relay(&mut self, word: &str, to: &mut Peer) -> String {
         let rest = self.expect(word);
@@ -399,10 +646,15 @@ impl Peer {
         self.join();
     }
 
-    /// Wait for the child to exit successfully.
+    /// Wait for the child to exit successfully (or nothing, if the harness killed it).
     pub fn join(mut self) {
+        self.wait_ok();
+    }
+
+    /// [`join`](Peer::join), keeping the peer (its stderr, its pid).
+    pub fn wait_ok(&mut self) {
         let st = self.wait();
-        if !st.success() {
+        if !st.success() && !self.killed {
             self.fail(&format!("exited with {st}"));
         }
     }
@@ -433,6 +685,7 @@ impl Peer {
         let _ = self.child.kill();
         let st = self.child.wait().expect("reap");
         self.exited = Some(st);
+        self.killed = true;
     }
 
     /// What the child wrote on stderr so far.

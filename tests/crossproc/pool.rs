@@ -13,14 +13,6 @@ use crate::test_name;
 
 const MIB: u64 = 1 << 20;
 
-fn one_child(test: String) {
-    let sc = Scenario::new(test);
-    let mut a = sc.spawn("child");
-    a.expect("ok");
-    a.join();
-    sc.finish();
-}
-
 /// A small pool: 2 MiB chunks, 64 MiB of address space.
 fn small(rt: &Runtime) -> Pool {
     Pool::new(rt, 0, PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 64 * MIB, ..PoolConfig::default() }).unwrap()
@@ -36,8 +28,14 @@ fn assert_nothing_held(rt: &Runtime) {
     );
 }
 
-fn fill(rt: &Runtime, a: &Allocation, seed: u64) {
-    write_dev(rt, a.as_ptr(), &pattern(seed, a.len() as usize)).unwrap();
+/// Close `pool`; then nothing of the simulator may be held.
+fn close_clean(rt: &Runtime, pool: &Pool) {
+    pool.close().unwrap();
+    assert_nothing_held(rt);
+}
+
+fn fill_alloc(rt: &Runtime, a: &Allocation, seed: u64) {
+    fill(rt, a.as_ptr(), a.len(), seed);
 }
 
 fn verify(rt: &Runtime, a: &Allocation, seed: u64) {
@@ -46,22 +44,21 @@ fn verify(rt: &Runtime, a: &Allocation, seed: u64) {
 
 #[test]
 fn growth_spans_chunks_and_keeps_every_byte() {
-    if role().is_some() {
-        let rt = runtime();
-        raw::set_device(&rt, 0).unwrap();
-        let pool = small(&rt);
+    solo(test_name!(), |rt| {
+        raw::set_device(rt, 0).unwrap();
+        let pool = small(rt);
         let sizes = [100 << 10, 3 * MIB / 2, 3 * MIB, 5 * MIB, 512, 7 * MIB + 1, 64 << 10, 2 * MIB];
         let mut live: Vec<(Allocation, u64)> = Vec::new();
         for (i, &size) in sizes.iter().enumerate() {
             let a = pool.alloc(size).unwrap();
             assert!(a.len() >= size && a.len().is_multiple_of(GRANULE));
-            fill(&rt, &a, i as u64);
+            fill_alloc(rt, &a, i as u64);
             live.push((a, i as u64));
         }
         let spanning = live.iter().filter(|(a, _)| a.offset() / (2 * MIB) != (a.offset() + a.len() - 1) / (2 * MIB));
         assert!(spanning.count() >= 3, "allocations larger than a chunk span chunks");
         for (a, seed) in &live {
-            verify(&rt, a, *seed);
+            verify(rt, a, *seed);
         }
         // Free every other one, allocate into the holes, and check everything again.
         for (a, _) in live.iter().step_by(2) {
@@ -70,11 +67,11 @@ fn growth_spans_chunks_and_keeps_every_byte() {
         let mut kept: Vec<(Allocation, u64)> = live.iter().skip(1).step_by(2).copied().collect();
         for i in 0..6u64 {
             let a = pool.alloc(((i + 1) * 700) << 10).unwrap();
-            fill(&rt, &a, 100 + i);
+            fill_alloc(rt, &a, 100 + i);
             kept.push((a, 100 + i));
         }
         for (a, seed) in &kept {
-            verify(&rt, a, *seed);
+            verify(rt, a, *seed);
         }
         for (i, (a, _)) in kept.iter().enumerate() {
             for (b, _) in &kept[i + 1..] {
@@ -87,28 +84,23 @@ fn growth_spans_chunks_and_keeps_every_byte() {
         for (a, _) in kept {
             pool.free(a).unwrap();
         }
-        pool.close().unwrap();
-        assert_nothing_held(&rt);
-        say("ok");
-        return;
-    }
-    one_child(test_name!());
+        close_clean(rt, &pool);
+    });
 }
 
 #[test]
 fn runtime_calls_per_thousand_allocations_equal_the_chunks_grown() {
-    if role().is_some() {
-        let rt = runtime();
+    solo(test_name!(), |rt| {
         let pool =
-            Pool::new(&rt, 0, PoolConfig { chunk_bytes: 4 * MIB, reserve_bytes: 64 * MIB, ..PoolConfig::default() })
+            Pool::new(rt, 0, PoolConfig { chunk_bytes: 4 * MIB, reserve_bytes: 64 * MIB, ..PoolConfig::default() })
                 .unwrap();
-        let before = sim_calls(&rt);
+        let before = sim_calls(rt);
         let lib = |f: &str| rt.call_count(f).unwrap();
         let (lib_malloc, lib_map) = (lib("aclrtMallocPhysical"), lib("aclrtMapMem"));
         let live: Vec<Allocation> = (0..1000).map(|i| pool.alloc((8 << 10) + (i % 7) * 1024).unwrap()).collect();
         let grown = pool.stats().chunks_grown;
         assert!(grown >= 3, "{grown} chunks for ~11 MiB of 4 MiB chunks");
-        let calls = calls_since(&before, &sim_calls(&rt));
+        let calls = calls_since(&before, &sim_calls(rt));
         assert_eq!(
             calls,
             vec![("aclrtMallocPhysical", grown), ("aclrtMapMem", grown)],
@@ -116,25 +108,20 @@ fn runtime_calls_per_thousand_allocations_equal_the_chunks_grown() {
         );
         // The library's own counters say the same.
         assert_eq!((lib("aclrtMallocPhysical") - lib_malloc, lib("aclrtMapMem") - lib_map), (grown, grown));
-        let before = sim_calls(&rt);
+        let before = sim_calls(rt);
         for a in live {
             pool.free(a).unwrap();
         }
-        assert!(calls_since(&before, &sim_calls(&rt)).is_empty(), "frees make no runtime call");
-        pool.close().unwrap();
-        assert_nothing_held(&rt);
-        say("ok");
-        return;
-    }
-    one_child(test_name!());
+        assert!(calls_since(&before, &sim_calls(rt)).is_empty(), "frees make no runtime call");
+        close_clean(rt, &pool);
+    });
 }
 
 #[test]
 fn trim_regrow_watermark_and_reserve() {
-    if role().is_some() {
-        let rt = runtime();
-        raw::set_device(&rt, 0).unwrap();
-        let pool = small(&rt);
+    solo(test_name!(), |rt| {
+        raw::set_device(rt, 0).unwrap();
+        let pool = small(rt);
         let live: Vec<Allocation> = (0..5).map(|_| pool.alloc(2 * MIB).unwrap()).collect();
         assert_eq!(pool.stats().chunks, 5);
         for a in live {
@@ -144,12 +131,12 @@ fn trim_regrow_watermark_and_reserve() {
         assert_eq!(pool.trim().unwrap(), 5);
         let st = pool.stats();
         assert_eq!((st.chunks, st.mapped_bytes, st.chunks_trimmed), (0, 0, 5));
-        assert_eq!(raw::sim_get_stats(&rt).unwrap().physObjects, 0, "given back to the device");
+        assert_eq!(raw::sim_get_stats(rt).unwrap().physObjects, 0, "given back to the device");
         // Regrowth refills the lowest addresses.
         let a = pool.alloc(MIB).unwrap();
         assert_eq!(a.offset(), 0);
-        fill(&rt, &a, 9);
-        verify(&rt, &a, 9);
+        fill_alloc(rt, &a, 9);
+        verify(rt, &a, 9);
         pool.free(a).unwrap();
         pool.close().unwrap();
 
@@ -160,7 +147,7 @@ fn trim_regrow_watermark_and_reserve() {
             trim_watermark: Some(4 * MIB),
             ..PoolConfig::default()
         };
-        let pool = Pool::new(&rt, 0, cfg).unwrap();
+        let pool = Pool::new(rt, 0, cfg).unwrap();
         let live: Vec<Allocation> = (0..6).map(|_| pool.alloc(2 * MIB).unwrap()).collect();
         for a in live {
             pool.free(a).unwrap();
@@ -172,30 +159,25 @@ fn trim_regrow_watermark_and_reserve() {
         // Reserve chunks are mapped up front and never trimmed.
         let cfg =
             PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 64 * MIB, reserve_chunks: 3, ..PoolConfig::default() };
-        let pool = Pool::new(&rt, 0, cfg).unwrap();
+        let pool = Pool::new(rt, 0, cfg).unwrap();
         assert_eq!(pool.stats().chunks, 3);
-        let before = sim_calls(&rt);
+        let before = sim_calls(rt);
         let a = pool.alloc(5 * MIB).unwrap();
-        assert!(calls_since(&before, &sim_calls(&rt)).is_empty(), "served from the reserve");
+        assert!(calls_since(&before, &sim_calls(rt)).is_empty(), "served from the reserve");
         pool.free(a).unwrap();
         let b = pool.alloc(8 * MIB).unwrap();
         pool.free(b).unwrap();
         assert_eq!(pool.trim().unwrap(), 1);
         assert_eq!(pool.stats().chunks, 3);
-        pool.close().unwrap();
-        assert_nothing_held(&rt);
-        say("ok");
-        return;
-    }
-    one_child(test_name!());
+        close_clean(rt, &pool);
+    });
 }
 
 #[test]
 fn out_of_memory_at_the_device_capacity_and_still_usable() {
-    if role().is_some() {
-        let rt = runtime();
-        raw::set_device(&rt, 0).unwrap();
-        let pool = small(&rt);
+    solo_with(test_name!(), &[("ACLSHM_SIM_HBM_BYTES", "16M")], |rt| {
+        raw::set_device(rt, 0).unwrap();
+        let pool = small(rt);
         let mut live = Vec::new();
         let err = loop {
             match pool.alloc(MIB) {
@@ -230,38 +212,26 @@ fn out_of_memory_at_the_device_capacity_and_still_usable() {
         let big = pool.alloc(12 * MIB).unwrap();
         assert!(matches!(pool.alloc(8 * MIB), Err(Error::OutOfMemory { .. })));
         pool.free(big).unwrap();
-        pool.close().unwrap();
-        assert_nothing_held(&rt);
-        say("ok");
-        return;
-    }
-    let sc = Scenario::new(test_name!()).env("ACLSHM_SIM_HBM_BYTES", "16M");
-    let mut a = sc.spawn("child");
-    a.expect("ok");
-    a.join();
-    sc.finish();
+        close_clean(rt, &pool);
+    });
 }
 
 #[test]
 fn a_fault_at_any_call_of_grow_trim_close_or_drop_leaks_nothing() {
-    if role().is_some() {
-        let rt = runtime();
-        raw::set_device(&rt, 0).unwrap();
-        let fault = |f: &str, nth: u64| raw::sim_inject_fault(&rt, f, nth, 1, AclError::DRV_INTERNAL_ERROR).unwrap();
+    solo(test_name!(), |rt| {
+        raw::set_device(rt, 0).unwrap();
+        let fault = |f: &str, nth: u64| raw::sim_inject_fault(rt, f, nth, 1, AclError::DRV_INTERNAL_ERROR).unwrap();
         let failed_with_fault = |e: &Error| e.acl_code() == Some(AclError::DRV_INTERNAL_ERROR);
         let mut sites = 0;
 
         // Making a pool.
         for f in ["aclrtMemGetAllocationGranularity", "aclrtReserveMemAddress"] {
             fault(f, 1);
-            let e = Pool::new(
-                &rt,
-                0,
-                PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 64 * MIB, ..PoolConfig::default() },
-            )
-            .unwrap_err();
+            let e =
+                Pool::new(rt, 0, PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 64 * MIB, ..PoolConfig::default() })
+                    .unwrap_err();
             assert!(failed_with_fault(&e), "{f}: {e}");
-            assert_nothing_held(&rt);
+            assert_nothing_held(rt);
             sites += 1;
         }
 
@@ -269,33 +239,38 @@ fn a_fault_at_any_call_of_grow_trim_close_or_drop_leaks_nothing() {
         // fault at each of the six calls rolls the whole grow back.
         for f in ["aclrtMallocPhysical", "aclrtMapMem"] {
             for nth in 1..=3 {
-                let pool = small(&rt);
+                let pool = small(rt);
                 let keep = pool.alloc(MIB).unwrap();
-                fill(&rt, &keep, 1);
+                fill_alloc(rt, &keep, 1);
                 fault(f, nth);
                 let e = pool.alloc(6 * MIB).unwrap_err();
-                raw::sim_clear_faults(&rt).unwrap();
+                raw::sim_clear_faults(rt).unwrap();
                 assert!(failed_with_fault(&e), "{f}@{nth}: {e}");
                 let st = pool.stats();
                 assert_eq!((st.chunks, st.unknown_chunks), (1, 0), "{f}@{nth}: nothing half-mapped");
-                assert_eq!(raw::sim_get_stats(&rt).unwrap().physObjects, 1, "{f}@{nth}: rolled back");
-                verify(&rt, &keep, 1);
+                assert_eq!(raw::sim_get_stats(rt).unwrap().physObjects, 1, "{f}@{nth}: rolled back");
+                verify(rt, &keep, 1);
                 let big = pool.alloc(6 * MIB).unwrap();
                 assert_eq!(pool.stats().chunks, 4, "{f}@{nth}: the grow works once the fault is gone");
                 pool.free(big).unwrap();
                 pool.free(keep).unwrap();
                 pool.close().unwrap();
-                assert_nothing_held(&rt);
+                assert_nothing_held(rt);
                 sites += 1;
             }
         }
 
         // Trimming: the chunk is kept aside as unknown, repair releases it.
-        for f in ["aclrtUnmapMem", "aclrtFreePhysical"] {
-            let pool = small(&rt);
-            let a = pool.alloc(3 * MIB).unwrap();
+        // A pool whose chunks (`bytes` of them) are free, and whose next call of `f` fails.
+        let armed = |bytes: u64, f: &str| {
+            let pool = small(rt);
+            let a = pool.alloc(bytes).unwrap();
             pool.free(a).unwrap();
             fault(f, 1);
+            pool
+        };
+        for f in ["aclrtUnmapMem", "aclrtFreePhysical"] {
+            let pool = armed(3 * MIB, f);
             let e = pool.trim().unwrap_err();
             assert!(failed_with_fault(&e), "{f}: {e}");
             let st = pool.stats();
@@ -304,54 +279,39 @@ fn a_fault_at_any_call_of_grow_trim_close_or_drop_leaks_nothing() {
             assert_eq!(pool.stats().unknown_chunks, 0);
             let b = pool.alloc(3 * MIB).unwrap();
             pool.free(b).unwrap();
-            pool.close().unwrap();
-            assert_nothing_held(&rt);
+            close_clean(rt, &pool);
             sites += 1;
         }
 
         // Closing: what fails is kept; closing again finishes.
         for f in ["aclrtUnmapMem", "aclrtFreePhysical", "aclrtReleaseMemAddress"] {
-            let pool = small(&rt);
-            let a = pool.alloc(MIB).unwrap();
-            pool.free(a).unwrap();
-            fault(f, 1);
+            let pool = armed(MIB, f);
             let e = pool.close().unwrap_err();
             assert!(matches!(&e, Error::Deferred(v) if v.iter().any(failed_with_fault)), "{f}: {e}");
             let b = pool.alloc(MIB).unwrap();
             pool.free(b).unwrap();
             pool.close().unwrap();
             assert!(matches!(pool.alloc(MIB), Err(Error::Closed)));
-            assert_nothing_held(&rt);
+            assert_nothing_held(rt);
             sites += 1;
         }
 
         // Dropping: a failed unmap is retried when the pool's last records go, so nothing stays.
         for f in ["aclrtUnmapMem", "aclrtFreePhysical", "aclrtReleaseMemAddress"] {
-            let pool = small(&rt);
-            let a = pool.alloc(MIB).unwrap();
-            pool.free(a).unwrap();
-            fault(f, 1);
-            drop(pool);
-            assert_nothing_held(&rt);
+            drop(armed(MIB, f));
+            assert_nothing_held(rt);
             sites += 1;
         }
-        raw::sim_clear_faults(&rt).unwrap();
-        say(format!("ok {sites}"));
-        return;
-    }
-    let sc = Scenario::new(test_name!());
-    let mut a = sc.spawn("child");
-    assert_eq!(a.expect("ok"), "16", "call sites covered");
-    a.join();
-    sc.finish();
+        raw::sim_clear_faults(rt).unwrap();
+        assert_eq!(sites, 16, "call sites covered");
+    });
 }
 
 #[test]
 fn foreign_double_and_stale_frees_are_refused() {
-    if role().is_some() {
-        let rt = runtime();
-        let p1 = small(&rt);
-        let p2 = small(&rt);
+    solo(test_name!(), |rt| {
+        let p1 = small(rt);
+        let p2 = small(rt);
         let a = p1.alloc(4096).unwrap();
         assert!(matches!(p2.free(a), Err(Error::WrongPool { .. })));
         p1.free(a).unwrap();
@@ -381,28 +341,24 @@ fn foreign_double_and_stale_frees_are_refused() {
         assert!(matches!(p1.block_class(1000), Err(Error::Misaligned { .. })));
         assert!(matches!(p1.block_class(4 * MIB), Err(Error::InvalidArgument(_))));
         let bad = PoolConfig { chunk_bytes: 3 * MIB, ..PoolConfig::default() };
-        assert!(matches!(Pool::new(&rt, 0, bad), Err(Error::Misaligned { what: "chunk_bytes", .. })));
+        assert!(matches!(Pool::new(rt, 0, bad), Err(Error::Misaligned { what: "chunk_bytes", .. })));
         let aligned = p1.alloc_aligned(4096, MIB).unwrap();
         assert_eq!(aligned.offset() % MIB, 0);
         p1.free(aligned).unwrap();
         p1.close().unwrap();
         p2.close().unwrap();
-        assert_nothing_held(&rt);
-        say("ok");
-        return;
-    }
-    one_child(test_name!());
+        assert_nothing_held(rt);
+    });
 }
 
 #[test]
 fn many_threads_allocating_freeing_and_trimming_keep_every_invariant() {
     const THREADS: usize = 4;
     const ITERS: usize = 1500;
-    if role().is_some() {
-        let rt = runtime();
+    solo(test_name!(), |rt| {
         let pool = Arc::new(
             Pool::new(
-                &rt,
+                rt,
                 0,
                 PoolConfig {
                     chunk_bytes: 2 * MIB,
@@ -499,11 +455,8 @@ fn many_threads_allocating_freeing_and_trimming_keep_every_invariant() {
         );
         assert_eq!(u64::from(st.chunks), st.chunks_grown - st.chunks_trimmed);
         pool.trim().unwrap();
-        assert_eq!(raw::sim_get_stats(&rt).unwrap().physObjects, 0);
+        assert_eq!(raw::sim_get_stats(rt).unwrap().physObjects, 0);
         Arc::into_inner(pool).unwrap().close().unwrap();
-        assert_nothing_held(&rt);
-        say("ok");
-        return;
-    }
-    one_child(test_name!());
+        assert_nothing_held(rt);
+    });
 }

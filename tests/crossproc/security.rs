@@ -5,7 +5,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
-use aclshm::{Error, Pool, PoolConfig, ShareConfig, raw};
+use aclshm::{Error, Pool, PoolConfig, Runtime, ShareConfig, raw};
 
 use crate::harness::*;
 use crate::{assert_code, test_name};
@@ -27,45 +27,49 @@ fn foreign_dir(sc: &Scenario) -> std::path::PathBuf {
     }
 }
 
+/// A pool of 2 MiB chunks on device 0.
+fn small_pool(rt: &Runtime) -> Pool {
+    raw::set_device(rt, 0).unwrap();
+    Pool::new(rt, 0, PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 8 << 20, ..PoolConfig::default() }).unwrap()
+}
+
 #[test]
 fn the_simulator_and_share_directories_are_private_and_checked() {
-    match role().as_deref() {
-        Some("holder") => {
-            let rt = runtime();
-            raw::set_device(&rt, 0).unwrap();
-            let pool =
-                Pool::new(&rt, 0, PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 8 << 20, ..PoolConfig::default() })
-                    .unwrap();
-            let a = pool.alloc(1 << 20).unwrap();
-            let share = pool.share(ShareConfig::default()).unwrap();
-            say(format!("share {share}"));
-            hear_word("checked");
-            pool.free(a).unwrap();
-            pool.close().unwrap();
-            say("ok");
-        }
-        Some("refused") => {
-            let rt = runtime();
-            assert_code!(raw::get_device_count(&rt), aclshm::sys::ACL_ERROR_RT_DEV_SETUP_ERROR);
-            say("refused");
-        }
-        Some("share-refused") => {
-            let rt = runtime();
-            raw::set_device(&rt, 0).unwrap();
-            let pool =
-                Pool::new(&rt, 0, PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 8 << 20, ..PoolConfig::default() })
-                    .unwrap();
-            let dir = std::path::PathBuf::from(hear_word("dir"));
-            let r = pool.share(ShareConfig { dir: Some(dir), ..ShareConfig::default() });
-            match r {
-                Err(e @ Error::Io { .. }) => say(format!("refused {e}")),
-                other => panic!("a share directory that is not private was used: {other:?}"),
+    by_role(
+        test_name!(),
+        |rt, role| match role {
+            "holder" => {
+                let pool = small_pool(rt);
+                let a = pool.alloc(1 << 20).unwrap();
+                let share = pool.share(ShareConfig::default()).unwrap();
+                say(format!("share {share}"));
+                hear_word("checked");
+                pool.free(a).unwrap();
+                pool.close().unwrap();
+                say("ok");
             }
-            pool.close().unwrap();
-        }
-        _ => {
+            "refused" => {
+                assert_code!(raw::get_device_count(rt), aclshm::sys::ACL_ERROR_RT_DEV_SETUP_ERROR);
+                say("refused");
+            }
+            "share-refused" => {
+                let pool = small_pool(rt);
+                let dir = std::path::PathBuf::from(hear_word("dir"));
+                let r = pool.share(ShareConfig { dir: Some(dir), ..ShareConfig::default() });
+                match r {
+                    Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
+                        say(format!("refused {source}"))
+                    }
+                    other => panic!("a share directory that is not private was used: {other:?}"),
+                }
+                pool.close().unwrap();
+            }
+            other => panic!("no role {other:?}"),
+        },
+        |sc| {
+            let (foreign, writable) = (sc.another(), sc.another().shared());
             // What the simulator and the sharing create is private.
-            let sc = Scenario::new(test_name!()).shared();
+            let sc = sc.shared();
             let mut h = sc.spawn("holder");
             let share: aclshm::ShareDesc = h.expect("share").parse().unwrap();
             let share_dir = share.socket.parent().unwrap().to_path_buf();
@@ -82,7 +86,7 @@ fn the_simulator_and_share_directories_are_private_and_checked() {
             sc.finish();
 
             // A simulator directory of another user is refused (and nothing is created in it).
-            let sc = Scenario::new(test_name!());
+            let sc = foreign;
             let dir = foreign_dir(&sc);
             let mut r = sc.spawn_with("refused", &[("ACLSHM_SIM_DIR", dir.to_str().unwrap())]);
             r.expect("refused");
@@ -91,7 +95,7 @@ fn the_simulator_and_share_directories_are_private_and_checked() {
             drop(sc);
 
             // So is a share directory that others can write, or that another user owns.
-            let sc = Scenario::new(test_name!()).shared();
+            let sc = writable;
             let open = std::path::PathBuf::from(format!("{}-open", sc.dir().display()));
             std::fs::create_dir_all(&open).unwrap();
             std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -118,6 +122,6 @@ fn the_simulator_and_share_directories_are_private_and_checked() {
                 let _ = std::fs::remove_dir_all(&other);
             }
             sc.finish();
-        }
-    }
+        },
+    );
 }
