@@ -160,7 +160,7 @@ impl Importers {
     }
 
     fn open(desc: &IpcMemDesc) -> Result<Importers> {
-        let file = ShmFile::<ImporterFile>::open(&desc.importers, |h, items| {
+        let (file, ()) = ShmFile::<ImporterFile>::open(&desc.importers, |h, items| {
             if items != 0 {
                 return Err("it has a payload".into());
             }
@@ -214,6 +214,35 @@ impl Importers {
         Ok(n)
     }
 }
+
+/// The accessors exporter and importer both have, over the [`Keyed`] memory each holds.
+macro_rules! region_accessors {
+    ($ty:ty, $ptr_doc:literal, $len_doc:literal) => {
+        impl $ty {
+            #[doc = $ptr_doc]
+            pub fn as_ptr(&self) -> *mut c_void {
+                self.mem.ptr.as_ptr()
+            }
+
+            #[doc = $len_doc]
+            pub fn len(&self) -> usize {
+                self.mem.size
+            }
+
+            /// Always false.
+            pub fn is_empty(&self) -> bool {
+                false
+            }
+        }
+    };
+}
+
+region_accessors!(
+    IpcMemory,
+    "The memory's device address.",
+    "Bytes exported (the requested size rounded up to 2 MiB)."
+);
+region_accessors!(IpcMemImport, "The memory's address in this process.", "Its size.");
 
 /// Device memory under a key: what exporter and importer both hold.
 struct Keyed {
@@ -311,21 +340,6 @@ impl IpcMemory {
             return Err(Error::NotPermitted("exported without pid validation: there is no whitelist".into()));
         }
         raw::ipc_mem_set_import_pid(&self.mem.rt, &self.mem.key, &[tgid])
-    }
-
-    /// The memory's device address.
-    pub fn as_ptr(&self) -> *mut c_void {
-        self.mem.ptr.as_ptr()
-    }
-
-    /// Bytes exported (the requested size rounded up to 2 MiB).
-    pub fn len(&self) -> usize {
-        self.mem.size
-    }
-
-    /// Always false.
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Its device.
@@ -428,21 +442,6 @@ impl IpcMemImport {
         Ok(IpcMemImport { mem, importers, slot, open: true })
     }
 
-    /// The memory's address in this process.
-    pub fn as_ptr(&self) -> *mut c_void {
-        self.mem.ptr.as_ptr()
-    }
-
-    /// Its size.
-    pub fn len(&self) -> usize {
-        self.mem.size
-    }
-
-    /// Always false.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// Close the import (the exporter may close once every import did).
     pub fn close(mut self) -> Result<()> {
         self.shut()
@@ -501,7 +500,7 @@ mod tests {
 
     #[test]
     fn a_slot_is_held_until_released_and_closing_refuses_new_ones() {
-        let dir = os::TestDir::new("ipc");
+        let dir = os::TestDir::new("ipc").unwrap();
         let path = dir.0.join("f.importers");
         let exporter = Importers::create(path.clone(), IPC_ALIGN).unwrap();
         let desc = IpcMemDesc { key: "k".parse().unwrap(), size: IPC_ALIGN, importers: path.clone() };

@@ -181,20 +181,4 @@ pub(crate) fn default_share_dir() -> PathBuf {
 
 /// A private temporary directory for unit tests, removed when dropped (even when the test fails).
 #[cfg(test)]
-pub(crate) struct TestDir(pub PathBuf);
-
-#[cfg(test)]
-impl TestDir {
-    pub(crate) fn new(what: &str) -> TestDir {
-        let dir = std::env::temp_dir().join(format!("aclshm-{what}-test-{}", random_u64()));
-        private_dir(&dir).expect("a private test directory");
-        TestDir(dir)
-    }
-}
-
-#[cfg(test)]
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
+pub(crate) type TestDir = aclshm_os::TempDir;

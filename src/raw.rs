@@ -48,6 +48,12 @@ macro_rules! call {
     }};
 }
 
+/// Call `f` with an out-parameter that starts as `value`, and return what the call left in it.
+fn out<T>(mut value: T, f: impl FnOnce(&mut T) -> Result<()>) -> Result<T> {
+    f(&mut value)?;
+    Ok(value)
+}
+
 /// A key for IPC memory or an IPC notify: up to 64 characters, stored NUL-terminated in the 65 bytes
 /// the ACL functions take.
 ///
@@ -178,25 +184,19 @@ pub fn reset_device_force(rt: &Runtime, device: i32) -> Result<()> {
 /// The calling thread's current device.
 #[doc(alias = "aclrtGetDevice")]
 pub fn get_device(rt: &Runtime) -> Result<i32> {
-    let mut d = 0;
-    call!(rt, aclrtGetDevice(&mut d))?;
-    Ok(d)
+    out(0, |d| call!(rt, aclrtGetDevice(d)))
 }
 
 /// The number of devices.
 #[doc(alias = "aclrtGetDeviceCount")]
 pub fn get_device_count(rt: &Runtime) -> Result<u32> {
-    let mut n = 0;
-    call!(rt, aclrtGetDeviceCount(&mut n))?;
-    Ok(n)
+    out(0, |n| call!(rt, aclrtGetDeviceCount(n)))
 }
 
 /// Whether `device` can access `peer`'s memory.
 #[doc(alias = "aclrtDeviceCanAccessPeer")]
 pub fn device_can_access_peer(rt: &Runtime, device: i32, peer: i32) -> Result<bool> {
-    let mut can = 0;
-    call!(rt, aclrtDeviceCanAccessPeer(&mut can, device, peer))?;
-    Ok(can != 0)
+    Ok(out(0, |can| call!(rt, aclrtDeviceCanAccessPeer(can, device, peer)))? != 0)
 }
 
 /// Let the current device access `peer`'s memory (`flags` must be 0).
@@ -214,9 +214,7 @@ pub fn device_disable_peer_access(rt: &Runtime, peer: i32) -> Result<()> {
 /// This process's pid as the host sees it: what whitelists take.
 #[doc(alias = "aclrtDeviceGetBareTgid")]
 pub fn device_get_bare_tgid(rt: &Runtime) -> Result<i32> {
-    let mut pid = 0;
-    call!(rt, aclrtDeviceGetBareTgid(&mut pid))?;
-    Ok(pid)
+    out(0, |pid| call!(rt, aclrtDeviceGetBareTgid(pid)))
 }
 
 /// (free, total) bytes of the current device's memory of kind `attr`.
@@ -232,9 +230,7 @@ pub fn get_mem_info(rt: &Runtime, attr: aclrtMemAttr) -> Result<(usize, usize)> 
 /// Create a stream on the current device.
 #[doc(alias = "aclrtCreateStream")]
 pub fn create_stream(rt: &Runtime) -> Result<aclrtStream> {
-    let mut s = std::ptr::null_mut();
-    call!(rt, aclrtCreateStream(&mut s))?;
-    Ok(s)
+    out(std::ptr::null_mut(), |s| call!(rt, aclrtCreateStream(s)))
 }
 
 /// Destroy a stream after its queued work.
@@ -269,9 +265,7 @@ pub unsafe fn synchronize_stream(rt: &Runtime, stream: aclrtStream) -> Result<()
 /// Allocate device memory on the current device.
 #[doc(alias = "aclrtMalloc")]
 pub fn malloc(rt: &Runtime, size: usize, policy: aclrtMemMallocPolicy) -> Result<*mut c_void> {
-    let mut p = std::ptr::null_mut();
-    call!(rt, aclrtMalloc(&mut p, size, policy))?;
-    Ok(p)
+    out(std::ptr::null_mut(), |p| call!(rt, aclrtMalloc(p, size, policy)))
 }
 
 /// Free memory from [`malloc`].
@@ -286,9 +280,7 @@ pub unsafe fn free(rt: &Runtime, ptr: *mut c_void) -> Result<()> {
 /// Allocate page-locked host memory.
 #[doc(alias = "aclrtMallocHost")]
 pub fn malloc_host(rt: &Runtime, size: usize) -> Result<*mut c_void> {
-    let mut p = std::ptr::null_mut();
-    call!(rt, aclrtMallocHost(&mut p, size))?;
-    Ok(p)
+    out(std::ptr::null_mut(), |p| call!(rt, aclrtMallocHost(p, size)))
 }
 
 /// Free memory from [`malloc_host`].
@@ -356,9 +348,7 @@ pub unsafe fn reserve_mem_address(
     expect_ptr: *mut c_void,
     flags: u64,
 ) -> Result<*mut c_void> {
-    let mut p = std::ptr::null_mut();
-    call!(rt, aclrtReserveMemAddress(&mut p, size, alignment, expect_ptr, flags))?;
-    Ok(p)
+    out(std::ptr::null_mut(), |p| call!(rt, aclrtReserveMemAddress(p, size, alignment, expect_ptr, flags)))
 }
 
 /// Release a range from [`reserve_mem_address`].
@@ -378,9 +368,7 @@ pub fn malloc_physical(
     prop: &aclrtPhysicalMemProp,
     flags: u64,
 ) -> Result<aclrtDrvMemHandle> {
-    let mut h = std::ptr::null_mut();
-    call!(rt, aclrtMallocPhysical(&mut h, size, prop, flags))?;
-    Ok(h)
+    out(std::ptr::null_mut(), |h| call!(rt, aclrtMallocPhysical(h, size, prop, flags)))
 }
 
 /// Free physical memory (its release waits for its last unmap).
@@ -450,17 +438,13 @@ pub unsafe fn mem_export_to_shareable_handle(
     handle_type: aclrtMemHandleType,
     flags: u64,
 ) -> Result<u64> {
-    let mut s = 0;
-    call!(rt, aclrtMemExportToShareableHandle(handle, handle_type, flags, &mut s))?;
-    Ok(s)
+    out(0, |s| call!(rt, aclrtMemExportToShareableHandle(handle, handle_type, flags, s)))
 }
 
 /// Import a shareable handle from another process as a handle on `device`.
 #[doc(alias = "aclrtMemImportFromShareableHandle")]
 pub fn mem_import_from_shareable_handle(rt: &Runtime, shareable: u64, device: i32) -> Result<aclrtDrvMemHandle> {
-    let mut h = std::ptr::null_mut();
-    call!(rt, aclrtMemImportFromShareableHandle(shareable, device, &mut h))?;
-    Ok(h)
+    out(std::ptr::null_mut(), |h| call!(rt, aclrtMemImportFromShareableHandle(shareable, device, h)))
 }
 
 /// Whitelist importer pids (from [`device_get_bare_tgid`]) for a shareable handle.
@@ -510,9 +494,7 @@ pub fn ipc_mem_set_import_pid(rt: &Runtime, key: &IpcKey, pids: &[i32]) -> Resul
 /// Import memory exported by another process under `key`.
 #[doc(alias = "aclrtIpcMemImportByKey")]
 pub fn ipc_mem_import_by_key(rt: &Runtime, key: &IpcKey, flags: u64) -> Result<*mut c_void> {
-    let mut p = std::ptr::null_mut();
-    call!(rt, aclrtIpcMemImportByKey(&mut p, key.as_ptr(), flags))?;
-    Ok(p)
+    out(std::ptr::null_mut(), |p| call!(rt, aclrtIpcMemImportByKey(p, key.as_ptr(), flags)))
 }
 
 /// Close a key: one import in an importer, the export in the exporter.
@@ -529,9 +511,7 @@ pub unsafe fn ipc_mem_close(rt: &Runtime, key: &IpcKey) -> Result<()> {
 /// Create a notify on the current device.
 #[doc(alias = "aclrtCreateNotify")]
 pub fn create_notify(rt: &Runtime, flag: u64) -> Result<aclrtNotify> {
-    let mut n = std::ptr::null_mut();
-    call!(rt, aclrtCreateNotify(&mut n, flag))?;
-    Ok(n)
+    out(std::ptr::null_mut(), |n| call!(rt, aclrtCreateNotify(n, flag)))
 }
 
 /// Destroy a notify (in every process that created or imported it).
@@ -572,9 +552,7 @@ pub unsafe fn wait_and_reset_notify(
 /// 1. `notify` is a live notify of this runtime.
 #[doc(alias = "aclrtGetNotifyId")]
 pub unsafe fn get_notify_id(rt: &Runtime, notify: aclrtNotify) -> Result<u32> {
-    let mut id = 0;
-    call!(rt, aclrtGetNotifyId(notify, &mut id))?;
-    Ok(id)
+    out(0, |id| call!(rt, aclrtGetNotifyId(notify, id)))
 }
 
 /// Export a notify under a key.
@@ -612,9 +590,7 @@ pub unsafe fn notify_set_import_pid(rt: &Runtime, notify: aclrtNotify, pids: &[i
 /// Import a notify exported by another process.
 #[doc(alias = "aclrtNotifyImportByKey")]
 pub fn notify_import_by_key(rt: &Runtime, key: &IpcKey, flags: u64) -> Result<aclrtNotify> {
-    let mut n = std::ptr::null_mut();
-    call!(rt, aclrtNotifyImportByKey(&mut n, key.as_ptr(), flags))?;
-    Ok(n)
+    out(std::ptr::null_mut(), |n| call!(rt, aclrtNotifyImportByKey(n, key.as_ptr(), flags)))
 }
 
 // ---- Simulator extensions (Error::Unsupported on a real runtime) ----
@@ -622,9 +598,7 @@ pub fn notify_import_by_key(rt: &Runtime, key: &IpcKey, flags: u64) -> Result<ac
 /// The simulator's description.
 #[doc(alias = "aclshmSimGetInfo")]
 pub fn sim_get_info(rt: &Runtime) -> Result<aclshmSimInfo> {
-    let mut info = aclshmSimInfo::default();
-    call!(rt, aclshmSimGetInfo(&mut info))?;
-    Ok(info)
+    out(aclshmSimInfo::default(), |info| call!(rt, aclshmSimGetInfo(info)))
 }
 
 /// The simulator's directory.
@@ -647,18 +621,14 @@ pub fn sim_get_dir(rt: &Runtime) -> Result<PathBuf> {
 /// Live simulator objects, in the directory and in this process.
 #[doc(alias = "aclshmSimGetStats")]
 pub fn sim_get_stats(rt: &Runtime) -> Result<aclshmSimStats> {
-    let mut s = aclshmSimStats::default();
-    call!(rt, aclshmSimGetStats(&mut s))?;
-    Ok(s)
+    out(aclshmSimStats::default(), |s| call!(rt, aclshmSimGetStats(s)))
 }
 
 /// How many times this process called the named ACL function, as the simulator counted.
 #[doc(alias = "aclshmSimGetCallCount")]
 pub fn sim_get_call_count(rt: &Runtime, func: &str) -> Result<u64> {
     let f = CString::new(func).map_err(|_| Error::InvalidArgument(format!("{func:?} holds a NUL")))?;
-    let mut n = 0;
-    call!(rt, aclshmSimGetCallCount(f.as_ptr(), &mut n))?;
-    Ok(n)
+    out(0, |n| call!(rt, aclshmSimGetCallCount(f.as_ptr(), n)))
 }
 
 /// Make the `nth` call from now of `func` (and the `times - 1` after it) fail with `code`.
@@ -677,9 +647,7 @@ pub fn sim_clear_faults(rt: &Runtime) -> Result<()> {
 /// Release what dead processes left in the simulator; returns how many there were.
 #[doc(alias = "aclshmSimReclaim")]
 pub fn sim_reclaim(rt: &Runtime) -> Result<u32> {
-    let mut n = 0;
-    call!(rt, aclshmSimReclaim(&mut n))?;
-    Ok(n)
+    out(0, |n| call!(rt, aclshmSimReclaim(n)))
 }
 
 /// The processes attached to the simulator directory and what each holds, dead ones included until

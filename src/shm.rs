@@ -134,10 +134,13 @@ impl<K: Kind> ShmFile<K> {
     }
 
     /// Open the file at `path`: it must be ours and private, hold the header and a whole number of items,
-    /// and be of this kind and version; then `check` looks at the header and the item count (an error
-    /// says why the file is not what the caller expects). A file that is not there, or not ours, is
-    /// [`Error::Io`]; one that is not right, [`Error::Protocol`].
-    pub(crate) fn open(path: &Path, check: impl FnOnce(&K::Header, usize) -> Result<(), String>) -> Result<ShmFile<K>> {
+    /// and be of this kind and version; then `check` looks at the header and the item count, and returns
+    /// what it read there (or an error saying why the file is not what the caller expects). A file that is
+    /// not there, or not ours, is [`Error::Io`]; one that is not right, [`Error::Protocol`].
+    pub(crate) fn open<T>(
+        path: &Path,
+        check: impl FnOnce(&K::Header, usize) -> Result<T, String>,
+    ) -> Result<(ShmFile<K>, T)> {
         #[allow(clippy::let_unit_value)]
         let () = Self::LAYOUT;
         let bad = |why: String| Error::Protocol(format!("{} {}: {why}", K::WHAT, path.display()));
@@ -165,8 +168,8 @@ impl<K: Kind> ShmFile<K> {
         if version != K::VERSION {
             return Err(bad(format!("layout version {version}; this aclshm reads version {}", K::VERSION)));
         }
-        check(f.header(), f.items).map_err(bad)?;
-        Ok(f)
+        let read = check(f.header(), f.items).map_err(bad)?;
+        Ok((f, read))
     }
 
     fn prefix(&self) -> &Prefix {
@@ -312,18 +315,20 @@ mod tests {
 
     #[test]
     fn what_the_creator_writes_the_opener_reads_and_checks() {
-        let dir = os::TestDir::new("shm");
+        let dir = os::TestDir::new("shm").unwrap();
         let path = dir.0.join("f");
         let w = ShmFile::<Demo>::create(&path, 10, |h| h.token.store(42, Ordering::Relaxed)).unwrap();
         assert!(ShmFile::<Demo>::create(&path, 10, |_| {}).is_err(), "never over an existing file");
         w.items()[9].store(7, Ordering::Relaxed);
-        let r = ShmFile::<Demo>::open(&path, |h, n| {
-            if h.token.load(Ordering::Relaxed) == 42 && n == 10 { Ok(()) } else { Err("not mine".into()) }
+        let (r, token) = ShmFile::<Demo>::open(&path, |h, n| {
+            let token = h.token.load(Ordering::Relaxed);
+            if token == 42 && n == 10 { Ok(token) } else { Err("not mine".into()) }
         })
         .unwrap();
+        assert_eq!(token, 42);
         assert_eq!(r.items()[9].load(Ordering::Relaxed), 7);
         assert!(r.creator_alive());
-        let e = ShmFile::<Demo>::open(&path, |_, _| Err("another pool".into())).unwrap_err();
+        let e = ShmFile::<Demo>::open(&path, |_, _| Err::<(), _>("another pool".into())).unwrap_err();
         assert!(matches!(&e, Error::Protocol(m) if m.contains("demo file") && m.contains("another pool")), "{e}");
         let e = ShmFile::<Other>::open(&path, |_, _| Ok(())).unwrap_err();
         assert!(matches!(&e, Error::Protocol(m) if m.contains("not an aclshm other file")), "{e}");
@@ -339,10 +344,10 @@ mod tests {
 
     #[test]
     fn a_file_truncated_under_its_readers_is_an_error_not_a_crash() {
-        let dir = os::TestDir::new("shm-trunc");
+        let dir = os::TestDir::new("shm-trunc").unwrap();
         let path = dir.0.join("f");
         let w = ShmFile::<Demo>::create(&path, 4096, |h| h.token.store(42, Ordering::Relaxed)).unwrap();
-        let r = ShmFile::<Demo>::open(&path, |_, _| Ok(())).unwrap();
+        let (r, ()) = ShmFile::<Demo>::open(&path, |_, _| Ok(())).unwrap();
         w.items()[4000].store(9, Ordering::Relaxed);
         r.check_intact().unwrap();
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(0).unwrap();
@@ -358,7 +363,7 @@ mod tests {
 
     #[test]
     fn files_of_the_wrong_size_or_version_are_refused() {
-        let dir = os::TestDir::new("shm-bad");
+        let dir = os::TestDir::new("shm-bad").unwrap();
         let short = dir.0.join("short");
         drop(SharedMap::create(&short, 40).unwrap());
         assert!(matches!(ShmFile::<Demo>::open(&short, |_, _| Ok(())), Err(Error::Protocol(_))));
@@ -374,7 +379,7 @@ mod tests {
 
     #[test]
     fn sweeping_takes_only_dead_creators_files_of_the_kinds_named() {
-        let dir = os::TestDir::new("shm-sweep");
+        let dir = os::TestDir::new("shm-sweep").unwrap();
         let names = [Names { prefix: "t-", suffix: ".demo", companion: Some("sock") }];
         let live = ShmFile::<Demo>::create(&dir.0.join("t-1.demo"), 1, |_| {}).unwrap();
         drop(ShmFile::<Demo>::create(&dir.0.join("t-2.demo"), 1, |_| {}).unwrap());

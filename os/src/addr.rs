@@ -157,7 +157,7 @@ mod tests {
 
     #[test]
     fn a_mirror_shares_pages_with_its_mapping_and_is_inaccessible() {
-        let dir = TestDir::new("mirror");
+        let dir = TestDir::new("mirror").unwrap();
         let f = create_file(&dir.0.join("obj")).unwrap();
         allocate(&f, 2 << 20).unwrap();
         let a = SharedMapping::map(&f, 2 << 20).unwrap();

@@ -34,6 +34,27 @@ pub fn open_file(path: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(path, OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?)
 }
 
+/// A private directory (0700) under the temporary directory, removed with everything in it when dropped
+/// (even when a test fails): for tests and examples that need a simulator or share directory of their
+/// own. `.0` is its path.
+#[derive(Debug)]
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// A fresh directory named `aclshm-<what>-<random>`.
+    pub fn new(what: &str) -> io::Result<TempDir> {
+        let dir = std::env::temp_dir().join(format!("aclshm-{what}-{:016x}", crate::random_u64()));
+        ensure_private_dir(&dir)?;
+        Ok(TempDir(dir))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Open `path` to read it, without waiting: a FIFO with no writer opens at once instead of blocking
 /// (`O_NONBLOCK`, which changes nothing for a regular file), so that a caller can look at what it opened
 /// and refuse what it does not read.
@@ -137,7 +158,7 @@ mod tests {
 
     #[test]
     fn private_files_in_private_directories() {
-        let dir = TestDir::new("file");
+        let dir = TestDir::new("file").unwrap();
         ensure_private_dir(&dir.0).unwrap();
         assert_eq!(fs::metadata(&dir.0).unwrap().mode() & 0o7777, 0o700);
         let path = dir.0.join("f");
@@ -162,7 +183,7 @@ mod tests {
 
     #[test]
     fn directories_others_can_write_or_that_are_not_directories_are_refused() {
-        let dir = TestDir::new("dir");
+        let dir = TestDir::new("dir").unwrap();
         let nested = dir.0.join("a/b");
         ensure_private_dir(&nested).unwrap();
         ensure_private_dir(&nested).unwrap();
@@ -184,7 +205,7 @@ mod tests {
 
     #[test]
     fn allocate_backs_the_whole_length() {
-        let dir = TestDir::new("alloc");
+        let dir = TestDir::new("alloc").unwrap();
         let f = create_file(&dir.0.join("f")).unwrap();
         allocate(&f, 1 << 20).unwrap();
         let st = rustix::fs::fstat(&f).unwrap();

@@ -181,7 +181,7 @@ mod tests {
 
     #[test]
     fn a_file_truncated_under_a_guarded_mapping_reads_zeros_and_trips_the_guard() {
-        let dir = crate::TestDir::new("guard");
+        let dir = crate::TestDir::new("guard").unwrap();
         let path = dir.0.join("f");
         let fd = crate::create_file(&path).unwrap();
         crate::set_len(&fd, 8192).unwrap();
@@ -220,7 +220,7 @@ mod tests {
             println!("survived with {v}");
             std::process::exit(0);
         }
-        let dir = crate::TestDir::new("unguarded");
+        let dir = crate::TestDir::new("unguarded").unwrap();
         let me = std::env::current_exe().unwrap();
         let out = std::process::Command::new(me)
             .args(["--exact", "guard::tests::a_fault_outside_the_guarded_ranges_is_not_swallowed", "--nocapture"])

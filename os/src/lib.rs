@@ -44,7 +44,7 @@ mod units;
 
 pub use addr::{rereserve, reserve, unreserve};
 pub use file::{
-    allocate, check_private_file, create_file, ensure_private_dir, open_file, open_read_nonblocking, set_len,
+    TempDir, allocate, check_private_file, create_file, ensure_private_dir, open_file, open_read_nonblocking, set_len,
 };
 pub use futex::{FutexWait, futex_wait, futex_wake_all};
 pub use guard::{Guard, MAX_GUARDS, guard};
@@ -57,21 +57,6 @@ pub use units::{ParseBytesError, parse_bytes};
 
 /// A private temporary directory for this crate's unit tests, removed when dropped (even when a test
 /// fails).
+/// A private test directory (see [`TempDir`]).
 #[cfg(test)]
-pub(crate) struct TestDir(pub std::path::PathBuf);
-
-#[cfg(test)]
-impl TestDir {
-    pub(crate) fn new(what: &str) -> TestDir {
-        let dir = std::env::temp_dir().join(format!("aclshm-os-{what}-test-{:x}", random_u64()));
-        ensure_private_dir(&dir).expect("a private test directory");
-        TestDir(dir)
-    }
-}
-
-#[cfg(test)]
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub(crate) type TestDir = TempDir;

@@ -58,7 +58,7 @@ mod tests {
 
     #[test]
     fn a_byte_lock_excludes_other_opens_until_unlocked_or_closed() {
-        let dir = TestDir::new("lock");
+        let dir = TestDir::new("lock").unwrap();
         let path = dir.0.join("f");
         let a = create_file(&path).unwrap();
         let b = open_file(&path).unwrap();

@@ -23,22 +23,32 @@ impl SharedMapping {
     pub fn map(fd: impl AsFd, len: usize) -> io::Result<SharedMapping> {
         MmapOptions::new().len(len).map_raw(fd.as_fd().as_raw_fd()).map(SharedMapping)
     }
-
-    /// The start of the mapping (page-aligned).
-    pub fn ptr(&self) -> *mut u8 {
-        self.0.as_mut_ptr()
-    }
-
-    /// Its length in bytes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.len() == 0
-    }
 }
+
+/// Where both kinds of mapping are: their start and length (raw: see the module docs).
+macro_rules! extent {
+    ($ty:ty) => {
+        impl $ty {
+            /// The start of the mapping (page-aligned).
+            pub fn ptr(&self) -> *mut u8 {
+                self.0.as_mut_ptr()
+            }
+
+            /// Its length in bytes, as asked for.
+            pub fn len(&self) -> usize {
+                self.0.len()
+            }
+
+            /// Whether it is empty.
+            pub fn is_empty(&self) -> bool {
+                self.0.len() == 0
+            }
+        }
+    };
+}
+
+extent!(SharedMapping);
+extent!(AnonymousMapping);
 
 /// Private, read-write, anonymous memory of `len` bytes (zero-filled, committed as it is touched): host
 /// memory handed to a C caller, such as the simulator's `aclrtMallocHost`.
@@ -50,21 +60,6 @@ impl AnonymousMapping {
     pub fn new(len: usize) -> io::Result<AnonymousMapping> {
         Ok(AnonymousMapping(MmapOptions::new().len(len).map_anon()?.into()))
     }
-
-    /// The start of the memory (page-aligned).
-    pub fn ptr(&self) -> *mut u8 {
-        self.0.as_mut_ptr()
-    }
-
-    /// Its length in bytes, as asked for.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
-    /// Whether it is empty.
-    pub fn is_empty(&self) -> bool {
-        self.0.len() == 0
-    }
 }
 
 #[cfg(test)]
@@ -74,7 +69,7 @@ mod tests {
 
     #[test]
     fn two_mappings_of_a_file_see_the_same_bytes() {
-        let dir = TestDir::new("map");
+        let dir = TestDir::new("map").unwrap();
         let path = dir.0.join("obj");
         let f = create_file(&path).unwrap();
         set_len(&f, 8192).unwrap();

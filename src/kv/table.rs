@@ -55,6 +55,8 @@ pub(crate) struct BlockHeader {
     epoch: AtomicU32,
     unpins: AtomicU32,
 }
+// SAFETY: repr(C), atomics only.
+unsafe impl shm::Shared for BlockHeader {}
 
 #[repr(C)]
 pub(crate) struct PinHeader {
@@ -62,9 +64,6 @@ pub(crate) struct PinHeader {
     blocks: AtomicU32,
     _pad: AtomicU32,
 }
-
-// SAFETY: repr(C), atomics only.
-unsafe impl shm::Shared for BlockHeader {}
 // SAFETY: repr(C), atomics only.
 unsafe impl shm::Shared for PinHeader {}
 
@@ -113,8 +112,7 @@ impl BlockTable {
 
     /// Open pool `token`'s table in `dir`, checking it describes a pool of `chunk_bytes` chunks.
     pub(crate) fn open(dir: &Path, token: u64, chunk_bytes: u64) -> Result<BlockTable> {
-        let mut geometry = None;
-        let file = ShmFile::<Blocks>::open(&table_path(dir, token), |h, blocks| {
+        let (file, geometry) = ShmFile::<Blocks>::open(&table_path(dir, token), |h, blocks| {
             let g = Geometry {
                 token: h.token.load(Ordering::Relaxed),
                 block_bytes: h.block_bytes.load(Ordering::Relaxed),
@@ -131,10 +129,8 @@ impl BlockTable {
             if !g.blocks.is_multiple_of(g.per_chunk) {
                 return Err("the block count is not a whole number of chunks".into());
             }
-            geometry = Some(g);
-            Ok(())
+            Ok(g)
         })?;
-        let geometry = geometry.expect("set by the check that passed");
         Ok(BlockTable { file, owner: false, geometry })
     }
 
@@ -228,7 +224,7 @@ impl PinFile {
 
     /// Open a worker's pin file (the owner's view); None if it is not one of pool `token`'s.
     pub(crate) fn open(path: &Path, token: u64, blocks: u32) -> Option<PinFile> {
-        let file = ShmFile::<Pins>::open(path, |h, n| {
+        let (file, ()) = ShmFile::<Pins>::open(path, |h, n| {
             let ok = h.token.load(Ordering::Relaxed) == token
                 && h.blocks.load(Ordering::Relaxed) == blocks
                 && n == blocks as usize;
@@ -296,7 +292,7 @@ mod tests {
 
     #[test]
     fn workers_read_what_the_owner_writes_and_the_owner_reads_their_pins() {
-        let dir = os::TestDir::new("kv");
+        let dir = os::TestDir::new("kv").unwrap();
         let g = geometry();
         assert_eq!(g.offset(5), (2 << 20) + (512 << 10));
         let owner = BlockTable::create(&dir.0, g).unwrap();
@@ -326,7 +322,7 @@ mod tests {
 
     #[test]
     fn half_made_pin_files_of_dead_workers_are_swept_and_live_ones_kept() {
-        let dir = os::TestDir::new("kv-sweep");
+        let dir = os::TestDir::new("kv-sweep").unwrap();
         let g = geometry();
         let live = PinFile::create(&dir.0, g.token, g.blocks).unwrap();
         // What a worker killed between creating its file and locking, sizing or stamping it leaves.

@@ -43,6 +43,8 @@ pub(crate) struct Header {
     _pad: AtomicU32,
     generation: AtomicU64,
 }
+// SAFETY: repr(C), atomics only.
+unsafe impl shm::Shared for Header {}
 
 #[repr(C)]
 pub(crate) struct Entry {
@@ -50,9 +52,6 @@ pub(crate) struct Entry {
     shareable: AtomicU64,
     published: AtomicU64,
 }
-
-// SAFETY: repr(C), atomics only.
-unsafe impl shm::Shared for Header {}
 // SAFETY: repr(C), atomics only.
 unsafe impl shm::Shared for Entry {}
 
@@ -123,8 +122,7 @@ impl Table {
 
     /// Open the table at `path`, which must be of pool `token`.
     pub(crate) fn open(path: &Path, token: u64) -> Result<Table> {
-        let mut geometry = None;
-        let file = ShmFile::<ChunkTable>::open(path, |h, entries| {
+        let (file, geometry) = ShmFile::<ChunkTable>::open(path, |h, entries| {
             let g = Geometry {
                 slots: h.slots.load(Ordering::Relaxed),
                 chunk_bytes: h.chunk_bytes.load(Ordering::Relaxed),
@@ -141,10 +139,8 @@ impl Table {
             if g.chunk_bytes == 0 || !g.chunk_bytes.is_multiple_of(2 << 20) {
                 return Err(format!("chunk size {:#x} is not a multiple of 2 MiB", g.chunk_bytes));
             }
-            geometry = Some(g);
-            Ok(())
+            Ok(g)
         })?;
-        let geometry = geometry.expect("set by the check that passed");
         Ok(Table { file, owner: false, geometry })
     }
 
@@ -293,7 +289,7 @@ mod tests {
 
     #[test]
     fn a_reader_sees_what_the_writer_published() {
-        let dir = os::TestDir::new("table");
+        let dir = os::TestDir::new("table").unwrap();
         let path = dir.0.join("t");
         let w = Table::create(&path, geometry()).unwrap();
         let r = Table::open(&path, 0xfeed).unwrap();
@@ -317,7 +313,7 @@ mod tests {
     #[test]
     fn a_write_left_halfway_is_an_error_not_a_hang() {
         // An owner killed between the two increments of its seqlock word leaves it odd.
-        let dir = os::TestDir::new("table-odd");
+        let dir = os::TestDir::new("table-odd").unwrap();
         let path = dir.0.join("t");
         let w = Table::create(&path, geometry()).unwrap();
         let r = Table::open(&path, 0xfeed).unwrap();
@@ -336,7 +332,7 @@ mod tests {
 
     #[test]
     fn snapshots_are_never_torn() {
-        let dir = os::TestDir::new("table");
+        let dir = os::TestDir::new("table").unwrap();
         let path = dir.0.join("t");
         let w = Table::create(&path, geometry()).unwrap();
         let r = Table::open(&path, 0xfeed).unwrap();
