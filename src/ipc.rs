@@ -367,7 +367,8 @@ impl IpcMemory {
         importers.file.state().store(shm::CLOSED, Ordering::SeqCst);
         // Pairs with `claim`'s fence: an importer either sees it closed or holds its lock by now.
         fence(Ordering::SeqCst);
-        let deadline = Instant::now() + self.close_timeout;
+        // A timeout too long to add to now (Duration::MAX) waits for ever.
+        let deadline = Instant::now().checked_add(self.close_timeout);
         loop {
             let seen = h.changes.load(Ordering::Acquire);
             let open = importers.open_imports()?;
@@ -375,7 +376,7 @@ impl IpcMemory {
                 break;
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 // Closing under a live importer is what the runtime forbids: keep the memory (and the key)
                 // for the rest of the process; the importer file goes, so nobody new comes.
                 self.done = true;
@@ -387,7 +388,8 @@ impl IpcMemory {
                 )));
             }
             // Woken when an import closes; the timeout bounds the wait for one that ends by dying.
-            os::futex_wait(&h.changes, seen, (deadline - now).min(Duration::from_millis(100)));
+            let left = deadline.map_or(Duration::MAX, |d| d - now);
+            os::futex_wait(&h.changes, seen, left.min(Duration::from_millis(100)));
         }
         self.done = true;
         importers.file.remove();

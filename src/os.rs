@@ -84,7 +84,9 @@ impl SharedMap {
     /// Whether the file shrank under the mapping (someone truncated it): what it held is lost, and the
     /// mapping now holds zeros of this process's own.
     pub(crate) fn truncated(&self) -> bool {
-        self.guard.tripped()
+        // A fault beyond the file's end was caught, or (for a shrink within the last page, which reads as
+        // zeros without a fault) the file is shorter than the mapping now.
+        self.guard.tripped() || aclshm_os::file_len(&self.fd).is_ok_and(|len| len < self.map.len() as u64)
     }
 
     /// The start of the mapping.
@@ -125,13 +127,15 @@ pub(crate) fn sweep_orphans(dir: &Path, is_ours: impl Fn(&str) -> bool, min_age:
             continue;
         }
         let path = e.path();
-        let old = fs::symlink_metadata(&path)
-            .and_then(|m| m.modified())
-            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= min_age));
+        let Ok(meta) = fs::symlink_metadata(&path) else { continue };
+        let old = meta.modified().is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= min_age));
         if !old {
             continue;
         }
-        if creator_gone(&path) && fs::remove_file(&path).is_ok() {
+        // A name of ours that is not a regular file (a link, a FIFO planted in our private directory) was
+        // made by no creator of ours: nothing holds it, and it goes (the link itself, not what it names).
+        let planted = !meta.file_type().is_file();
+        if (planted || creator_gone(&path)) && fs::remove_file(&path).is_ok() {
             and_then(&path);
         }
     }

@@ -192,16 +192,18 @@ impl<K: Kind> ShmFile<K> {
     }
 
     /// Whether the file is still what was mapped: an error once someone truncated it under this process
-    /// (what it held is lost; the mapping reads zeros from then on, which no check of this kind accepts).
+    /// (what it held is lost; the mapping reads zeros from then on), or wrote over its magic or version.
     pub(crate) fn check_intact(&self) -> Result<()> {
-        if self.map.truncated() {
-            return Err(Error::Protocol(format!(
-                "{} {} was truncated under this process: its contents are lost",
-                K::WHAT,
-                self.path.display()
-            )));
-        }
-        Ok(())
+        let damage = if self.map.truncated() {
+            "was truncated under this process: its contents are lost"
+        } else if self.prefix().magic.load(Ordering::Acquire) != u64::from_le_bytes(K::MAGIC)
+            || self.prefix().version.load(Ordering::Relaxed) != K::VERSION
+        {
+            "was written over by another process (its magic or version changed)"
+        } else {
+            return Ok(());
+        };
+        Err(Error::Protocol(format!("{} {} {damage}", K::WHAT, self.path.display())))
     }
 
     /// The state word (open, closed).

@@ -63,6 +63,11 @@ pub fn open_read_nonblocking(path: &Path) -> io::Result<fs::File> {
     Ok(fs::File::from(fd))
 }
 
+/// The length of the file behind `fd` now.
+pub fn file_len(fd: impl AsFd) -> io::Result<u64> {
+    Ok(rustix::fs::fstat(fd)?.st_size as u64)
+}
+
 /// Check that the file behind `fd` (opened from `path`, which the message names) is ours and private:
 /// owned by this process's effective uid, no access for group or others. Returns its length.
 pub fn check_private_file(fd: impl AsFd, path: &Path) -> io::Result<u64> {

@@ -44,7 +44,8 @@ mod units;
 
 pub use addr::{rereserve, reserve, unreserve};
 pub use file::{
-    TempDir, allocate, check_private_file, create_file, ensure_private_dir, open_file, open_read_nonblocking, set_len,
+    TempDir, allocate, check_private_file, create_file, ensure_private_dir, file_len, open_file, open_read_nonblocking,
+    set_len,
 };
 pub use futex::{FutexWait, futex_wait, futex_wake_all};
 pub use guard::{Guard, MAX_GUARDS, guard};

@@ -389,10 +389,10 @@ impl KvPool {
         Ok(free.len() as u32)
     }
 
-    /// Wait until no block is kept for its pins (reclaiming as pins go), at most `timeout`. Returns
-    /// whether none is left.
+    /// Wait until no block is kept for its pins (reclaiming as pins go), at most `timeout` (one too long
+    /// to add to now, such as `Duration::MAX`, waits for ever). Returns whether none is left.
     pub fn wait_unpinned(&self, timeout: Duration) -> Result<bool> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         loop {
             let seen = self.table.unpins();
             self.reclaim()?;
@@ -400,11 +400,12 @@ impl KvPool {
                 return Ok(true);
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 return Ok(false);
             }
             // Woken by an unpin; the bound catches a worker that dies holding pins.
-            self.table.wait_unpins(seen, (deadline - now).min(Duration::from_millis(50)));
+            let left = deadline.map_or(Duration::MAX, |d| d - now);
+            self.table.wait_unpins(seen, left.min(Duration::from_millis(50)));
         }
     }
 

@@ -113,10 +113,17 @@ impl Mirror {
     fn attach_inner(rt: &Runtime, desc: &ShareDesc, device: i32) -> Result<Mirror> {
         let tgid = raw::device_get_bare_tgid(rt)?;
         let mut conn = UnixStream::connect(&desc.socket)
-            .map_err(|e| Error::Protocol(format!("connect to {}: {e}", desc.socket.display())))?;
+            .map_err(|e| Error::io(format!("connect to the rendezvous {}", desc.socket.display()), e))?;
         let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-        Message::Hello { version: wire::VERSION, tgid, device }.send(&mut conn)?;
-        let (table, token, chunk, slots) = match Message::recv(&mut conn)? {
+        // An owner that turns us away at once (out of descriptors, say) may have answered and hung up
+        // before our Hello went out: its answer says more than the broken pipe.
+        let sent = Message::Hello { version: wire::VERSION, tgid, device }.send(&mut conn);
+        let answer = match (sent, Message::recv(&mut conn)) {
+            (Ok(()), answer) => answer?,
+            (Err(_), Ok(Some(said))) => Some(said),
+            (Err(e), _) => return Err(e),
+        };
+        let (table, token, chunk, slots) = match answer {
             Some(Message::Welcome { table, token, chunk_bytes, slots, .. }) => (table, token, chunk_bytes, slots),
             Some(Message::Refused { reason }) => return Err(Error::Refused(reason)),
             Some(other) => return Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),

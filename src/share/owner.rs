@@ -166,9 +166,12 @@ impl Sharing {
             errors: Arc::clone(errors),
         });
         let s = StdArc::clone(&sharing);
+        // A descriptor kept in reserve for the rendezvous (see `listen`), taken now: the process may run
+        // out of descriptors before the thread first runs.
+        let spare = std::fs::File::open("/dev/null").map_err(|e| Error::io("open /dev/null", e))?;
         let handle = thread::Builder::new()
             .name("aclshm-rendezvous".into())
-            .spawn(move || Sharing::listen(s, listener))
+            .spawn(move || Sharing::listen(s, listener, spare))
             .map_err(|e| Error::io("start the rendezvous thread", e))?;
         *sharing.listener.lock() = Some(handle);
         Ok(sharing)
@@ -295,7 +298,7 @@ impl Sharing {
     /// connection has `ADMISSION` to say Hello; then it is admitted or refused, and from then on its
     /// acknowledgements are read as they come. A connection that closes, errs or breaks the protocol is
     /// a worker gone: it is forgotten. When sharing stops the thread ends, closing every connection.
-    fn listen(this: StdArc<Self>, listener: UnixListener) {
+    fn listen(this: StdArc<Self>, listener: UnixListener, spare: std::fs::File) {
         const ADMISSION: Duration = Duration::from_secs(10);
         if let Err(e) = listener.set_nonblocking(true) {
             this.errors.record(Error::Protocol(format!("rendezvous socket: {e}")));
@@ -305,7 +308,7 @@ impl Sharing {
         // A descriptor kept in reserve: when the process runs out, it is given up to accept the waiting
         // connection and tell the worker why it is turned away, instead of leaving the connection pending
         // (which would wake every poll at once: a spinning thread).
-        let mut spare = std::fs::File::open("/dev/null").ok();
+        let mut spare = Some(spare);
         while !this.stop.load(SyncOrdering::Acquire) {
             let now = Instant::now();
             let wait = peers

@@ -263,8 +263,16 @@ impl Table {
             let closed = self.file.is_closed();
             fence(Ordering::Acquire);
             if h.seq.load(Ordering::Relaxed) == before {
-                // A table truncated under us reads zeros: that is no table the owner published.
+                // A table truncated or written over under us is no table the owner published.
                 self.file.check_intact()?;
+                if h.token.load(Ordering::Relaxed) != self.geometry.token
+                    || h.slots.load(Ordering::Relaxed) != self.geometry.slots
+                {
+                    return Err(Error::Protocol(format!(
+                        "chunk table {}: its header was written over by another process",
+                        self.path().display()
+                    )));
+                }
                 return Ok(Snapshot { generation, closed, entries: copy });
             }
         }

@@ -342,6 +342,11 @@ impl Scenario {
         &self.dir
     }
 
+    /// The children's share directory, if [`shared`](Scenario::shared).
+    pub fn share_dir(&self) -> Option<&Path> {
+        self.share.as_deref()
+    }
+
     /// Start a child playing `role`.
     pub fn spawn(&self, role: &str) -> Peer {
         self.spawn_with(role, &[])
@@ -681,6 +686,11 @@ impl Peer {
     }
 
     /// SIGKILL the child and reap it.
+    /// Whether the child has exited (as far as the harness knows: it was killed, or waited for).
+    pub fn exited(&self) -> bool {
+        self.exited.is_some()
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let st = self.child.wait().expect("reap");

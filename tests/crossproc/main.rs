@@ -6,6 +6,7 @@
 
 mod harness;
 
+mod adversarial;
 mod basic;
 mod crash;
 mod ipc;
