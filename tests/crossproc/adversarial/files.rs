@@ -212,7 +212,8 @@ fn a_chunk_table_damaged_under_its_readers_is_a_typed_error_for_them() {
 fn a_chunk_table_replaced_by_a_link_a_fifo_or_a_directory_is_refused() {
     by_role(test_name!(), roles, |sc| {
         let mut t = Tally::default();
-        let replacements: [(&str, fn(&Path)); 3] = [
+        type Replace = fn(&Path);
+        let replacements: [(&str, Replace); 3] = [
             ("a link", |p| std::os::unix::fs::symlink("/etc/passwd", p).unwrap()),
             ("a FIFO", |p| {
                 let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
