@@ -42,12 +42,7 @@ pub(crate) unsafe fn aclrtCreateNotify(notify: *mut aclrtNotify, flag: u64) -> R
         let mut g = s.lock()?;
         let t = g.t();
         let serial = t.serial();
-        let Some(i) = t.alloc_notify() else {
-            return bail(
-                ACL_ERROR_RT_NO_NOTIFY_RESOURCE,
-                format!("the simulator holds {} notifies, its limit", registry::MAX_NOTIFIES),
-            );
-        };
+        let i = t.alloc_notify().map_err(|full| fail(ACL_ERROR_RT_NO_NOTIFY_RESOURCE, full.to_string()))?;
         let n = &mut t.notifies[i];
         n.serial = serial;
         n.device = d;

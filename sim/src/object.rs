@@ -67,12 +67,7 @@ fn reserve_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R<(usize, u
                 format!("device {d} is full: {used} of {} bytes in use, {size} more asked", s.hbm_bytes),
             );
         }
-        let Some(i) = t.alloc_phys() else {
-            return bail(
-                ACL_ERROR_RT_MEMORY_ALLOCATION,
-                format!("the simulator holds {} physical objects, its limit", registry::MAX_PHYS),
-            );
-        };
+        let i = t.alloc_phys().map_err(|full| fail(ACL_ERROR_RT_MEMORY_ALLOCATION, full.to_string()))?;
         let serial = t.serial();
         t.used[d as usize] = used + size;
         let slot = &mut t.phys[i];
