@@ -118,24 +118,30 @@ pub(crate) fn map_whole(
         unsafe { aclshm_os::unreserve(base, len) };
         return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("map {len:#x} bytes: {e}"));
     }
+    let handle = add_handle(l, obj, Origin::Internal, alias, 1);
+    let mut region = Region { size: len, kind: kind(handle), maps: Default::default() };
+    region.maps.insert(0, Mapping { handle, size: len, imported, access: None });
+    l.regions.insert(base, region);
+    Ok(base)
+}
+
+/// Record a new handle of this process to `obj` (reached through `alias`), already mapped `maps` times;
+/// returns its key in the handle table.
+pub(crate) fn add_handle(l: &mut Local, obj: &Object, origin: Origin, alias: SharedMapping, maps: u32) -> usize {
     let generation = l.new_generation();
-    let handle = l.handles.insert(MemHandle {
+    l.handles.insert(MemHandle {
         generation,
         phys: obj.phys,
         serial: obj.serial,
         size: obj.size,
         page: obj.page,
         device: obj.device,
-        origin: Origin::Internal,
+        origin,
         alias: Arc::new(alias),
         freed: false,
-        maps: 1,
+        maps,
         exported: None,
-    });
-    let mut region = Region { size: len, kind: kind(handle), maps: Default::default() };
-    region.maps.insert(0, Mapping { handle, size: len, imported, access: None });
-    l.regions.insert(base, region);
-    Ok(base)
+    })
 }
 
 /// Reserve an inaccessible range of `len` bytes aligned to `align`.
