@@ -63,12 +63,7 @@ pub(crate) unsafe fn aclrtIpcMemGetExportKey(
     let mut g = s.lock()?;
     let t = g.t();
     let number = t.serial();
-    let Some(i) = t.alloc_key() else {
-        return bail(
-            ACL_ERROR_RT_RESOURCE_ALLOC_FAIL,
-            format!("the simulator holds {} IPC keys, its limit", registry::MAX_KEYS),
-        );
-    };
+    let i = t.alloc_key().map_err(|full| fail(ACL_ERROR_RT_RESOURCE_ALLOC_FAIL, full.to_string()))?;
     let mut text = format!("{:08x}{:016x}{:02x}{:02x}", s.me.bare_tgid as u32, number, d, 0).into_bytes();
     text.resize(KEY_LEN - 1, b'0');
     let slot = &mut t.keys[i];

@@ -250,10 +250,17 @@ fn kind_name(k: aclrtMemcpyKind) -> &'static str {
         .unwrap_or("other")
 }
 
-/// Checks common to aclrtMemcpy and aclrtMemcpyAsync, in the runtime's order. None: nothing to do.
-fn check_copy(dst: *mut c_void, dest_max: usize, src: *const c_void, count: usize, kind: aclrtMemcpyKind) -> R<bool> {
+/// The start of aclrtMemcpy and aclrtMemcpyAsync: their common checks, in the runtime's order, then the
+/// simulator. None: nothing to copy.
+fn start_copy(
+    dst: *mut c_void,
+    dest_max: usize,
+    src: *const c_void,
+    count: usize,
+    kind: aclrtMemcpyKind,
+) -> R<Option<&'static Sim>> {
     if count == 0 {
-        return Ok(false);
+        return Ok(None);
     }
     not_null(dst, "dst")?;
     not_null(src, "src")?;
@@ -261,7 +268,27 @@ fn check_copy(dst: *mut c_void, dest_max: usize, src: *const c_void, count: usiz
     if dest_max == 0 || count > dest_max {
         return bail(ACL_ERROR_RT_PARAM_INVALID, format!("count {count} exceeds destMax {dest_max}"));
     }
-    Ok(!std::ptr::eq(dst.cast_const(), src))
+    if std::ptr::eq(dst.cast_const(), src) {
+        return Ok(None);
+    }
+    sim().map(Some)
+}
+
+/// Refuse a copy whose `kind` contradicts the direction its pointers call for (`want`). DEFAULT matches
+/// any direction; HOST_TO_BUF_TO_DEVICE is a copy from host to device.
+fn check_direction(kind: aclrtMemcpyKind, want: aclrtMemcpyKind) -> R {
+    let given = if kind == aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE {
+        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE
+    } else {
+        kind
+    };
+    if given != aclrtMemcpyKind::ACL_MEMCPY_DEFAULT && given != want {
+        return bail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!("the copy is {} but the pointers are {}", kind_name(given), kind_name(want)),
+        );
+    }
+    Ok(())
 }
 
 pub(crate) unsafe fn aclrtMemcpy(
@@ -271,29 +298,15 @@ pub(crate) unsafe fn aclrtMemcpy(
     count: usize,
     kind: aclrtMemcpyKind,
 ) -> R {
-    if !check_copy(dst, dest_max, src, count, kind)? {
+    let Some(s) = start_copy(dst, dest_max, src, count, kind)? else {
         return Ok(());
-    }
-    let s = sim()?;
+    };
     let (pd, ps) = {
         let l = s.local.lock();
         s.current(&l)?;
         (place(&l, dst as usize), place(&l, src as usize))
     };
-    {
-        let want = kind_of(pd, ps);
-        let given = if kind == aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE {
-            aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE
-        } else {
-            kind
-        };
-        if given != aclrtMemcpyKind::ACL_MEMCPY_DEFAULT && given != want {
-            return bail(
-                ACL_ERROR_RT_PARAM_INVALID,
-                format!("the copy is {} but the pointers are {}", kind_name(given), kind_name(want)),
-            );
-        }
-    }
+    check_direction(kind, kind_of(pd, ps))?;
     copy(s, dst as usize, src as usize, count, pd == Place::Device, ps == Place::Device)
 }
 
@@ -305,10 +318,9 @@ pub(crate) unsafe fn aclrtMemcpyAsync(
     kind: aclrtMemcpyKind,
     stream: aclrtStream,
 ) -> R {
-    if !check_copy(dst, dest_max, src, count, kind)? {
+    let Some(s) = start_copy(dst, dest_max, src, count, kind)? else {
         return Ok(());
-    }
-    let s = sim()?;
+    };
     let mut l = s.local.lock();
     let st = stream_for(s, &mut l, stream)?;
     let (pd, ps) = (place(&l, dst as usize), place(&l, src as usize));
@@ -318,17 +330,8 @@ pub(crate) unsafe fn aclrtMemcpyAsync(
     }
     // The runtime corrects the kind when both ends are device or pinned host memory; with pageable host
     // memory involved it refuses a kind that contradicts the pointers.
-    let given = if kind == aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_BUF_TO_DEVICE {
-        aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE
-    } else {
-        kind
-    };
-    let pageable = pd == Place::Host || ps == Place::Host;
-    if given != aclrtMemcpyKind::ACL_MEMCPY_DEFAULT && given != want && pageable {
-        return bail(
-            ACL_ERROR_RT_PARAM_INVALID,
-            format!("the copy is {} but the pointers are {}", kind_name(given), kind_name(want)),
-        );
+    if pd == Place::Host || ps == Place::Host {
+        check_direction(kind, want)?;
     }
     // Catch addresses that are not mapped now; the task resolves them again when it runs.
     let (dst_dev, src_dev) = (pd == Place::Device, ps == Place::Device);

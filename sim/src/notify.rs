@@ -14,20 +14,29 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use aclshm_sys::*;
+use parking_lot::MutexGuard;
 
 use crate::call::{R, bail, fail, not_null, put, read_key, write_key};
 use crate::device::stream_for;
-use crate::registry::{self, KEY_LEN};
-use crate::state::{LocalNotify, Sim, TAG_NOTIFY, decode, encode, sim, sim_for_task};
+use crate::registry::{self, KEY_LEN, NotifySlot};
+use crate::state::{Local, LocalNotify, Sim, TAG_NOTIFY, decode, encode, sim, sim_for_task};
 use crate::stream::Task;
 use crate::sync::AtomicBool;
 
-/// The local notify a caller's handle names.
-fn notify_key(l: &crate::state::Local, n: aclrtNotify) -> R<usize> {
+/// What the entry points on a notify handle start with, once their NULL checks passed: the simulator,
+/// this process's tables (locked), and the key in them of the live notify `n` names.
+fn local_notify(n: aclrtNotify) -> R<(&'static Sim, MutexGuard<'static, Local>, usize)> {
+    let s = sim()?;
+    let l = s.local.lock();
     match decode(TAG_NOTIFY, n) {
-        Some((k, generation)) if l.notifies.get(k).is_some_and(|x| x.generation == generation) => Ok(k),
+        Some((k, generation)) if l.notifies.get(k).is_some_and(|x| x.generation == generation) => Ok((s, l, k)),
         _ => bail(ACL_ERROR_RT_INVALID_HANDLE, "not a live notify of this process"),
     }
+}
+
+/// The registry slot of a notify this process holds (it lives as long as a holder does).
+fn registered<'g>(g: &'g mut registry::Guard<'_>, n: &LocalNotify) -> R<&'g mut NotifySlot> {
+    g.t().notify_if(n.slot, n.serial).ok_or_else(|| fail(ACL_ERROR_RT_INTERNAL_ERROR, "the notify vanished"))
 }
 
 pub(crate) unsafe fn aclrtCreateNotify(notify: *mut aclrtNotify, flag: u64) -> R {
@@ -42,12 +51,7 @@ pub(crate) unsafe fn aclrtCreateNotify(notify: *mut aclrtNotify, flag: u64) -> R
         let mut g = s.lock()?;
         let t = g.t();
         let serial = t.serial();
-        let Some(i) = t.alloc_notify() else {
-            return bail(
-                ACL_ERROR_RT_NO_NOTIFY_RESOURCE,
-                format!("the simulator holds {} notifies, its limit", registry::MAX_NOTIFIES),
-            );
-        };
+        let i = t.alloc_notify().map_err(|full| fail(ACL_ERROR_RT_NO_NOTIFY_RESOURCE, full.to_string()))?;
         let n = &mut t.notifies[i];
         n.serial = serial;
         n.device = d;
@@ -72,9 +76,7 @@ pub(crate) unsafe fn aclrtCreateNotify(notify: *mut aclrtNotify, flag: u64) -> R
 
 pub(crate) unsafe fn aclrtDestroyNotify(notify: aclrtNotify) -> R {
     not_null(notify, "notify")?;
-    let s = sim()?;
-    let mut l = s.local.lock();
-    let k = notify_key(&l, notify)?;
+    let (s, mut l, k) = local_notify(notify)?;
     s.current(&l)?;
     let n = l.notifies.remove(k);
     let still_held = l.notifies.iter().any(|(_, o)| o.slot == n.slot && o.serial == n.serial);
@@ -94,9 +96,7 @@ pub(crate) unsafe fn aclrtDestroyNotify(notify: aclrtNotify) -> R {
 /// Queue a task for notify `notify` on `stream` (NULL: the default stream).
 fn enqueue(notify: aclrtNotify, stream: aclrtStream, make: impl FnOnce(&LocalNotify) -> R<Task>) -> R {
     not_null(notify, "notify")?;
-    let s = sim()?;
-    let mut l = s.local.lock();
-    let k = notify_key(&l, notify)?;
+    let (s, mut l, k) = local_notify(notify)?;
     let st = stream_for(s, &mut l, stream)?;
     let task = make(&l.notifies[k])?;
     drop(l);
@@ -131,9 +131,7 @@ pub(crate) unsafe fn aclrtWaitAndResetNotify(notify: aclrtNotify, stream: aclrtS
 pub(crate) unsafe fn aclrtGetNotifyId(notify: aclrtNotify, notify_id: *mut u32) -> R {
     not_null(notify, "notify")?;
     not_null(notify_id, "notifyId")?;
-    let s = sim()?;
-    let l = s.local.lock();
-    let k = notify_key(&l, notify)?;
+    let (s, l, k) = local_notify(notify)?;
     s.current(&l)?;
     // SAFETY: non-null out-parameter (C API contract).
     unsafe { put(notify_id, l.notifies[k].slot as u32) };
@@ -143,9 +141,7 @@ pub(crate) unsafe fn aclrtGetNotifyId(notify: aclrtNotify, notify_id: *mut u32) 
 pub(crate) unsafe fn aclrtNotifyGetExportKey(notify: aclrtNotify, key: *mut c_char, len: usize, flags: u64) -> R {
     not_null(notify, "notify")?;
     not_null(key, "key")?;
-    let s = sim()?;
-    let l = s.local.lock();
-    let k = notify_key(&l, notify)?;
+    let (s, l, k) = local_notify(notify)?;
     if len == 0 {
         return bail(ACL_ERROR_RT_PARAM_INVALID, "len is 0");
     }
@@ -157,8 +153,7 @@ pub(crate) unsafe fn aclrtNotifyGetExportKey(notify: aclrtNotify, key: *mut c_ch
         return bail(ACL_ERROR_RT_INTERNAL_ERROR, "an imported notify cannot be exported");
     }
     let mut g = s.lock()?;
-    let slot =
-        g.t().notify_if(n.slot, n.serial).ok_or_else(|| fail(ACL_ERROR_RT_INTERNAL_ERROR, "the notify vanished"))?;
+    let slot = registered(&mut g, n)?;
     if slot.exported != 0 {
         return bail(ACL_ERROR_RT_INTERNAL_ERROR, "the notify was exported already");
     }
@@ -178,9 +173,7 @@ pub(crate) unsafe fn aclrtNotifyGetExportKey(notify: aclrtNotify, key: *mut c_ch
 pub(crate) unsafe fn aclrtNotifySetImportPid(notify: aclrtNotify, pid: *mut i32, num: usize) -> R {
     not_null(notify, "notify")?;
     not_null(pid, "pid")?;
-    let s = sim()?;
-    let l = s.local.lock();
-    let k = notify_key(&l, notify)?;
+    let (s, l, k) = local_notify(notify)?;
     if num == 0 {
         return bail(ACL_ERROR_RT_PARAM_INVALID, "num is 0");
     }
@@ -190,8 +183,7 @@ pub(crate) unsafe fn aclrtNotifySetImportPid(notify: aclrtNotify, pid: *mut i32,
     }
     let n = &l.notifies[k];
     let mut g = s.lock()?;
-    let slot =
-        g.t().notify_if(n.slot, n.serial).ok_or_else(|| fail(ACL_ERROR_RT_INTERNAL_ERROR, "the notify vanished"))?;
+    let slot = registered(&mut g, n)?;
     if slot.exported == 0 {
         return bail(ACL_ERROR_RT_PARAM_INVALID, "export the notify (aclrtNotifyGetExportKey) before whitelisting");
     }

@@ -67,12 +67,7 @@ fn reserve_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R<(usize, u
                 format!("device {d} is full: {used} of {} bytes in use, {size} more asked", s.hbm_bytes),
             );
         }
-        let Some(i) = t.alloc_phys() else {
-            return bail(
-                ACL_ERROR_RT_MEMORY_ALLOCATION,
-                format!("the simulator holds {} physical objects, its limit", registry::MAX_PHYS),
-            );
-        };
+        let i = t.alloc_phys().map_err(|full| fail(ACL_ERROR_RT_MEMORY_ALLOCATION, full.to_string()))?;
         let serial = t.serial();
         t.used[d as usize] = used + size;
         let slot = &mut t.phys[i];
@@ -123,24 +118,30 @@ pub(crate) fn map_whole(
         unsafe { aclshm_os::unreserve(base, len) };
         return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("map {len:#x} bytes: {e}"));
     }
+    let handle = add_handle(l, obj, Origin::Internal, alias, 1);
+    let mut region = Region { size: len, kind: kind(handle), maps: Default::default() };
+    region.maps.insert(0, Mapping { handle, size: len, imported, access: None });
+    l.regions.insert(base, region);
+    Ok(base)
+}
+
+/// Record a new handle of this process to `obj` (reached through `alias`), already mapped `maps` times;
+/// returns its key in the handle table.
+pub(crate) fn add_handle(l: &mut Local, obj: &Object, origin: Origin, alias: SharedMapping, maps: u32) -> usize {
     let generation = l.new_generation();
-    let handle = l.handles.insert(MemHandle {
+    l.handles.insert(MemHandle {
         generation,
         phys: obj.phys,
         serial: obj.serial,
         size: obj.size,
         page: obj.page,
         device: obj.device,
-        origin: Origin::Internal,
+        origin,
         alias: Arc::new(alias),
         freed: false,
-        maps: 1,
+        maps,
         exported: None,
-    });
-    let mut region = Region { size: len, kind: kind(handle), maps: Default::default() };
-    region.maps.insert(0, Mapping { handle, size: len, imported, access: None });
-    l.regions.insert(base, region);
-    Ok(base)
+    })
 }
 
 /// Reserve an inaccessible range of `len` bytes aligned to `align`.

@@ -29,6 +29,7 @@
 //!   and reclaims (updates are ordered so that a half-done one leaves at worst an object no one holds,
 //!   which the sweep removes).
 
+use std::fmt;
 use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
@@ -622,27 +623,18 @@ impl Tables {
     }
 
     /// Take a free physical object slot.
-    pub(crate) fn alloc_phys(&mut self) -> Option<usize> {
-        let i = self.phys_live.first_clear(self.phys_hint as usize, MAX_PHYS)?;
-        self.phys_live.set(i);
-        self.phys_hint = ((i + 1) % MAX_PHYS) as u32;
-        Some(i)
+    pub(crate) fn alloc_phys(&mut self) -> Result<usize, Full> {
+        take(&mut self.phys_live, &mut self.phys_hint, MAX_PHYS, "physical objects")
     }
 
     /// Take a free IPC key slot.
-    pub(crate) fn alloc_key(&mut self) -> Option<usize> {
-        let i = self.key_live.first_clear(self.key_hint as usize, MAX_KEYS)?;
-        self.key_live.set(i);
-        self.key_hint = ((i + 1) % MAX_KEYS) as u32;
-        Some(i)
+    pub(crate) fn alloc_key(&mut self) -> Result<usize, Full> {
+        take(&mut self.key_live, &mut self.key_hint, MAX_KEYS, "IPC keys")
     }
 
     /// Take a free notify slot.
-    pub(crate) fn alloc_notify(&mut self) -> Option<usize> {
-        let i = self.notify_live.first_clear(self.notify_hint as usize, MAX_NOTIFIES)?;
-        self.notify_live.set(i);
-        self.notify_hint = ((i + 1) % MAX_NOTIFIES) as u32;
-        Some(i)
+    pub(crate) fn alloc_notify(&mut self) -> Result<usize, Full> {
+        take(&mut self.notify_live, &mut self.notify_hint, MAX_NOTIFIES, "notifies")
     }
 
     /// The live physical object `i` if its serial is `serial`.
@@ -660,6 +652,29 @@ impl Tables {
     pub(crate) fn find_key(&self, key: &[u8]) -> Option<usize> {
         self.key_live.iter().find(|&i| key_str(&self.keys[i].key) == key)
     }
+}
+
+/// A table of the registry has no free slot: a limit of the simulator (not of the runtime), which the
+/// entry point reports with the code the runtime gives when it runs out of that resource.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Full {
+    what: &'static str,
+    limit: usize,
+}
+
+impl fmt::Display for Full {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the simulator holds {} {}, its limit", self.limit, self.what)
+    }
+}
+
+/// Take the first free slot of a table (its `live` bitmap, `limit` slots of `what`) at or after `hint`,
+/// and move the hint past it.
+fn take<const W: usize>(live: &mut Bits<W>, hint: &mut u32, limit: usize, what: &'static str) -> Result<usize, Full> {
+    let i = live.first_clear(*hint as usize, limit).ok_or(Full { what, limit })?;
+    live.set(i);
+    *hint = ((i + 1) % limit) as u32;
+    Ok(i)
 }
 
 /// Unlink the files of destroyed physical objects.
@@ -714,6 +729,18 @@ mod tests {
         assert!(!b.get(64));
         let full: Bits<1> = Bits([u64::MAX]);
         assert_eq!(full.first_clear(0, 64), None);
+    }
+
+    #[test]
+    fn slots_are_taken_round_the_table_until_it_is_full() {
+        let mut live: Bits<1> = Bits([0]);
+        let mut hint = 2;
+        assert_eq!(take(&mut live, &mut hint, 3, "things").unwrap(), 2);
+        assert_eq!(hint, 0, "the hint wraps");
+        assert_eq!(take(&mut live, &mut hint, 3, "things").unwrap(), 0);
+        assert_eq!(take(&mut live, &mut hint, 3, "things").unwrap(), 1);
+        let full = take(&mut live, &mut hint, 3, "things").unwrap_err();
+        assert_eq!(full.to_string(), "the simulator holds 3 things, its limit");
     }
 
     #[test]

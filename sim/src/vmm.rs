@@ -18,15 +18,15 @@
 #![allow(non_snake_case)]
 
 use std::ffi::c_void;
-use std::sync::Arc;
 
+use aclshm_os::SharedMapping;
 use aclshm_sys::*;
 
 use crate::call::{R, bail, fail, not_null, put};
 use crate::config::{GRANULARITY, GRANULARITY_1G};
-use crate::object::{alias_of, create_phys, reserve_va};
+use crate::object::{Object, add_handle, alias_of, create_phys, reserve_va};
 use crate::registry::{self, PHYS_VMM};
-use crate::state::{Local, Mapping, MemHandle, Origin, Region, RegionKind, Sim, TAG_MEM, encode, sim};
+use crate::state::{Local, Mapping, Origin, Region, RegionKind, Sim, TAG_MEM, encode, sim};
 
 /// Reservations larger than this are aligned to 1 GiB, so 1 GiB pages can be mapped into them.
 const BIG_RESERVATION: u64 = 512 << 20;
@@ -102,6 +102,18 @@ pub(crate) unsafe fn aclrtReleaseMemAddress(vir_ptr: *mut c_void) -> R {
     Ok(())
 }
 
+/// The ACL layer's checks of the size and the (reserved) flags that aclrtMallocPhysical and aclrtMapMem
+/// both take.
+fn check_size_flags(size: usize, flags: u64) -> R {
+    if size == 0 {
+        return bail(ACL_ERROR_INVALID_PARAM, "size is 0");
+    }
+    if flags != 0 {
+        return bail(ACL_ERROR_INVALID_PARAM, "flags must be 0");
+    }
+    Ok(())
+}
+
 /// The page size of a memAttr for device memory, or the ACL layer's refusal.
 fn device_page(attr: aclrtMemAttr) -> R<u64> {
     match attr.0 {
@@ -160,12 +172,7 @@ pub(crate) unsafe fn aclrtMallocPhysical(
 ) -> R {
     not_null(handle, "handle")?;
     not_null(prop, "prop")?;
-    if size == 0 {
-        return bail(ACL_ERROR_INVALID_PARAM, "size is 0");
-    }
-    if flags != 0 {
-        return bail(ACL_ERROR_INVALID_PARAM, "flags must be 0");
-    }
+    check_size_flags(size, flags)?;
     // SAFETY: non-null pointer to a prop (C API contract); read unaligned to be safe with any caller.
     let p = unsafe { prop.read_unaligned() };
     let s = sim()?;
@@ -184,22 +191,9 @@ pub(crate) unsafe fn aclrtMallocPhysical(
     }
     let mut l = s.local.lock();
     let (phys, serial, alias) = create_phys(s, PHYS_VMM, size, page, d)?;
-    let generation = l.new_generation();
-    let key = l.handles.insert(MemHandle {
-        generation,
-        phys,
-        serial,
-        size,
-        page,
-        device: d,
-        origin: Origin::Allocated,
-        alias: Arc::new(alias),
-        freed: false,
-        maps: 0,
-        exported: None,
-    });
+    let obj = Object { phys, serial, size, page, device: d };
     // SAFETY: non-null out-parameter (C API contract).
-    unsafe { put(handle, encode(TAG_MEM, key, generation)) };
+    unsafe { put(handle, new_handle(&mut l, &obj, Origin::Allocated, alias)) };
     Ok(())
 }
 
@@ -231,12 +225,7 @@ pub(crate) unsafe fn aclrtMapMem(
 ) -> R {
     not_null(vir_ptr, "virPtr")?;
     not_null(handle, "handle")?;
-    if size == 0 {
-        return bail(ACL_ERROR_INVALID_PARAM, "size is 0");
-    }
-    if flags != 0 {
-        return bail(ACL_ERROR_INVALID_PARAM, "flags must be 0");
-    }
+    check_size_flags(size, flags)?;
     if offset != 0 {
         return bail(ACL_ERROR_RT_PARAM_INVALID, "offset must be 0: a handle is mapped whole");
     }
@@ -289,6 +278,12 @@ pub(crate) unsafe fn aclrtMapMem(
     r.kind = RegionKind::Reserved { bound: Some(device) };
     l.handles[key].maps += 1;
     Ok(())
+}
+
+/// A new caller-visible physical memory handle of this process to `obj`, not yet mapped.
+fn new_handle(l: &mut Local, obj: &Object, origin: Origin, alias: SharedMapping) -> aclrtDrvMemHandle {
+    let key = add_handle(l, obj, origin, alias, 0);
+    encode(TAG_MEM, key, l.handles[key].generation)
 }
 
 /// The region base and mapping offset of the mapping that starts exactly at `va`.
@@ -515,22 +510,9 @@ pub(crate) unsafe fn aclrtMemImportFromShareableHandle(
             return Err(e);
         }
     };
-    let generation = l.new_generation();
-    let key = l.handles.insert(MemHandle {
-        generation,
-        phys,
-        serial,
-        size,
-        page,
-        device: d,
-        origin: Origin::Imported(shareable_handle),
-        alias: Arc::new(alias),
-        freed: false,
-        maps: 0,
-        exported: None,
-    });
+    let obj = Object { phys, serial, size, page, device: d };
     // SAFETY: non-null out-parameter (C API contract).
-    unsafe { put(handle, encode(TAG_MEM, key, generation)) };
+    unsafe { put(handle, new_handle(&mut l, &obj, Origin::Imported(shareable_handle), alias)) };
     Ok(())
 }
 

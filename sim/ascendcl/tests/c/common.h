@@ -85,13 +85,17 @@ static void recv_bytes(channel *c, void *buf, size_t len) {
     }
 }
 
-/* The parent waits for the child and fails if it failed. */
-static int finish_pair(pid_t child) {
+/*
+ * The parent's last step: wait for the child, then report the program's result as the test expects it
+ * ("<name>: ok"). Returns main's exit status: 1 if the child failed.
+ */
+static int finish_pair(pid_t child, const char *name) {
     int status = 0;
     if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "process B failed (status %d)\n", status);
         return 1;
     }
+    printf("%s: ok\n", name);
     return 0;
 }
 

@@ -55,7 +55,5 @@ int main(void) {
     CHECK(aclrtIpcMemClose(key));
     CHECK(aclrtFree(ptr));
     CHECK(aclrtResetDevice(0));
-    if (finish_pair(child) != 0) return 1;
-    printf("ipc_memory_withpid: ok\n");
-    return 0;
+    return finish_pair(child, "ipc_memory_withpid");
 }

@@ -45,7 +45,5 @@ int main(void) {
     CHECK(aclrtDestroyNotify(notify));
     CHECK(aclrtDestroyStream(stream));
     CHECK(aclrtResetDevice(0));
-    if (finish_pair(child) != 0) return 1;
-    printf("ipc_notify_withpid: ok\n");
-    return 0;
+    return finish_pair(child, "ipc_notify_withpid");
 }

@@ -100,7 +100,5 @@ int main(void) {
     CHECK(aclrtFreePhysical(handle));
     CHECK(aclrtResetDeviceForce(0));
     CHECK(aclFinalize());
-    if (finish_pair(child) != 0) return 1;
-    printf("vmm_share_withpid: ok\n");
-    return 0;
+    return finish_pair(child, "vmm_share_withpid");
 }
