@@ -8,15 +8,9 @@ use aclshm::{
     ShareDesc, Stream, raw,
 };
 
-use super::{Tally, ensure};
+use super::{MIB, Tally, answer_attach, attach_and_check, ensure, owner_with_data, small, try_worker};
 use crate::harness::*;
 use crate::test_name;
-
-const MIB: u64 = 1 << 20;
-
-fn small() -> PoolConfig {
-    PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 32 * MIB, ..PoolConfig::default() }
-}
 
 /// What an extreme request must get: a typed refusal of the kinds listed (or success), and the pool
 /// unchanged by a refusal: no chunk mapped, nothing allocated.
@@ -223,15 +217,7 @@ fn workers_beyond_the_whitelist_are_refused_and_the_owner_still_grows() {
             _ => {
                 let desc: ShareDesc = hear_as("share");
                 raw::set_device(rt, 1).unwrap();
-                match Mirror::attach(rt, &desc, 1) {
-                    Ok(m) => {
-                        say("attached");
-                        hear_word("done");
-                        m.close().unwrap();
-                    }
-                    Err(e) => say(format!("refused {e}")),
-                }
-                say("ok");
+                answer_attach(Mirror::attach(rt, &desc, 1), true);
             }
         },
         |sc| {
@@ -289,12 +275,7 @@ fn an_owner_out_of_file_descriptors_turns_workers_away_and_recovers() {
         |rt, role| match role {
             "owner" => {
                 lower_descriptor_limit(256);
-                raw::set_device(rt, 0).unwrap();
-                let pool = Pool::new(rt, 0, small()).unwrap();
-                let a = pool.alloc(MIB).unwrap();
-                fill(rt, a.as_ptr(), a.len(), 5);
-                say(format!("share {}", pool.share(ShareConfig::default()).unwrap()));
-                say(format!("desc {}", pool.descriptor(&a).unwrap().to_hex()));
+                let (pool, a) = owner_with_data(rt, 5);
                 // Use up every descriptor this process may have.
                 let mut hog = Vec::new();
                 while let Ok(f) = std::fs::File::open("/dev/null") {
@@ -309,21 +290,7 @@ fn an_owner_out_of_file_descriptors_turns_workers_away_and_recovers() {
                 pool.close().unwrap();
                 say("ok");
             }
-            _ => {
-                let desc: ShareDesc = hear_as("share");
-                let d = aclshm::AllocDesc::from_hex(&hear_word("desc")).unwrap();
-                raw::set_device(rt, 1).unwrap();
-                match Mirror::attach(rt, &desc, 1) {
-                    Ok(m) => {
-                        let p = m.ptr(&d).unwrap();
-                        assert!(holds(rt, p, d.len(), 5));
-                        say("attached");
-                        m.close().unwrap();
-                    }
-                    Err(e) => say(format!("refused {e}")),
-                }
-                say("ok");
-            }
+            _ => answer_attach(attach_and_check(rt, 5).map(|(m, _)| m), false),
         },
         |sc| {
             let sc = sc.shared();
@@ -332,26 +299,16 @@ fn an_owner_out_of_file_descriptors_turns_workers_away_and_recovers() {
             let desc = owner.expect("desc");
             owner.expect("exhausted");
             let mut t = Tally::default();
-            let mut first = sc.spawn("worker");
-            first.send(format!("share {share}"));
-            first.send(format!("desc {desc}"));
-            let answer = first.recv();
+            let answer = try_worker(&sc, &share, &desc);
             t.attack("a worker is turned away with the reason", || {
                 ensure(answer.contains("no file descriptors left"), || answer.clone())
             });
-            first.expect("ok");
-            first.join();
             owner.send("refused");
             owner.expect("recovered");
-            let mut second = sc.spawn("worker");
-            second.send(format!("share {share}"));
-            second.send(format!("desc {desc}"));
-            let answer = second.recv();
+            let answer = try_worker(&sc, &share, &desc);
             t.attack("with descriptors back, a worker attaches and reads", || {
                 ensure(answer == "attached", || answer.clone())
             });
-            second.expect("ok");
-            second.join();
             owner.send("done");
             owner.expect("ok");
             owner.join();

@@ -10,23 +10,15 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use aclshm::{
-    AllocDesc, Error, KvBlock, KvConfig, KvDesc, KvMirror, KvPool, Mirror, Pool, PoolConfig, ShareConfig, ShareDesc,
-    raw,
-};
+use aclshm::{Error, KvBlock, KvConfig, KvDesc, KvMirror, KvPool, Mirror, ShareConfig, ShareDesc, raw};
 
-use super::{Tally, ensure};
+use super::{MIB, Tally, attach_and_check, ensure, owner_with_data, small};
 use crate::harness::*;
 use crate::test_name;
 
-const MIB: u64 = 1 << 20;
 /// Where a chunk table keeps its sequence word: the shared-file prefix (16 bytes), then slots, device
 /// (4 each), chunk size, token and export flags (8 each).
 const SEQ_AT: u64 = 48;
-
-fn small() -> PoolConfig {
-    PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 32 * MIB, ..PoolConfig::default() }
-}
 
 fn truncate(path: &Path, len: u64) {
     OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
@@ -61,12 +53,7 @@ fn count(t: &mut Tally, name: &str, line: String) {
 
 /// The owner of a shared pool with one allocation filled with a pattern, answering the vandal's steps.
 fn owner(rt: &aclshm::Runtime) {
-    raw::set_device(rt, 0).unwrap();
-    let pool = Pool::new(rt, 0, small()).unwrap();
-    let a = pool.alloc(MIB).unwrap();
-    fill(rt, a.as_ptr(), a.len(), 9);
-    say(format!("share {}", pool.share(ShareConfig::default()).unwrap()));
-    say(format!("desc {}", pool.descriptor(&a).unwrap().to_hex()));
+    let (pool, a) = owner_with_data(rt, 9);
     loop {
         match hear().as_str() {
             // Growing publishes into the table, whatever happened to it: the owner must not die of it.
@@ -88,11 +75,7 @@ fn owner(rt: &aclshm::Runtime) {
 
 /// A worker attached to the owner's pool, answering the vandal's steps.
 fn worker(rt: &aclshm::Runtime) {
-    let desc: ShareDesc = hear_as("share");
-    let d = AllocDesc::from_hex(&hear_word("desc")).unwrap();
-    raw::set_device(rt, 1).unwrap();
-    let m = Mirror::attach(rt, &desc, 1).unwrap();
-    assert!(holds(rt, m.ptr(&d).unwrap(), d.len(), 9));
+    let (m, d) = attach_and_check(rt, 9).unwrap();
     say("attached");
     loop {
         match hear().as_str() {
@@ -255,54 +238,8 @@ fn kv_files_damaged_under_the_scheduler_and_its_worker() {
     by_role(
         test_name!(),
         |rt, role| match role {
-            "scheduler" => {
-                raw::set_device(rt, 0).unwrap();
-                let kv = KvPool::new(
-                    rt,
-                    0,
-                    KvConfig { block_bytes: 256 << 10, pool: small(), share: ShareConfig::default() },
-                )
-                .unwrap();
-                let blocks = kv.alloc_many(12).unwrap();
-                say(format!("kv {}", kv.desc()));
-                say(format!("blocks {}", words(&blocks)));
-                hear_word("pinned");
-                hear_word("damaged");
-                // The worker's pin file is gone to pieces: its pins count for nothing, the scheduler goes on.
-                let r = kv.free_many(&blocks).map_err(|e| e.to_string()).and_then(|()| {
-                    let s = kv.stats();
-                    ensure(s.allocated == 0, || format!("{} blocks still allocated", s.allocated))
-                });
-                say(verdict(r));
-                hear_word("done");
-                kv.close().unwrap();
-                say("ok");
-            }
-            _ => {
-                let desc: KvDesc = hear_as("kv");
-                let blocks: Vec<KvBlock> = hear_list("blocks");
-                raw::set_device(rt, 1).unwrap();
-                let kv = KvMirror::attach(rt, &desc, 1).unwrap();
-                kv.pin(&blocks[..4]).unwrap();
-                say("pinned");
-                hear_word("scribbled");
-                // Generations written over: every operation is a typed error or a correct answer.
-                let r = blocks.iter().try_for_each(|b| match (kv.ptr(b), kv.pin(&[*b])) {
-                    (Err(Error::StaleBlock { .. } | Error::BadDescriptor(_)), Err(_)) => Ok(()),
-                    (Ok(_), Ok(())) => kv.unpin(&[*b]).map_err(|e| e.to_string()),
-                    other => Err(format!("{b}: {other:?}")),
-                });
-                say(verdict(r));
-                hear_word("truncated");
-                let r = match kv.ptr(&blocks[0]) {
-                    Err(Error::Protocol(m)) if m.contains("truncated") => Ok(()),
-                    other => Err(format!("{other:?}")),
-                };
-                say(verdict(r));
-                hear_word("done");
-                kv.close().unwrap();
-                say("ok");
-            }
+            "scheduler" => kv_scheduler(rt),
+            _ => kv_worker(rt),
         },
         |sc| {
             let sc = sc.shared();
@@ -346,4 +283,50 @@ fn kv_files_damaged_under_the_scheduler_and_its_worker() {
             t.report("KV files");
         },
     );
+}
+
+fn kv_scheduler(rt: &aclshm::Runtime) {
+    raw::set_device(rt, 0).unwrap();
+    let kv =
+        KvPool::new(rt, 0, KvConfig { block_bytes: 256 << 10, pool: small(), share: ShareConfig::default() }).unwrap();
+    let blocks = kv.alloc_many(12).unwrap();
+    say(format!("kv {}", kv.desc()));
+    say(format!("blocks {}", words(&blocks)));
+    hear_word("pinned");
+    hear_word("damaged");
+    // The worker's pin file is gone to pieces: its pins count for nothing, the scheduler goes on.
+    let r = kv.free_many(&blocks).map_err(|e| e.to_string()).and_then(|()| {
+        let s = kv.stats();
+        ensure(s.allocated == 0, || format!("{} blocks still allocated", s.allocated))
+    });
+    say(verdict(r));
+    hear_word("done");
+    kv.close().unwrap();
+    say("ok");
+}
+
+fn kv_worker(rt: &aclshm::Runtime) {
+    let desc: KvDesc = hear_as("kv");
+    let blocks: Vec<KvBlock> = hear_list("blocks");
+    raw::set_device(rt, 1).unwrap();
+    let kv = KvMirror::attach(rt, &desc, 1).unwrap();
+    kv.pin(&blocks[..4]).unwrap();
+    say("pinned");
+    hear_word("scribbled");
+    // Generations written over: every operation is a typed error or a correct answer.
+    let r = blocks.iter().try_for_each(|b| match (kv.ptr(b), kv.pin(&[*b])) {
+        (Err(Error::StaleBlock { .. } | Error::BadDescriptor(_)), Err(_)) => Ok(()),
+        (Ok(_), Ok(())) => kv.unpin(&[*b]).map_err(|e| e.to_string()),
+        other => Err(format!("{b}: {other:?}")),
+    });
+    say(verdict(r));
+    hear_word("truncated");
+    let r = match kv.ptr(&blocks[0]) {
+        Err(Error::Protocol(m)) if m.contains("truncated") => Ok(()),
+        other => Err(format!("{other:?}")),
+    };
+    say(verdict(r));
+    hear_word("done");
+    kv.close().unwrap();
+    say("ok");
 }

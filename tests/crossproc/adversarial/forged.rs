@@ -47,134 +47,8 @@ fn forged_descriptors_and_block_references_are_refused_or_name_live_memory() {
     by_role(
         test_name!(),
         |rt, role| match role {
-            "owner" => {
-                raw::set_device(rt, 0).unwrap();
-                let pool = Pool::new(
-                    rt,
-                    0,
-                    PoolConfig { chunk_bytes: CHUNK, reserve_bytes: 32 * MIB, ..PoolConfig::default() },
-                )
-                .unwrap();
-                // A history: allocations made, freed and trimmed, made again, so that stale descriptors and
-                // regrown chunks exist.
-                let gone = pool.alloc(3 * MIB).unwrap();
-                let share = pool.share(ShareConfig::default()).unwrap();
-                let stale = pool.descriptor(&gone).unwrap();
-                pool.free(gone).unwrap();
-                pool.trim().unwrap();
-                let live: Vec<_> = [MIB, 512 << 10, 5 * MIB, 4096].iter().map(|&n| pool.alloc(n).unwrap()).collect();
-                let descs: Vec<String> = live.iter().map(|a| pool.descriptor(a).unwrap().to_hex()).collect();
-                let kv = KvPool::new(
-                    rt,
-                    0,
-                    KvConfig {
-                        block_bytes: BLOCK,
-                        pool: PoolConfig { chunk_bytes: CHUNK, reserve_bytes: 16 * MIB, ..PoolConfig::default() },
-                        share: ShareConfig::default(),
-                    },
-                )
-                .unwrap();
-                let first = kv.alloc_many(20).unwrap();
-                let freed: Vec<KvBlock> = first.iter().copied().step_by(3).collect();
-                kv.free_many(&freed).unwrap();
-                let again = kv.alloc_many(3).unwrap();
-                let blocks: Vec<KvBlock> = first.iter().filter(|b| !freed.contains(b)).chain(&again).copied().collect();
-                say(format!("share {share}"));
-                say(format!("kv {}", kv.desc()));
-                say(format!("descs {} {}", stale.to_hex(), words(&descs)));
-                say(format!("blocks {}", words(&blocks)));
-                say(format!("freed {}", words(&freed)));
-                hear_word("done");
-                kv.close().unwrap();
-                for a in live {
-                    pool.free(a).unwrap();
-                }
-                pool.close().unwrap();
-                say("ok");
-            }
-            _ => {
-                let share: ShareDesc = hear_as("share");
-                let kvd: KvDesc = hear_as("kv");
-                let descs: Vec<AllocDesc> =
-                    hear_word("descs").split(' ').map(|h| AllocDesc::from_hex(h).unwrap()).collect();
-                let blocks: Vec<KvBlock> = hear_list("blocks");
-                let freed: Vec<KvBlock> = hear_list("freed");
-                raw::set_device(rt, 1).unwrap();
-                let m = Mirror::attach(rt, &share, 1).unwrap();
-                let kv = KvMirror::attach(rt, &kvd, 1).unwrap();
-                let seed = std::process::id() as u64;
-                say(format!("seed {seed}"));
-                let mut rng = Rng::new(seed);
-                let (stale, live) = (descs[0], &descs[1..]);
-                let mut t = Tally::default();
-
-                // The real ones work; the stale one is refused.
-                for d in live {
-                    t.attack("a real descriptor", || {
-                        let p = m.ptr(d).map_err(|e| e.to_string())?;
-                        ensure(p as usize == m.base() + d.offset() as usize && readable(rt, p, d.len()), || {
-                            format!("{d:?} -> {p:?}")
-                        })
-                    });
-                }
-                t.attack("a descriptor of memory freed and trimmed since", || {
-                    let r = m.ptr(&stale);
-                    ensure(matches!(&r, Err(Error::StaleDescriptor { .. } | Error::BadDescriptor(_))), || {
-                        format!("{r:?}")
-                    })
-                });
-                // Every single-bit flip of every real descriptor's bytes.
-                let mut flips = Tally::default();
-                for d in live {
-                    let bytes = d.to_bytes();
-                    for bit in 0..bytes.len() * 8 {
-                        let mut b = bytes;
-                        b[bit / 8] ^= 1 << (bit % 8);
-                        flips.attack("a flipped descriptor", || match AllocDesc::from_bytes(&b) {
-                            Err(e) => ensure(typed(&e), || e.to_string()),
-                            Ok(f) => check_desc(rt, &m, live, &f),
-                        });
-                    }
-                }
-                // Fields moved a little, or anything, re-encoded with a valid check sum.
-                for _ in 0..CASES {
-                    let d = live[rng.below(live.len() as u64) as usize];
-                    let f = mutate(&mut rng, &d, live, share.token);
-                    t.attack("a forged descriptor", || match f {
-                        Err(e) => ensure(typed(&e), || e.to_string()),
-                        Ok(f) => check_desc(rt, &m, live, &f),
-                    });
-                }
-                // KV block references: flips of real ones (text and fields), moved generations and ids, freed
-                // ones plus one (an even generation), anything.
-                for _ in 0..CASES {
-                    let b = blocks[rng.below(blocks.len() as u64) as usize];
-                    let f = match rng.below(6) {
-                        0 => KvBlock::from_parts(b.pool() ^ (1 << rng.below(64)), b.id(), b.generation()),
-                        1 => KvBlock::from_parts(b.pool(), b.id() ^ (1 << rng.below(32)), b.generation()),
-                        2 => KvBlock::from_parts(b.pool(), b.id(), b.generation() ^ (1 << rng.below(32))),
-                        3 => {
-                            let g = freed[rng.below(freed.len() as u64) as usize];
-                            KvBlock::from_parts(g.pool(), g.id(), g.generation().wrapping_add(rng.below(3) as u32))
-                        }
-                        4 => KvBlock::from_parts(b.pool(), rng.below(u64::from(u32::MAX)) as u32, rng.next() as u32),
-                        _ => KvBlock::from_parts(rng.next(), rng.next() as u32, rng.next() as u32),
-                    };
-                    t.attack("a forged block", || check_block(rt, &kv, &blocks, &f));
-                }
-                for text in ["", ":", "0:0:0", "ffffffffffffffffff:1:1", "1:4294967296:1", "1:1:-1", "1:1:1:1"] {
-                    t.attack("a block reference's text", || match text.parse::<KvBlock>() {
-                        Err(e) => ensure(typed(&e), || e.to_string()),
-                        Ok(b) => check_block(rt, &kv, &blocks, &b),
-                    });
-                }
-                t.merge(flips);
-                say(format!("resolved {}", RESOLVED.load(Ordering::Relaxed)));
-                t.say_tally();
-                kv.close().unwrap();
-                m.close().unwrap();
-                say("ok");
-            }
+            "owner" => owner(rt),
+            _ => worker(rt),
         },
         |sc| {
             let sc = sc.shared();
@@ -268,4 +142,127 @@ fn check_block(rt: &aclshm::Runtime, kv: &KvMirror, live: &[KvBlock], b: &KvBloc
         Err(e) => ensure(typed(&e), || format!("unpin({b}): {e}")),
         Ok(()) => Err(format!("{b} unpinned with no pin on it")),
     }
+}
+
+fn owner(rt: &aclshm::Runtime) {
+    raw::set_device(rt, 0).unwrap();
+    let pool =
+        Pool::new(rt, 0, PoolConfig { chunk_bytes: CHUNK, reserve_bytes: 32 * MIB, ..PoolConfig::default() }).unwrap();
+    // A history: allocations made, freed and trimmed, made again, so that stale descriptors and
+    // regrown chunks exist.
+    let gone = pool.alloc(3 * MIB).unwrap();
+    let share = pool.share(ShareConfig::default()).unwrap();
+    let stale = pool.descriptor(&gone).unwrap();
+    pool.free(gone).unwrap();
+    pool.trim().unwrap();
+    let live: Vec<_> = [MIB, 512 << 10, 5 * MIB, 4096].iter().map(|&n| pool.alloc(n).unwrap()).collect();
+    let descs: Vec<String> = live.iter().map(|a| pool.descriptor(a).unwrap().to_hex()).collect();
+    let kv = KvPool::new(
+        rt,
+        0,
+        KvConfig {
+            block_bytes: BLOCK,
+            pool: PoolConfig { chunk_bytes: CHUNK, reserve_bytes: 16 * MIB, ..PoolConfig::default() },
+            share: ShareConfig::default(),
+        },
+    )
+    .unwrap();
+    let first = kv.alloc_many(20).unwrap();
+    let freed: Vec<KvBlock> = first.iter().copied().step_by(3).collect();
+    kv.free_many(&freed).unwrap();
+    let again = kv.alloc_many(3).unwrap();
+    let blocks: Vec<KvBlock> = first.iter().filter(|b| !freed.contains(b)).chain(&again).copied().collect();
+    say(format!("share {share}"));
+    say(format!("kv {}", kv.desc()));
+    say(format!("descs {} {}", stale.to_hex(), words(&descs)));
+    say(format!("blocks {}", words(&blocks)));
+    say(format!("freed {}", words(&freed)));
+    hear_word("done");
+    kv.close().unwrap();
+    for a in live {
+        pool.free(a).unwrap();
+    }
+    pool.close().unwrap();
+    say("ok");
+}
+
+fn worker(rt: &aclshm::Runtime) {
+    let share: ShareDesc = hear_as("share");
+    let kvd: KvDesc = hear_as("kv");
+    let descs: Vec<AllocDesc> = hear_word("descs").split(' ').map(|h| AllocDesc::from_hex(h).unwrap()).collect();
+    let blocks: Vec<KvBlock> = hear_list("blocks");
+    let freed: Vec<KvBlock> = hear_list("freed");
+    raw::set_device(rt, 1).unwrap();
+    let m = Mirror::attach(rt, &share, 1).unwrap();
+    let kv = KvMirror::attach(rt, &kvd, 1).unwrap();
+    let seed = std::process::id() as u64;
+    say(format!("seed {seed}"));
+    let mut rng = Rng::new(seed);
+    let (stale, live) = (descs[0], &descs[1..]);
+    let mut t = Tally::default();
+
+    // The real ones work; the stale one is refused.
+    for d in live {
+        t.attack("a real descriptor", || {
+            let p = m.ptr(d).map_err(|e| e.to_string())?;
+            ensure(p as usize == m.base() + d.offset() as usize && readable(rt, p, d.len()), || {
+                format!("{d:?} -> {p:?}")
+            })
+        });
+    }
+    t.attack("a descriptor of memory freed and trimmed since", || {
+        let r = m.ptr(&stale);
+        ensure(matches!(&r, Err(Error::StaleDescriptor { .. } | Error::BadDescriptor(_))), || format!("{r:?}"))
+    });
+    // Every single-bit flip of every real descriptor's bytes.
+    let mut flips = Tally::default();
+    for d in live {
+        let bytes = d.to_bytes();
+        for bit in 0..bytes.len() * 8 {
+            let mut b = bytes;
+            b[bit / 8] ^= 1 << (bit % 8);
+            flips.attack("a flipped descriptor", || match AllocDesc::from_bytes(&b) {
+                Err(e) => ensure(typed(&e), || e.to_string()),
+                Ok(f) => check_desc(rt, &m, live, &f),
+            });
+        }
+    }
+    // Fields moved a little, or anything, re-encoded with a valid check sum.
+    for _ in 0..CASES {
+        let d = live[rng.below(live.len() as u64) as usize];
+        let f = mutate(&mut rng, &d, live, share.token);
+        t.attack("a forged descriptor", || match f {
+            Err(e) => ensure(typed(&e), || e.to_string()),
+            Ok(f) => check_desc(rt, &m, live, &f),
+        });
+    }
+    // KV block references: flips of real ones (text and fields), moved generations and ids, freed
+    // ones plus one (an even generation), anything.
+    for _ in 0..CASES {
+        let b = blocks[rng.below(blocks.len() as u64) as usize];
+        let f = match rng.below(6) {
+            0 => KvBlock::from_parts(b.pool() ^ (1 << rng.below(64)), b.id(), b.generation()),
+            1 => KvBlock::from_parts(b.pool(), b.id() ^ (1 << rng.below(32)), b.generation()),
+            2 => KvBlock::from_parts(b.pool(), b.id(), b.generation() ^ (1 << rng.below(32))),
+            3 => {
+                let g = freed[rng.below(freed.len() as u64) as usize];
+                KvBlock::from_parts(g.pool(), g.id(), g.generation().wrapping_add(rng.below(3) as u32))
+            }
+            4 => KvBlock::from_parts(b.pool(), rng.below(u64::from(u32::MAX)) as u32, rng.next() as u32),
+            _ => KvBlock::from_parts(rng.next(), rng.next() as u32, rng.next() as u32),
+        };
+        t.attack("a forged block", || check_block(rt, &kv, &blocks, &f));
+    }
+    for text in ["", ":", "0:0:0", "ffffffffffffffffff:1:1", "1:4294967296:1", "1:1:-1", "1:1:1:1"] {
+        t.attack("a block reference's text", || match text.parse::<KvBlock>() {
+            Err(e) => ensure(typed(&e), || e.to_string()),
+            Ok(b) => check_block(rt, &kv, &blocks, &b),
+        });
+    }
+    t.merge(flips);
+    say(format!("resolved {}", RESOLVED.load(Ordering::Relaxed)));
+    t.say_tally();
+    kv.close().unwrap();
+    m.close().unwrap();
+    say("ok");
 }

@@ -21,7 +21,67 @@ mod rendezvous;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use crate::harness::say;
+use aclshm::{AllocDesc, Allocation, Mirror, Pool, PoolConfig, Runtime, ShareConfig, ShareDesc, raw};
+
+use crate::harness::*;
+
+pub const MIB: u64 = 1 << 20;
+
+/// A pool of 2 MiB chunks and 32 MiB of range on device 0's runtime.
+pub fn small() -> PoolConfig {
+    PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 32 * MIB, ..PoolConfig::default() }
+}
+
+/// An owner's start: a shared pool on device 0 with one allocation of 1 MiB filled from `seed`; tells the
+/// parent `share <desc>` and `desc <allocation descriptor>`.
+pub fn owner_with_data(rt: &Runtime, seed: u64) -> (Pool, Allocation) {
+    raw::set_device(rt, 0).unwrap();
+    let pool = Pool::new(rt, 0, small()).unwrap();
+    let a = pool.alloc(MIB).unwrap();
+    fill(rt, a.as_ptr(), a.len(), seed);
+    say(format!("share {}", pool.share(ShareConfig::default()).unwrap()));
+    say(format!("desc {}", pool.descriptor(&a).unwrap().to_hex()));
+    (pool, a)
+}
+
+/// A worker's start: hear `share` and `desc`, attach on device 1 and check the owner's bytes (filled from
+/// `seed`); the attach's error if it is refused.
+pub fn attach_and_check(rt: &Runtime, seed: u64) -> aclshm::Result<(Mirror, AllocDesc)> {
+    let desc: ShareDesc = hear_as("share");
+    let d = AllocDesc::from_hex(&hear_word("desc")).unwrap();
+    raw::set_device(rt, 1).unwrap();
+    let m = Mirror::attach(rt, &desc, 1)?;
+    assert!(holds(rt, m.ptr(&d).unwrap(), d.len(), seed), "the owner's bytes through the mirror");
+    Ok((m, d))
+}
+
+/// A worker's answer to its attach: `attached` (then, if `stay`, it waits for `done`) and it detaches, or
+/// `refused <why>`; then `ok`.
+pub fn answer_attach(attached: aclshm::Result<Mirror>, stay: bool) {
+    match attached {
+        Ok(m) => {
+            say("attached");
+            if stay {
+                hear_word("done");
+            }
+            m.close().unwrap();
+        }
+        Err(e) => say(format!("refused {e}")),
+    }
+    say("ok");
+}
+
+/// Start a worker, give it `share` and `desc`, and return its first answer once it has ended (it says
+/// that answer, then `ok`).
+pub fn try_worker(sc: &Scenario, share: &str, desc: &str) -> String {
+    let mut w = sc.spawn("worker");
+    w.send(format!("share {share}"));
+    w.send(format!("desc {desc}"));
+    let answer = w.recv();
+    w.expect("ok");
+    w.join();
+    answer
+}
 
 /// Attacks tried by one process, and those that did not hold.
 #[derive(Default)]

@@ -8,14 +8,12 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
+use aclshm::ShareDesc;
 use aclshm::share::{Message, PROTOCOL_VERSION};
-use aclshm::{AllocDesc, Mirror, Pool, PoolConfig, ShareConfig, ShareDesc, raw};
 
-use super::{Tally, ensure};
+use super::{MIB, Tally, attach_and_check, ensure, owner_with_data, try_worker};
 use crate::harness::*;
 use crate::test_name;
-
-const MIB: u64 = 1 << 20;
 
 /// A framed message's bytes (length prefix, then the payload).
 fn frame(payload: &[u8]) -> Vec<u8> {
@@ -74,17 +72,7 @@ fn hostile_frames_on_the_rendezvous_leave_the_owner_serving() {
         test_name!(),
         |rt, role| match role {
             "owner" => {
-                raw::set_device(rt, 0).unwrap();
-                let pool = Pool::new(
-                    rt,
-                    0,
-                    PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 32 * MIB, ..PoolConfig::default() },
-                )
-                .unwrap();
-                let a = pool.alloc(MIB).unwrap();
-                fill(rt, a.as_ptr(), a.len(), 21);
-                say(format!("share {}", pool.share(ShareConfig::default()).unwrap()));
-                say(format!("desc {}", pool.descriptor(&a).unwrap().to_hex()));
+                let (pool, a) = owner_with_data(rt, 21);
                 loop {
                     match hear().as_str() {
                         "alive?" => say(format!("alive {}", pool.share_stats().map_or(0, |s| s.mirrors))),
@@ -97,11 +85,7 @@ fn hostile_frames_on_the_rendezvous_leave_the_owner_serving() {
                 say("ok");
             }
             _ => {
-                let desc: ShareDesc = hear_as("share");
-                let d = AllocDesc::from_hex(&hear_word("desc")).unwrap();
-                raw::set_device(rt, 1).unwrap();
-                let m = Mirror::attach(rt, &desc, 1).unwrap();
-                assert!(holds(rt, m.ptr(&d).unwrap(), d.len(), 21), "the owner's data through the rendezvous");
+                let (m, _) = attach_and_check(rt, 21).unwrap();
                 say("read");
                 m.close().unwrap();
                 say("ok");
@@ -228,15 +212,10 @@ fn hostile_frames_on_the_rendezvous_leave_the_owner_serving() {
             still_serving(&mut owner, &mut t, "a crowd of silent connections");
             // A real worker attaches while a silent connection hangs on: one peer never holds up another.
             let silent = UnixStream::connect(&sock).unwrap();
-            let mut w = sc.spawn("worker");
-            w.send(format!("share {share}"));
-            w.send(format!("desc {desc}"));
-            let read = w.recv();
+            let read = try_worker(&sc, &share.to_string(), &desc);
             t.attack("a real worker attaches and reads while a silent connection hangs on", || {
                 ensure(read == "read", || read.clone())
             });
-            w.expect("ok");
-            w.join();
             drop(silent);
             owner.send("done");
             owner.expect("ok");
