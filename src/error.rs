@@ -281,6 +281,22 @@ pub(crate) fn report_drop(what: &str, e: &Error) {
     log::error!(target: "aclshm", "while dropping {what}: {e}");
 }
 
+/// `impl Drop` for a type whose drop is its explicit close: `close_on_drop!(Type, method, "a thing")` calls
+/// `self.method()` and hands a failure to [`report_drop`], the one reporting path of drop-time failures.
+macro_rules! close_on_drop {
+    ($ty:ty, $close:ident, $what:literal) => {
+        impl Drop for $ty {
+            fn drop(&mut self) {
+                // Nobody is left to return errors to (the explicit close returns them): report them.
+                if let Err(e) = self.$close() {
+                    $crate::error::report_drop($what, &e);
+                }
+            }
+        }
+    };
+}
+pub(crate) use close_on_drop;
+
 /// `Result` with aclshm's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -37,7 +37,7 @@ use aclshm_sys::{
 };
 
 use crate::device::on_device;
-use crate::error::{Error, Result, release_retrying, report_drop};
+use crate::error::{Error, Result, close_on_drop, release_retrying};
 use crate::os;
 use crate::raw::{self, IpcKey};
 use crate::runtime::Runtime;
@@ -405,13 +405,7 @@ impl IpcMemory {
     }
 }
 
-impl Drop for IpcMemory {
-    fn drop(&mut self) {
-        if let Err(e) = self.shut() {
-            report_drop("IPC memory", &e);
-        }
-    }
-}
+close_on_drop!(IpcMemory, shut, "IPC memory");
 
 /// An import of another process's [`IpcMemory`]. Closed on drop.
 #[derive(Debug)]
@@ -467,13 +461,7 @@ impl IpcMemImport {
     }
 }
 
-impl Drop for IpcMemImport {
-    fn drop(&mut self) {
-        if let Err(e) = self.shut() {
-            report_drop("an IPC memory import", &e);
-        }
-    }
-}
+close_on_drop!(IpcMemImport, shut, "an IPC memory import");
 
 #[cfg(test)]
 mod tests {

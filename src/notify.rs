@@ -27,7 +27,7 @@ use aclshm_sys::{
 };
 
 use crate::device::on_device;
-use crate::error::{AclError, Error, Result, release_retrying, report_drop};
+use crate::error::{AclError, Error, Result, close_on_drop, release_retrying};
 use crate::raw::{self, IpcKey};
 use crate::runtime::Runtime;
 use crate::stream::Stream;
@@ -243,13 +243,7 @@ impl Notify {
     }
 }
 
-impl Drop for Notify {
-    fn drop(&mut self) {
-        if let Err(e) = self.destroy() {
-            report_drop("a notify", &e);
-        }
-    }
-}
+close_on_drop!(Notify, destroy, "a notify");
 
 #[cfg(test)]
 mod tests {

@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 use aclshm_sys::aclrtStream;
 
 use crate::device::on_device;
-use crate::error::{Error, Result, release_retrying, report_drop};
+use crate::error::{Error, Result, close_on_drop, release_retrying};
 use crate::raw;
 use crate::runtime::Runtime;
 
@@ -86,10 +86,4 @@ impl Stream {
     }
 }
 
-impl Drop for Stream {
-    fn drop(&mut self) {
-        if let Err(e) = self.destroy() {
-            report_drop("a stream", &e);
-        }
-    }
-}
+close_on_drop!(Stream, destroy, "a stream");

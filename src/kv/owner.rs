@@ -8,7 +8,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result, report_drop};
+use crate::error::{Error, Result, close_on_drop};
 use crate::pool::{Block, BlockClassId, Pool, PoolConfig, PoolStats};
 use crate::runtime::Runtime;
 use crate::share::ShareConfig;
@@ -455,10 +455,4 @@ impl KvPool {
     }
 }
 
-impl Drop for KvPool {
-    fn drop(&mut self) {
-        if let Err(e) = self.close() {
-            report_drop("a KV pool", &e);
-        }
-    }
-}
+close_on_drop!(KvPool, close, "a KV pool");

@@ -220,8 +220,8 @@ mod tests {
 
     #[test]
     fn files_are_read_up_to_the_limit_and_only_regular_ones() {
-        let dir = std::env::temp_dir().join(format!("aclshm-config-load-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::os::TestDir::new("config-load").unwrap();
+        let dir = &tmp.0;
         let p = dir.join("pool.conf");
         std::fs::write(&p, "chunk_bytes = 8M\n").unwrap();
         assert_eq!(PoolConfig::load(&p).unwrap().chunk_bytes, 8 << 20);
@@ -229,7 +229,6 @@ mod tests {
         std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(PoolConfig::MAX_FILE_BYTES + 1).unwrap();
         let over = PoolConfig::load(&p).unwrap_err();
         let missing = PoolConfig::load(dir.join("missing.conf")).unwrap_err();
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(matches!(over, Error::InvalidArgument(_)), "{over:?}");
         assert!(over.to_string().ends_with("is larger than the limit of 1 MiB"), "{over}");
         assert!(

@@ -61,7 +61,7 @@ pub use heap::GRANULE;
 pub(crate) use slots::ChunkObserver;
 
 use crate::device::on_device;
-use crate::error::{AclError, Error, Result, report_drop};
+use crate::error::{AclError, Error, Result, close_on_drop};
 use crate::raw;
 use crate::runtime::Runtime;
 pub use crate::stats::PoolStats;
@@ -628,14 +628,7 @@ impl Pool {
     }
 }
 
-impl Drop for Pool {
-    fn drop(&mut self) {
-        // Nobody is left to return errors to (close() returns them): report them rather than lose them.
-        if let Err(e) = self.close() {
-            report_drop("a pool", &e);
-        }
-    }
-}
+close_on_drop!(Pool, close, "a pool");
 
 /// The device is out of memory, or the pool's range has no room.
 fn is_full(e: &Error) -> bool {

@@ -295,12 +295,18 @@ mod tests {
         Geometry { slots: 8, chunk_bytes: 2 << 20, token: 0xfeed, device: 1, export_flags: 0 }
     }
 
+    /// A table at `<dir>/t` of pool 0xfeed, and a reader of it.
+    fn writer_and_reader(what: &str) -> (os::TestDir, Table, Table) {
+        let dir = os::TestDir::new(what).unwrap();
+        let w = Table::create(&dir.0.join("t"), geometry()).unwrap();
+        let r = Table::open(&dir.0.join("t"), 0xfeed).unwrap();
+        (dir, w, r)
+    }
+
     #[test]
     fn a_reader_sees_what_the_writer_published() {
-        let dir = os::TestDir::new("table").unwrap();
+        let (dir, w, r) = writer_and_reader("table");
         let path = dir.0.join("t");
-        let w = Table::create(&path, geometry()).unwrap();
-        let r = Table::open(&path, 0xfeed).unwrap();
         assert_eq!(r.geometry(), geometry());
         assert!(Table::open(&path, 0xbeef).is_err(), "another pool's token");
         let g = w.publish(&[(0, Some((1, 100))), (3, Some((2, 200)))]);
@@ -321,10 +327,7 @@ mod tests {
     #[test]
     fn a_write_left_halfway_is_an_error_not_a_hang() {
         // An owner killed between the two increments of its seqlock word leaves it odd.
-        let dir = os::TestDir::new("table-odd").unwrap();
-        let path = dir.0.join("t");
-        let w = Table::create(&path, geometry()).unwrap();
-        let r = Table::open(&path, 0xfeed).unwrap();
+        let (_dir, w, r) = writer_and_reader("table-odd");
         w.header().seq.fetch_add(1, Ordering::AcqRel);
         let e = r.snapshot().unwrap_err();
         assert!(matches!(&e, Error::Protocol(m) if m.contains("in the middle of a write")), "{e}");
@@ -340,10 +343,7 @@ mod tests {
 
     #[test]
     fn snapshots_are_never_torn() {
-        let dir = os::TestDir::new("table").unwrap();
-        let path = dir.0.join("t");
-        let w = Table::create(&path, geometry()).unwrap();
-        let r = Table::open(&path, 0xfeed).unwrap();
+        let (_dir, w, r) = writer_and_reader("table");
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seen = std::sync::Arc::new(AtomicU64::new(0));
         let reader = {

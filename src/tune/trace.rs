@@ -437,15 +437,14 @@ mod tests {
 
     #[test]
     fn trace_files_are_read_up_to_the_limit() {
-        let dir = std::env::temp_dir().join(format!("aclshm-trace-load-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = crate::os::TestDir::new("trace-load").unwrap();
+        let dir = &tmp.0;
         let p = dir.join("big.trace");
         std::fs::write(&p, "aclshm-trace 1\nalloc 1 4K\n").unwrap();
         assert_eq!(Trace::load(&p).unwrap().ops, vec![Op::Alloc { id: 1, bytes: 4096 }]);
         // One byte over the limit (sparse: nothing is written): refused before reading, naming the limit.
         std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(Trace::MAX_BYTES + 1).unwrap();
         let e = Trace::load(&p).unwrap_err().to_string();
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(e.ends_with("is larger than the limit of 256 MiB"), "{e}");
     }
 }
