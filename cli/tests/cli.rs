@@ -675,36 +675,29 @@ fn progress_bars_on_a_terminal_that_hangs_up_mid_run_do_not_fail_the_demo() {
 
 // ---- a simulator directory the simulator refuses ----
 
+/// A private simulator directory at `dir` whose registry holds `text` with `mode`: the registry's path.
+fn with_registry(dir: &Path, text: &str, mode: u32) -> PathBuf {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().mode(0o700).create(dir).unwrap();
+    let r = dir.join("registry");
+    std::fs::write(&r, text).unwrap();
+    std::fs::set_permissions(&r, std::fs::Permissions::from_mode(mode)).unwrap();
+    r
+}
+
 #[test]
 fn sim_status_and_clean_say_why_the_simulator_directory_is_unusable() {
     type Setup = fn(&Path);
     let mut cases: Vec<(&str, Setup, &str)> = vec![
         ("file", |p| std::fs::write(p, "not a directory").unwrap(), "exists and is not a directory"),
-        (
-            "registry",
-            |p| {
-                use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-                std::fs::DirBuilder::new().mode(0o700).create(p).unwrap();
-                let r = p.join("registry");
-                std::fs::write(&r, "anyone could have written this").unwrap();
-                std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o644)).unwrap();
-            },
-            "mode 644",
-        ),
+        ("registry", |p| drop(with_registry(p, "anyone could have written this", 0o644)), "mode 644"),
     ];
     // SAFETY: geteuid cannot fail.
     if unsafe { libc::geteuid() } == 0 {
         // Root can make a registry that belongs to another user.
         cases.push((
             "other-user",
-            |p| {
-                use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-                std::fs::DirBuilder::new().mode(0o700).create(p).unwrap();
-                let r = p.join("registry");
-                std::fs::write(&r, "another user's").unwrap();
-                std::fs::set_permissions(&r, std::fs::Permissions::from_mode(0o600)).unwrap();
-                std::os::unix::fs::chown(&r, Some(65534), Some(65534)).unwrap();
-            },
+            |p| std::os::unix::fs::chown(with_registry(p, "another user's", 0o600), Some(65534), Some(65534)).unwrap(),
             "owned by uid 65534",
         ));
     }

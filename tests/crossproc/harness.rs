@@ -121,6 +121,22 @@ pub fn words<T: Display>(items: impl IntoIterator<Item = T>) -> String {
     items.into_iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
 }
 
+/// Hear a descriptor (`word <desc>`), make `device` current, and `attach` there: how a worker joins what
+/// its owner shares (`attach_as(rt, "share", 1, Mirror::attach)`).
+pub fn attach_as<D: FromStr, M>(
+    rt: &Runtime,
+    word: &str,
+    device: i32,
+    attach: impl FnOnce(&Runtime, &D, i32) -> aclshm::Result<M>,
+) -> M
+where
+    D::Err: Debug,
+{
+    let desc: D = hear_as(word);
+    raw::set_device(rt, device).unwrap();
+    attach(rt, &desc, device).unwrap()
+}
+
 /// A worker's end of [`Crew::finish`]: wait to be told `done`, then `leave` (close what it holds) and say
 /// `ok`.
 pub fn when_done(leave: impl FnOnce()) {
@@ -407,6 +423,16 @@ impl Scenario {
         roles.map(|r| self.spawn(r))
     }
 
+    /// A child with one thing to say: start it playing `role`, send it `line`, wait for its answer (a line
+    /// starting with `word`) and for it to exit successfully; returns the rest of the answer.
+    pub fn ask(&self, role: &str, line: impl AsRef<str>, word: &str) -> String {
+        let mut peer = self.spawn(role);
+        peer.send(line);
+        let rest = peer.expect(word);
+        peer.join();
+        rest
+    }
+
     /// Start an owner and its workers (in that order) as a [`Crew`].
     pub fn crew(self, owner: &str, workers: &[&str]) -> Crew {
         let owner = self.spawn(owner);
@@ -444,6 +470,32 @@ pub fn by_role(test: String, child: impl FnOnce(&Runtime, &str), parent: impl Fn
         Some(role) => child(&runtime(), &role),
         None => parent(Scenario::new(test)),
     }
+}
+
+/// The whole of a test of an owner and its workers, started as a [`Crew`] in a scenario with a share
+/// directory of its own: the child playing `owner` runs `lead` and then says `ok` (what
+/// [`Crew::finish`] waits for); every other child plays `follow` with its role (the `workers`, and any
+/// other the parent spawns in [`Crew::scenario`]); the parent hands the crew to `parent`.
+pub fn by_crew(
+    test: String,
+    owner: &str,
+    workers: &[&str],
+    lead: impl FnOnce(&Runtime),
+    follow: impl FnOnce(&Runtime, &str),
+    parent: impl FnOnce(Crew),
+) {
+    by_role(
+        test,
+        |rt, role| {
+            if role == owner {
+                lead(rt);
+                say("ok");
+            } else {
+                follow(rt, role);
+            }
+        },
+        |sc| parent(sc.shared().crew(owner, workers)),
+    );
 }
 
 /// Play `role`: `owner`, or `worker<device>` (`worker0`, `worker1`, ...), a worker on that device.
@@ -550,6 +602,14 @@ impl Crew {
         }
         self.owner.send("done");
         self.join();
+    }
+
+    /// [`release`](Crew::release), once every worker said its last line, `word`.
+    pub fn release_after(mut self, word: &str) {
+        for w in &mut self.workers {
+            w.expect(word);
+        }
+        self.release();
     }
 
     /// An end already played out: every child exits by itself (workers first), then nothing may be left.

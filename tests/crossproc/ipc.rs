@@ -16,6 +16,14 @@ fn at(p: *mut c_void, by: usize) -> *mut c_void {
     p.cast::<u8>().wrapping_add(by).cast()
 }
 
+/// Role: a process nobody whitelisted (or one coming after the memory went): it hears the key (`key K`),
+/// is refused the import, and says `refused`.
+fn refused_importer(rt: &aclshm::Runtime) {
+    let key: IpcKey = hear_as("key");
+    assert_code!(raw::ipc_mem_import_by_key(rt, &key, 0), DRV);
+    say("refused");
+}
+
 #[test]
 fn key_flow_with_whitelist_and_refusals() {
     by_role(
@@ -141,11 +149,7 @@ fn exporter_closing_first_tears_importers_down() {
                     unsafe { raw::ipc_mem_close(rt, &key) }.unwrap();
                     say("done");
                 }
-                _ => {
-                    let key: IpcKey = hear_as("key");
-                    assert_code!(raw::ipc_mem_import_by_key(rt, &key, 0), DRV);
-                    say("refused");
-                }
+                _ => refused_importer(rt),
             }
         },
         |sc| {
@@ -154,10 +158,7 @@ fn exporter_closing_first_tears_importers_down() {
             crew.play("< imported, > closed");
             crew.workers[0].expect("done");
             // The exporter frees its memory only once a late importer was refused.
-            let mut late = crew.scenario().spawn("late");
-            late.send(format!("key {key}"));
-            late.expect("refused");
-            late.join();
+            crew.scenario().ask("late", format!("key {key}"), "refused");
             crew.owner.send("done");
             crew.owner.wait_ok();
             let stderr = crew.owner.stderr();
@@ -186,16 +187,13 @@ fn freeing_exported_memory_closes_its_keys() {
                 say(format!("key {key}"));
                 hear_word("done");
             } else {
-                let key: IpcKey = hear_as("key");
-                assert_code!(raw::ipc_mem_import_by_key(rt, &key, 0), DRV);
-                say("refused");
+                refused_importer(rt);
             }
         },
         |sc| {
             let mut crew = sc.crew("exporter", &["importer"]);
             crew.play("> key");
-            crew.workers[0].expect("refused");
-            crew.release();
+            crew.release_after("refused");
         },
     );
 }

@@ -146,7 +146,7 @@ fn ipc_memory_by_key_closes_importers_first_and_refuses_what_it_must() {
                 hear_word("go");
                 m.close().unwrap();
                 say("closed");
-                say("ok");
+                when_done(|| ());
             }
         },
         |sc| {
@@ -163,9 +163,7 @@ fn ipc_memory_by_key_closes_importers_first_and_refuses_what_it_must() {
             doomed.kill();
             crew.owner.send("killed");
             crew.play("> closing, < about to close, > go, < closed");
-            crew.workers[0].expect("ok");
-            crew.owner.expect("ok");
-            crew.join();
+            crew.finish();
         },
     );
 }
@@ -215,7 +213,7 @@ fn notify_ping_pong_with_creator_only_waits_and_whitelists() {
                 say("ready");
                 assert!(ping.wait_host(Duration::from_secs(30)).unwrap(), "b signalled from the host");
                 say("done");
-                hear_word("bye");
+                hear_word("closed");
                 drop(stream);
                 drop(pong);
                 drop(ping);
@@ -254,16 +252,12 @@ fn notify_ping_pong_with_creator_only_waits_and_whitelists() {
                 drop(ping);
                 drop(pong);
                 assert_eq!(raw::sim_get_stats(rt).unwrap().localNotifies, 0, "destroyed in this process");
-                say("ok");
+                say("closed");
+                when_done(|| ());
             }
         },
         |sc| {
-            let mut crew = sc.shared().crew("a", &["b"]);
-            crew.play("> key, > buf, < tgid, > allowed, < pong, > ready, > done");
-            crew.workers[0].expect("ok");
-            crew.owner.send("bye");
-            crew.owner.expect("ok");
-            crew.join();
+            sc.shared().crew("a", &["b"]).run("> key, > buf, < tgid, > allowed, < pong, > ready, > done, < closed");
         },
     );
 }

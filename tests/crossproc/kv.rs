@@ -1,7 +1,7 @@
 //! KV-cache blocks shared between a scheduler and workers in real processes: translation without runtime
 //! calls, pins that hold off reuse (and die with their worker), refused references.
 
-use aclshm::{Error, KvBlock, KvConfig, KvDesc, KvMirror, KvPool, PoolConfig, Runtime, ShareConfig, raw};
+use aclshm::{Error, KvBlock, KvConfig, KvMirror, KvPool, PoolConfig, Runtime, ShareConfig, raw};
 
 use crate::harness::*;
 use crate::test_name;
@@ -16,10 +16,34 @@ fn kv_pool(rt: &Runtime) -> KvPool {
     KvPool::new(rt, 0, KvConfig { block_bytes: BLOCK, pool, share: ShareConfig::default() }).unwrap()
 }
 
-fn attach(rt: &Runtime, device: i32) -> KvMirror {
-    let desc: KvDesc = hear_as("kv");
-    raw::set_device(rt, device).unwrap();
-    KvMirror::attach(rt, &desc, device).unwrap()
+/// The whole of a test of a scheduler and a worker on `device` sharing a KV pool, whose conversation is
+/// `script` ([`Crew::run`]): the `scheduler` child makes the pool ([`kv_pool`]), says `kv <desc>`, plays
+/// `scheduler` on it and closes it; the `worker` child attaches on `device`, plays `worker` with its
+/// mirror and closes it when told `done`.
+fn kv_test(
+    test: String,
+    device: i32,
+    script: &str,
+    scheduler: impl FnOnce(&Runtime, &KvPool),
+    worker: impl FnOnce(&Runtime, &KvMirror),
+) {
+    by_crew(
+        test,
+        "scheduler",
+        &["worker"],
+        |rt| {
+            let kv = kv_pool(rt);
+            say(format!("kv {}", kv.desc()));
+            scheduler(rt, &kv);
+            kv.close().unwrap();
+        },
+        |rt, _| {
+            let m = attach_as(rt, "kv", device, KvMirror::attach);
+            worker(rt, &m);
+            when_done(|| m.close().unwrap());
+        },
+        |crew| crew.run(script),
+    );
 }
 
 /// A block's pattern seed: its id and generation.
@@ -29,156 +53,136 @@ fn seed(b: &KvBlock) -> u64 {
 
 #[test]
 fn workers_read_and_write_blocks_by_reference_with_no_runtime_call() {
-    by_role(
+    kv_test(
         test_name!(),
-        |rt, role| match role {
-            "scheduler" => {
-                let kv = kv_pool(rt);
-                say(format!("kv {}", kv.desc()));
-                let mine = kv.alloc_many(40).unwrap();
-                assert_eq!(kv.stats().pool.chunks, 5, "40 blocks of 8 per chunk");
-                for b in &mine {
-                    fill(rt, kv.ptr(b).unwrap(), BLOCK, seed(b));
-                }
-                let theirs = kv.alloc_many(8).unwrap();
-                say(format!("read {}", words(&mine)));
-                say(format!("write {}", words(&theirs)));
-                hear_word("written");
-                for b in &theirs {
-                    assert!(holds(rt, kv.ptr(b).unwrap(), BLOCK, !seed(b)), "the worker's bytes in {b}");
-                }
-                kv.free_many(&mine).unwrap();
-                kv.free_many(&theirs).unwrap();
-                assert_eq!(kv.stats().allocated, 0);
-                kv.close().unwrap();
-                say("ok");
+        1,
+        "> kv, > read, > write, < written",
+        |rt, kv| {
+            let mine = kv.alloc_many(40).unwrap();
+            assert_eq!(kv.stats().pool.chunks, 5, "40 blocks of 8 per chunk");
+            for b in &mine {
+                fill(rt, kv.ptr(b).unwrap(), BLOCK, seed(b));
             }
-            _ => {
-                let m = attach(rt, 1);
-                assert_eq!(m.block_bytes(), BLOCK);
-                let read = hear_list::<KvBlock>("read");
-                let write = hear_list::<KvBlock>("write");
-                let ptrs = m.ptrs(&read).unwrap();
-                for (b, p) in read.iter().zip(&ptrs) {
-                    assert!(holds(rt, *p, BLOCK, seed(b)), "{b} on device 1");
-                }
-                // Translation makes no runtime call once the chunks are mapped.
-                let before = sim_calls(rt);
-                for _ in 0..100 {
-                    assert_eq!(m.ptrs(&read).unwrap(), ptrs);
-                }
-                assert!(calls_since(&before, &sim_calls(rt)).is_empty());
-                for b in &write {
-                    fill(rt, m.ptr(b).unwrap(), BLOCK, !seed(b));
-                }
-                say("written");
-                when_done(|| m.close().unwrap());
+            let theirs = kv.alloc_many(8).unwrap();
+            say(format!("read {}", words(&mine)));
+            say(format!("write {}", words(&theirs)));
+            hear_word("written");
+            for b in &theirs {
+                assert!(holds(rt, kv.ptr(b).unwrap(), BLOCK, !seed(b)), "the worker's bytes in {b}");
             }
+            kv.free_many(&mine).unwrap();
+            kv.free_many(&theirs).unwrap();
+            assert_eq!(kv.stats().allocated, 0);
         },
-        |sc| {
-            sc.shared().crew("scheduler", &["worker"]).run("> kv, > read, > write, < written");
+        |rt, m| {
+            assert_eq!(m.block_bytes(), BLOCK);
+            let read = hear_list::<KvBlock>("read");
+            let write = hear_list::<KvBlock>("write");
+            let ptrs = m.ptrs(&read).unwrap();
+            for (b, p) in read.iter().zip(&ptrs) {
+                assert!(holds(rt, *p, BLOCK, seed(b)), "{b} on device 1");
+            }
+            // Translation makes no runtime call once the chunks are mapped.
+            let before = sim_calls(rt);
+            for _ in 0..100 {
+                assert_eq!(m.ptrs(&read).unwrap(), ptrs);
+            }
+            assert!(calls_since(&before, &sim_calls(rt)).is_empty());
+            for b in &write {
+                fill(rt, m.ptr(b).unwrap(), BLOCK, !seed(b));
+            }
+            say("written");
         },
     );
 }
 
 #[test]
 fn pinned_blocks_are_not_reused_until_every_pin_is_gone() {
-    by_role(
+    kv_test(
         test_name!(),
-        |rt, role| match role {
-            "scheduler" => {
-                let kv = kv_pool(rt);
-                say(format!("kv {}", kv.desc()));
-                let shared = kv.alloc_many(4).unwrap();
-                for b in &shared {
-                    fill(rt, kv.ptr(b).unwrap(), BLOCK, seed(b));
-                }
-                say(format!("prefix {}", words(&shared)));
-                hear_word("pinned");
-                assert_eq!(kv.pins(&shared[0]).unwrap(), 2, "pinned twice");
-                // The request that owned the prefix ends: the blocks are freed, but kept for their pins.
-                kv.free_many(&shared).unwrap();
-                let st = kv.stats();
-                assert_eq!((st.allocated, st.deferred, st.workers), (0, 4, 1));
-                let others = kv.alloc_many(8).unwrap();
-                let ids: Vec<u32> = shared.iter().map(KvBlock::id).collect();
-                assert!(others.iter().all(|b| !ids.contains(&b.id())), "a pinned block was reused");
-                say("freed");
-                hear_word("unpinned");
-                assert!(kv.wait_unpinned(TIMEOUT).unwrap());
-                assert_eq!(kv.stats().deferred, 0);
-                // Now they are reused (lowest blocks first).
-                let again = kv.alloc_many(4).unwrap();
-                assert!(again.iter().all(|b| ids.contains(&b.id())), "{again:?} after {ids:?}");
-                assert!(again.iter().zip(&shared).all(|(a, s)| a.generation() == s.generation() + 2));
-                kv.free_many(&again).unwrap();
-                kv.free_many(&others).unwrap();
-                kv.close().unwrap();
-                say("ok");
+        1,
+        "> kv, > prefix, < pinned, > freed, < unpinned",
+        |rt, kv| {
+            let shared = kv.alloc_many(4).unwrap();
+            for b in &shared {
+                fill(rt, kv.ptr(b).unwrap(), BLOCK, seed(b));
             }
-            _ => {
-                let m = attach(rt, 1);
-                let prefix = hear_list::<KvBlock>("prefix");
-                // Two requests read the same prefix: two pins each.
-                let first = m.pinned(&prefix).unwrap();
-                m.pin(&prefix).unwrap();
-                let ptrs = m.ptrs(&prefix).unwrap();
-                say("pinned");
-                hear_word("freed");
-                // Freed by the scheduler: no new pins or translations, but the pinned bytes are untouched.
-                assert!(matches!(m.ptr(&prefix[0]), Err(Error::StaleBlock { .. })));
-                assert!(matches!(m.pin(&prefix[..1]), Err(Error::StaleBlock { .. })));
-                assert_eq!(m.pins(&prefix[0]).unwrap(), 2, "a refused pin leaves none behind");
-                for (b, p) in prefix.iter().zip(&ptrs) {
-                    assert!(holds(rt, *p, BLOCK, seed(b)), "{b} changed while pinned");
-                }
-                drop(first);
-                m.unpin(&prefix).unwrap();
-                assert!(matches!(m.unpin(&prefix[..1]), Err(Error::NotPinned { .. })));
-                say("unpinned");
-                when_done(|| m.close().unwrap());
-            }
+            say(format!("prefix {}", words(&shared)));
+            hear_word("pinned");
+            assert_eq!(kv.pins(&shared[0]).unwrap(), 2, "pinned twice");
+            // The request that owned the prefix ends: the blocks are freed, but kept for their pins.
+            kv.free_many(&shared).unwrap();
+            let st = kv.stats();
+            assert_eq!((st.allocated, st.deferred, st.workers), (0, 4, 1));
+            let others = kv.alloc_many(8).unwrap();
+            let ids: Vec<u32> = shared.iter().map(KvBlock::id).collect();
+            assert!(others.iter().all(|b| !ids.contains(&b.id())), "a pinned block was reused");
+            say("freed");
+            hear_word("unpinned");
+            assert!(kv.wait_unpinned(TIMEOUT).unwrap());
+            assert_eq!(kv.stats().deferred, 0);
+            // Now they are reused (lowest blocks first).
+            let again = kv.alloc_many(4).unwrap();
+            assert!(again.iter().all(|b| ids.contains(&b.id())), "{again:?} after {ids:?}");
+            assert!(again.iter().zip(&shared).all(|(a, s)| a.generation() == s.generation() + 2));
+            kv.free_many(&again).unwrap();
+            kv.free_many(&others).unwrap();
         },
-        |sc| {
-            sc.shared().crew("scheduler", &["worker"]).run("> kv, > prefix, < pinned, > freed, < unpinned");
+        |rt, m| {
+            let prefix = hear_list::<KvBlock>("prefix");
+            // Two requests read the same prefix: two pins each.
+            let first = m.pinned(&prefix).unwrap();
+            m.pin(&prefix).unwrap();
+            let ptrs = m.ptrs(&prefix).unwrap();
+            say("pinned");
+            hear_word("freed");
+            // Freed by the scheduler: no new pins or translations, but the pinned bytes are untouched.
+            assert!(matches!(m.ptr(&prefix[0]), Err(Error::StaleBlock { .. })));
+            assert!(matches!(m.pin(&prefix[..1]), Err(Error::StaleBlock { .. })));
+            assert_eq!(m.pins(&prefix[0]).unwrap(), 2, "a refused pin leaves none behind");
+            for (b, p) in prefix.iter().zip(&ptrs) {
+                assert!(holds(rt, *p, BLOCK, seed(b)), "{b} changed while pinned");
+            }
+            drop(first);
+            m.unpin(&prefix).unwrap();
+            assert!(matches!(m.unpin(&prefix[..1]), Err(Error::NotPinned { .. })));
+            say("unpinned");
         },
     );
 }
 
 #[test]
 fn a_killed_workers_pins_are_released() {
-    by_role(
+    by_crew(
         test_name!(),
-        |rt, role| match role {
-            "scheduler" => {
-                let kv = kv_pool(rt);
-                say(format!("kv {}", kv.desc()));
-                let held = kv.alloc_many(6).unwrap();
-                say(format!("pin {}", words(&held)));
-                hear_word("pinned");
-                // Half freed while the worker lives: kept.
-                kv.free_many(&held[..3]).unwrap();
-                assert_eq!(kv.stats().deferred, 3);
-                say("freed");
-                hear_word("killed");
-                // The worker is gone, and its pins with it: the kept half comes back, the rest is freed at once.
-                assert_eq!(kv.reclaim().unwrap(), 3);
-                kv.free_many(&held[3..]).unwrap();
-                let st = kv.stats();
-                assert_eq!((st.allocated, st.deferred, st.workers), (0, 0, 0));
-                kv.close().unwrap();
-                say("ok");
-            }
-            _ => {
-                let m = attach(rt, 0);
-                let held = hear_list::<KvBlock>("pin");
-                m.pin(&held).unwrap();
-                say("pinned");
-                hear_word("never");
-            }
+        "scheduler",
+        &["worker"],
+        |rt| {
+            let kv = kv_pool(rt);
+            say(format!("kv {}", kv.desc()));
+            let held = kv.alloc_many(6).unwrap();
+            say(format!("pin {}", words(&held)));
+            hear_word("pinned");
+            // Half freed while the worker lives: kept.
+            kv.free_many(&held[..3]).unwrap();
+            assert_eq!(kv.stats().deferred, 3);
+            say("freed");
+            hear_word("killed");
+            // The worker is gone, and its pins with it: the kept half comes back, the rest is freed at once.
+            assert_eq!(kv.reclaim().unwrap(), 3);
+            kv.free_many(&held[3..]).unwrap();
+            let st = kv.stats();
+            assert_eq!((st.allocated, st.deferred, st.workers), (0, 0, 0));
+            kv.close().unwrap();
         },
-        |sc| {
-            let mut crew = sc.shared().crew("scheduler", &["worker"]);
+        |rt, _| {
+            let m = attach_as(rt, "kv", 0, KvMirror::attach);
+            let held = hear_list::<KvBlock>("pin");
+            m.pin(&held).unwrap();
+            say("pinned");
+            hear_word("never");
+        },
+        |mut crew| {
             crew.play("> kv, > pin, < pinned");
             crew.owner.expect("freed");
             crew.workers.remove(0).kill();
@@ -190,56 +194,47 @@ fn a_killed_workers_pins_are_released() {
 
 #[test]
 fn block_references_of_other_pools_out_of_range_or_stale_are_refused() {
-    by_role(
+    kv_test(
         test_name!(),
-        |rt, role| match role {
-            "scheduler" => {
-                let kv = kv_pool(rt);
-                let other = kv_pool(rt);
-                say(format!("kv {}", kv.desc()));
-                let a = kv.alloc().unwrap();
-                let b = other.alloc().unwrap();
-                // The scheduler's own checks.
-                assert!(matches!(kv.free(b), Err(Error::BadDescriptor(_))), "another pool's block");
-                let beyond = KvBlock::from_parts(a.pool(), 1 << 30, 1);
-                assert!(matches!(kv.free(beyond), Err(Error::BadDescriptor(_))));
-                let c = kv.alloc().unwrap();
-                let r = kv.free_many(&[c, c]);
-                assert!(matches!(r, Err(Error::StaleBlock { .. })), "listed twice: {r:?}");
-                assert_eq!(kv.stats().allocated, 2, "nothing was freed");
-                kv.free(c).unwrap();
-                assert!(matches!(kv.free(c), Err(Error::StaleBlock { .. })), "freed twice");
-                assert!(matches!(kv.ptr(&c), Err(Error::StaleBlock { .. })));
-                // `c` is reallocated: the old reference stays stale.
-                let c2 = kv.alloc().unwrap();
-                assert_eq!((c2.id(), c2.generation()), (c.id(), c.generation() + 2));
-                say(format!("refs {}", words([a, b, beyond, c, c2])));
-                hear_word("checked");
-                kv.free_many(&[a, c2]).unwrap();
-                other.free(b).unwrap();
-                kv.close().unwrap();
-                other.close().unwrap();
-                say("ok");
-            }
-            _ => {
-                let m = attach(rt, 1);
-                let refs = hear_list::<KvBlock>("refs");
-                let (a, b, beyond, c, c2) = (refs[0], refs[1], refs[2], refs[3], refs[4]);
-                m.ptr(&a).unwrap();
-                m.ptr(&c2).unwrap();
-                assert!(matches!(m.ptr(&b), Err(Error::BadDescriptor(_))), "another pool's block");
-                assert!(matches!(m.ptr(&beyond), Err(Error::BadDescriptor(_))), "out of range");
-                assert!(matches!(m.ptr(&c), Err(Error::StaleBlock { .. })), "a stale generation");
-                assert!(matches!(m.pin(&[a, c]), Err(Error::StaleBlock { .. })), "all or none");
-                assert_eq!(m.pins(&a).unwrap(), 0, "the pin of `a` was undone");
-                let forged = KvBlock::from_parts(a.pool(), a.id(), a.generation() + 2);
-                assert!(matches!(m.ptr(&forged), Err(Error::StaleBlock { .. })), "a generation not reached");
-                say("checked");
-                when_done(|| m.close().unwrap());
-            }
+        1,
+        "> kv, > refs, < checked",
+        |rt, kv| {
+            let other = kv_pool(rt);
+            let a = kv.alloc().unwrap();
+            let b = other.alloc().unwrap();
+            // The scheduler's own checks.
+            assert!(matches!(kv.free(b), Err(Error::BadDescriptor(_))), "another pool's block");
+            let beyond = KvBlock::from_parts(a.pool(), 1 << 30, 1);
+            assert!(matches!(kv.free(beyond), Err(Error::BadDescriptor(_))));
+            let c = kv.alloc().unwrap();
+            let r = kv.free_many(&[c, c]);
+            assert!(matches!(r, Err(Error::StaleBlock { .. })), "listed twice: {r:?}");
+            assert_eq!(kv.stats().allocated, 2, "nothing was freed");
+            kv.free(c).unwrap();
+            assert!(matches!(kv.free(c), Err(Error::StaleBlock { .. })), "freed twice");
+            assert!(matches!(kv.ptr(&c), Err(Error::StaleBlock { .. })));
+            // `c` is reallocated: the old reference stays stale.
+            let c2 = kv.alloc().unwrap();
+            assert_eq!((c2.id(), c2.generation()), (c.id(), c.generation() + 2));
+            say(format!("refs {}", words([a, b, beyond, c, c2])));
+            hear_word("checked");
+            kv.free_many(&[a, c2]).unwrap();
+            other.free(b).unwrap();
+            other.close().unwrap();
         },
-        |sc| {
-            sc.shared().crew("scheduler", &["worker"]).run("> kv, > refs, < checked");
+        |_, m| {
+            let refs = hear_list::<KvBlock>("refs");
+            let (a, b, beyond, c, c2) = (refs[0], refs[1], refs[2], refs[3], refs[4]);
+            m.ptr(&a).unwrap();
+            m.ptr(&c2).unwrap();
+            assert!(matches!(m.ptr(&b), Err(Error::BadDescriptor(_))), "another pool's block");
+            assert!(matches!(m.ptr(&beyond), Err(Error::BadDescriptor(_))), "out of range");
+            assert!(matches!(m.ptr(&c), Err(Error::StaleBlock { .. })), "a stale generation");
+            assert!(matches!(m.pin(&[a, c]), Err(Error::StaleBlock { .. })), "all or none");
+            assert_eq!(m.pins(&a).unwrap(), 0, "the pin of `a` was undone");
+            let forged = KvBlock::from_parts(a.pool(), a.id(), a.generation() + 2);
+            assert!(matches!(m.ptr(&forged), Err(Error::StaleBlock { .. })), "a generation not reached");
+            say("checked");
         },
     );
 }

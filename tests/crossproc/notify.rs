@@ -160,10 +160,7 @@ fn ping_pong_between_two_processes() {
             let keys = crew.down("keys");
             crew.play("< tgid-key");
             crew.owner.expect("ready");
-            let mut stranger = crew.scenario().spawn("stranger");
-            stranger.send(format!("key {}", keys.split(' ').next().unwrap()));
-            stranger.expect("refused");
-            stranger.join();
+            crew.scenario().ask("stranger", format!("key {}", keys.split(' ').next().unwrap()), "refused");
             crew.workers[0].send("ready");
             crew.play("< go, > done");
             crew.owner.send("bye");

@@ -3,7 +3,7 @@
 //! rendezvous's pid check are tested in `share.rs`.)
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use aclshm::{Error, Pool, PoolConfig, Runtime, ShareConfig, raw};
 
@@ -14,17 +14,20 @@ fn mode(p: &Path) -> u32 {
     std::fs::symlink_metadata(p).unwrap().mode() & 0o7777
 }
 
-/// Make `dir` another user's: chown it to nobody when we are root; otherwise it is `/`, which is root's.
-fn foreign_dir(sc: &Scenario) -> std::path::PathBuf {
+fn root() -> bool {
     // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } == 0 {
-        let d = sc.dir().to_path_buf();
-        std::fs::create_dir_all(&d).unwrap();
-        std::os::unix::fs::chown(&d, Some(65534), Some(65534)).unwrap();
-        d
-    } else {
-        std::path::PathBuf::from("/")
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A directory of another user's: `dir`, created and chowned to nobody, when we are root; otherwise `/`,
+/// which is root's.
+fn foreign_dir(dir: PathBuf) -> PathBuf {
+    if !root() {
+        return PathBuf::from("/");
     }
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    dir
 }
 
 /// A pool of 2 MiB chunks on device 0.
@@ -54,7 +57,7 @@ fn the_simulator_and_share_directories_are_private_and_checked() {
             }
             "share-refused" => {
                 let pool = small_pool(rt);
-                let dir = std::path::PathBuf::from(hear_word("dir"));
+                let dir = PathBuf::from(hear_word("dir"));
                 let r = pool.share(ShareConfig { dir: Some(dir), ..ShareConfig::default() });
                 match r {
                     Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::PermissionDenied => {
@@ -87,7 +90,7 @@ fn the_simulator_and_share_directories_are_private_and_checked() {
 
             // A simulator directory of another user is refused (and nothing is created in it).
             let sc = foreign;
-            let dir = foreign_dir(&sc);
+            let dir = foreign_dir(sc.dir().to_path_buf());
             let mut r = sc.spawn_with("refused", &[("ACLSHM_SIM_DIR", dir.to_str().unwrap())]);
             r.expect("refused");
             assert!(r.wait().success());
@@ -96,29 +99,17 @@ fn the_simulator_and_share_directories_are_private_and_checked() {
 
             // So is a share directory that others can write, or that another user owns.
             let sc = writable;
-            let open = std::path::PathBuf::from(format!("{}-open", sc.dir().display()));
+            let open = PathBuf::from(format!("{}-open", sc.dir().display()));
             std::fs::create_dir_all(&open).unwrap();
             std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
-            let other = std::path::PathBuf::from(format!("{}-other", sc.dir().display()));
-            std::fs::create_dir_all(&other).unwrap();
-            // SAFETY: geteuid cannot fail.
-            let root = unsafe { libc::geteuid() } == 0;
-            let other = if root {
-                std::os::unix::fs::chown(&other, Some(65534), Some(65534)).unwrap();
-                other
-            } else {
-                std::path::PathBuf::from("/")
-            };
+            let other = foreign_dir(PathBuf::from(format!("{}-other", sc.dir().display())));
             for (dir, says) in [(&open, "private directory"), (&other, "private directory")] {
-                let mut s = sc.spawn("share-refused");
-                s.send(format!("dir {}", dir.display()));
-                let why = s.expect("refused");
+                let why = sc.ask("share-refused", format!("dir {}", dir.display()), "refused");
                 assert!(why.contains(says) || why.contains("belongs to uid"), "{why}");
-                s.join();
             }
             assert!(std::fs::read_dir(&open).unwrap().next().is_none(), "nothing was created in it");
             let _ = std::fs::remove_dir_all(&open);
-            if root {
+            if root() {
                 let _ = std::fs::remove_dir_all(&other);
             }
             sc.finish();

@@ -41,6 +41,13 @@ fn export(rt: &aclshm::Runtime, m: &Mapped, flags: u64) -> aclshm::Result<u64> {
     unsafe { raw::mem_export_to_shareable_handle(rt, m.handle, aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE, flags) }
 }
 
+/// A mapping of `size` bytes of device 0's memory and its shareable handle, exported with `flags`.
+fn exported(rt: &aclshm::Runtime, size: usize, flags: u64) -> (Mapped, u64) {
+    let m = alloc_map(rt, 0, size);
+    let token = export(rt, &m, flags).unwrap();
+    (m, token)
+}
+
 /// Unmap, free and release, in the documented order.
 fn teardown(rt: &aclshm::Runtime, m: Mapped) {
     // SAFETY: our mapping, handle and reservation, used no more.
@@ -59,8 +66,7 @@ fn offset(p: *mut c_void, by: usize) -> *mut c_void {
 /// handle (`token T`), and keep it until the parent says `done`.
 fn serve_one_export(rt: &aclshm::Runtime) {
     raw::set_device(rt, 0).unwrap();
-    let m = alloc_map(rt, 0, MIB2);
-    let token = export(rt, &m, ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION).unwrap();
+    let (m, token) = exported(rt, MIB2, ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION);
     say(format!("token {token}"));
     hear_word("done");
     teardown(rt, m);
@@ -70,8 +76,7 @@ fn serve_one_export(rt: &aclshm::Runtime) {
 fn with_one_export(sc: Scenario, peer: &str) {
     let mut crew = sc.crew("exporter", &[peer]);
     crew.play("> token");
-    crew.workers[0].expect("ok");
-    crew.release();
+    crew.release_after("ok");
 }
 
 #[test]
@@ -83,9 +88,8 @@ fn data_crosses_processes_on_device_0_and_device_1() {
             match role {
                 "exporter" => {
                     raw::set_device(rt, 0).unwrap();
-                    let m = alloc_map(rt, 0, SIZE);
+                    let (m, token) = exported(rt, SIZE, 0);
                     write_dev(rt, m.va, &pattern(1, SIZE)).unwrap();
-                    let token = export(rt, &m, 0).unwrap();
                     let pids: Vec<i32> = hear_list("whitelist");
                     raw::mem_set_pid_to_shareable_handle(rt, token, &pids).unwrap();
                     say(format!("token {token}"));
@@ -136,9 +140,8 @@ fn memory_lives_until_every_process_has_freed_it() {
             raw::set_device(rt, 0).unwrap();
             match role {
                 "exporter" => {
-                    let m = alloc_map(rt, 0, MIB2);
+                    let (m, token) = exported(rt, MIB2, ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION);
                     write_dev(rt, m.va, &pattern(7, MIB2)).unwrap();
-                    let token = export(rt, &m, ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION).unwrap();
                     say(format!("token {token}"));
                     hear_word("imported");
                     teardown(rt, m);
@@ -184,10 +187,8 @@ fn whitelist_refuses_then_admits_and_the_opt_out_admits_anyone() {
             raw::set_device(rt, 0).unwrap();
             match role {
                 "exporter" => {
-                    let guarded = alloc_map(rt, 0, MIB2);
-                    let open = alloc_map(rt, 0, MIB2);
-                    let tg = export(rt, &guarded, 0).unwrap();
-                    let to = export(rt, &open, ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION).unwrap();
+                    let (guarded, tg) = exported(rt, MIB2, 0);
+                    let (open, to) = exported(rt, MIB2, ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION);
                     assert_code!(raw::mem_set_pid_to_shareable_handle(rt, to, &[12345]), ACL_ERROR_RT_NO_PERMISSION);
                     assert_code!(raw::mem_set_pid_to_shareable_handle(rt, tg, &[0]), DRV);
                     assert_code!(raw::mem_set_pid_to_shareable_handle(rt, tg, &[]), ACL_ERROR_INVALID_PARAM);
@@ -222,8 +223,7 @@ fn whitelist_refuses_then_admits_and_the_opt_out_admits_anyone() {
         |sc| {
             let mut crew = sc.crew("exporter", &["importer"]);
             crew.play("> tokens, < whitelist, > added");
-            crew.workers[0].expect("imported");
-            crew.release();
+            crew.release_after("imported");
         },
     );
 }
@@ -238,8 +238,7 @@ fn a_handle_and_its_shareable_handle_are_one_to_one() {
             let opt_out = ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION;
             match role {
                 "exporter" => {
-                    let m = alloc_map(rt, 0, MIB2);
-                    let token = export(rt, &m, opt_out).unwrap();
+                    let (m, token) = exported(rt, MIB2, opt_out);
                     assert_code!(export(rt, &m, opt_out), DRV);
                     // Export and import may not happen in one process, on any device.
                     assert_code!(raw::mem_import_from_shareable_handle(rt, token, 0), DRV);
@@ -295,10 +294,7 @@ fn a_handle_and_its_shareable_handle_are_one_to_one() {
             let token = crew.down("token");
             crew.play("< imported");
             crew.owner.expect("freed");
-            let mut late = crew.scenario().spawn("late");
-            late.send(format!("token {token}"));
-            late.expect("refused");
-            late.join();
+            crew.scenario().ask("late", format!("token {token}"), "refused");
             crew.workers[0].send("done");
             crew.release();
         },
