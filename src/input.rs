@@ -104,6 +104,21 @@ fn read_bounded(file: File, limit: u64, out: &mut Vec<u8>) -> std::io::Result<us
     file.take(limit.saturating_add(1)).read_to_end(out)
 }
 
+/// A file holding `text` in a fresh test directory (kept while the directory is), for tests of readers.
+#[cfg(test)]
+pub(crate) fn test_file(name: &str, text: &str) -> (crate::os::TestDir, std::path::PathBuf) {
+    let dir = crate::os::TestDir::new("input").unwrap();
+    let p = dir.0.join(name);
+    std::fs::write(&p, text).unwrap();
+    (dir, p)
+}
+
+/// Make the file at `p` one byte longer than `limit` (sparse: nothing is written).
+#[cfg(test)]
+pub(crate) fn grow_past(p: &Path, limit: u64) {
+    std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(limit + 1).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

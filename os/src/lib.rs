@@ -61,3 +61,12 @@ pub use units::{ParseBytesError, parse_bytes};
 /// A private test directory (see [`TempDir`]).
 #[cfg(test)]
 pub(crate) type TestDir = TempDir;
+
+/// A new private file `name` in a fresh test directory (kept while the directory is), open read-write.
+#[cfg(test)]
+pub(crate) fn test_file(name: &str) -> (TestDir, std::path::PathBuf, std::os::fd::OwnedFd) {
+    let dir = TestDir::new(name).unwrap();
+    let path = dir.0.join(name);
+    let fd = create_file(&path).unwrap();
+    (dir, path, fd)
+}

@@ -54,13 +54,11 @@ fn fcntl(fd: impl AsFd, cmd: libc::c_int, kind: libc::c_int, at: u64) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{TestDir, create_file, open_file};
+    use crate::{open_file, test_file};
 
     #[test]
     fn a_byte_lock_excludes_other_opens_until_unlocked_or_closed() {
-        let dir = TestDir::new("lock").unwrap();
-        let path = dir.0.join("f");
-        let a = create_file(&path).unwrap();
+        let (_dir, path, a) = test_file("lock");
         let b = open_file(&path).unwrap();
         assert!(try_lock_byte(&a, 3).unwrap());
         assert!(try_lock_byte(&a, 3).unwrap(), "again through the same open");

@@ -65,13 +65,11 @@ impl AnonymousMapping {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{TestDir, create_file, open_file, set_len};
+    use crate::{open_file, set_len, test_file};
 
     #[test]
     fn two_mappings_of_a_file_see_the_same_bytes() {
-        let dir = TestDir::new("map").unwrap();
-        let path = dir.0.join("obj");
-        let f = create_file(&path).unwrap();
+        let (_dir, path, f) = test_file("map");
         set_len(&f, 8192).unwrap();
         let a = SharedMapping::map(&f, 8192).unwrap();
         let b = SharedMapping::map(open_file(&path).unwrap(), 8192).unwrap();

@@ -220,15 +220,12 @@ mod tests {
 
     #[test]
     fn files_are_read_up_to_the_limit_and_only_regular_ones() {
-        let tmp = crate::os::TestDir::new("config-load").unwrap();
-        let dir = &tmp.0;
-        let p = dir.join("pool.conf");
-        std::fs::write(&p, "chunk_bytes = 8M\n").unwrap();
+        let (tmp, p) = crate::input::test_file("pool.conf", "chunk_bytes = 8M\n");
         assert_eq!(PoolConfig::load(&p).unwrap().chunk_bytes, 8 << 20);
-        // One byte over the limit (sparse): refused before reading, naming the limit.
-        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(PoolConfig::MAX_FILE_BYTES + 1).unwrap();
+        // One byte over the limit: refused before reading, naming the limit.
+        crate::input::grow_past(&p, PoolConfig::MAX_FILE_BYTES);
         let over = PoolConfig::load(&p).unwrap_err();
-        let missing = PoolConfig::load(dir.join("missing.conf")).unwrap_err();
+        let missing = PoolConfig::load(tmp.0.join("missing.conf")).unwrap_err();
         assert!(matches!(over, Error::InvalidArgument(_)), "{over:?}");
         assert!(over.to_string().ends_with("is larger than the limit of 1 MiB"), "{over}");
         assert!(

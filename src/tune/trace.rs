@@ -128,20 +128,16 @@ impl Trace {
                 "alloc" => {
                     arity(2)?;
                     let (id, bytes) = (id(1)?, count(2, "size")?);
-                    if live.contains_key(&id) {
+                    if live.insert(id, bytes).is_some() {
                         return Err(bad(format!("id {id} is live already")));
                     }
                     held = hold(held, bytes)?;
-                    live.insert(id, bytes);
                     Op::Alloc { id, bytes }
                 }
                 "free" => {
                     arity(1)?;
                     let id = id(1)?;
-                    let Some(bytes) = live.remove(&id) else {
-                        return Err(bad(format!("id {id} is not live")));
-                    };
-                    held -= bytes;
+                    held -= live.remove(&id).ok_or_else(|| bad(format!("id {id} is not live")))?;
                     Op::Free { id }
                 }
                 "kv-alloc" | "kv-extend" | "kv-free" if t.kv_token_bytes.is_none() => {
@@ -150,11 +146,10 @@ impl Trace {
                 "kv-alloc" => {
                     arity(2)?;
                     let (id, tokens) = (id(1)?, count(2, "token count")?);
-                    if kv_live.contains_key(&id) {
+                    if kv_live.insert(id, tokens).is_some() {
                         return Err(bad(format!("request {id} is live already")));
                     }
                     held = hold(held, kv_bytes(id, tokens)?)?;
-                    kv_live.insert(id, tokens);
                     Op::KvAlloc { id, tokens }
                 }
                 "kv-extend" => {
@@ -173,9 +168,7 @@ impl Trace {
                 "kv-free" => {
                     arity(1)?;
                     let id = id(1)?;
-                    let Some(tokens) = kv_live.remove(&id) else {
-                        return Err(bad(format!("request {id} is not live")));
-                    };
+                    let tokens = kv_live.remove(&id).ok_or_else(|| bad(format!("request {id} is not live")))?;
                     held -= kv_bytes(id, tokens)?;
                     Op::KvFree { id }
                 }
@@ -437,13 +430,10 @@ mod tests {
 
     #[test]
     fn trace_files_are_read_up_to_the_limit() {
-        let tmp = crate::os::TestDir::new("trace-load").unwrap();
-        let dir = &tmp.0;
-        let p = dir.join("big.trace");
-        std::fs::write(&p, "aclshm-trace 1\nalloc 1 4K\n").unwrap();
+        let (_tmp, p) = crate::input::test_file("big.trace", "aclshm-trace 1\nalloc 1 4K\n");
         assert_eq!(Trace::load(&p).unwrap().ops, vec![Op::Alloc { id: 1, bytes: 4096 }]);
-        // One byte over the limit (sparse: nothing is written): refused before reading, naming the limit.
-        std::fs::OpenOptions::new().write(true).open(&p).unwrap().set_len(Trace::MAX_BYTES + 1).unwrap();
+        // One byte over the limit: refused before reading, naming the limit.
+        crate::input::grow_past(&p, Trace::MAX_BYTES);
         let e = Trace::load(&p).unwrap_err().to_string();
         assert!(e.ends_with("is larger than the limit of 256 MiB"), "{e}");
     }
