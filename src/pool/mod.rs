@@ -223,18 +223,20 @@ impl Pool {
 
     /// Allocate `size` bytes aligned to `align` (a power of two, at most the chunk size).
     pub fn alloc_aligned(&self, size: u64, align: u64) -> Result<Allocation> {
-        if size == 0 {
-            return Err(Error::InvalidArgument("an allocation of 0 bytes".into()));
-        }
         let chunk = self.inner.geometry.chunk;
-        if !align.is_power_of_two() {
-            return Err(Error::InvalidArgument(format!("alignment {align:#x} is not a power of two")));
+        if size == 0 || !align.is_power_of_two() || align > chunk {
+            return Err(refused_request(size, align, chunk));
         }
-        if align > chunk {
-            return Err(Error::InvalidArgument(format!(
-                "alignment {align:#x} is larger than the pool's chunks ({chunk:#x} bytes)"
-            )));
+        self.inner.errors.check()?;
+        if let Some(a) = self.try_alloc(size, align)? {
+            return Ok(a);
         }
+        self.grow_and_alloc(size, align)
+    }
+
+    /// The slow path of an allocation: grow until it fits (or the device or the range is full).
+    #[inline(never)]
+    fn grow_and_alloc(&self, size: u64, align: u64) -> Result<Allocation> {
         // What the heap may need for it: the size rounded to the granule, plus room to align its start. A
         // request the whole range cannot hold fails now, before any chunk is mapped or trimmed.
         let need = size
@@ -244,10 +246,6 @@ impl Pool {
         let Some(need) = need else {
             return Err(self.out_of_memory(size));
         };
-        self.inner.errors.check()?;
-        if let Some(a) = self.try_alloc(size, align)? {
-            return Ok(a);
-        }
         loop {
             self.grow(Owner::Heap, need)?;
             if let Some(a) = self.try_alloc(size, align)? {
@@ -629,6 +627,18 @@ impl Pool {
 }
 
 close_on_drop!(Pool, close, "a pool");
+
+/// Why an allocation request is refused before anything is tried (off the hot path).
+#[cold]
+fn refused_request(size: u64, align: u64, chunk: u64) -> Error {
+    if size == 0 {
+        Error::InvalidArgument("an allocation of 0 bytes".into())
+    } else if !align.is_power_of_two() {
+        Error::InvalidArgument(format!("alignment {align:#x} is not a power of two"))
+    } else {
+        Error::InvalidArgument(format!("alignment {align:#x} is larger than the pool's chunks ({chunk:#x} bytes)"))
+    }
+}
 
 /// The device is out of memory, or the pool's range has no room.
 fn is_full(e: &Error) -> bool {

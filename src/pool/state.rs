@@ -35,6 +35,7 @@ pub(super) struct Geometry {
 
 impl Geometry {
     /// The slots `[first, last]` that `len` bytes at `offset` lie in.
+    #[inline]
     pub(super) fn slots_of(&self, offset: u64, len: u64) -> (usize, usize) {
         ((offset / self.chunk) as usize, ((offset + len - 1) / self.chunk) as usize)
     }
@@ -57,6 +58,8 @@ pub(super) struct State {
     pub closed: bool,
 }
 
+// The methods of the hot path (allocating and freeing inside mapped chunks) are `#[inline]`: the pool
+// calls them from another module, which may be another codegen unit.
 impl State {
     /// A pool of `slots` empty chunk slots of `chunk` bytes over `range`.
     pub(super) fn new(range: Arc<VaRange>, slots: usize, chunk: u64) -> State {
@@ -77,6 +80,7 @@ impl State {
     }
 
     /// Refuse work on a closed pool.
+    #[inline]
     pub(super) fn check_open(&self) -> Result<()> {
         if self.closed { Err(Error::Closed) } else { Ok(()) }
     }
@@ -92,6 +96,7 @@ impl State {
     // ---- the heap ----
 
     /// Allocate `size` bytes aligned to `align` from the mapped heap chunks, if they have room.
+    #[inline]
     pub(super) fn alloc(&mut self, g: &Geometry, size: u64, align: u64) -> Option<Allocation> {
         let b = self.heap.alloc(size, align)?;
         let (first, last) = g.slots_of(b.offset, b.size);
@@ -108,6 +113,7 @@ impl State {
     }
 
     /// Free a heap allocation (checked: not allocated is [`Error::NotAllocated`], nothing changed).
+    #[inline]
     pub(super) fn free(&mut self, g: &Geometry, a: &Allocation) -> Result<()> {
         self.heap.free(a.block).map_err(|FreeError::NotAllocated| Error::NotAllocated {
             pool: a.pool,
@@ -143,11 +149,13 @@ impl State {
     }
 
     /// Class `id`, or an error naming it unknown.
+    #[inline]
     pub(super) fn class(&self, id: BlockClassId) -> Result<&BlockClass> {
         self.classes.get(id.0 as usize).ok_or_else(|| Error::InvalidArgument(format!("unknown block class {}", id.0)))
     }
 
     /// Take a block of `class` from its mapped chunks, if one is free.
+    #[inline]
     pub(super) fn take_block(&mut self, g: &Geometry, class: BlockClassId) -> Result<Option<Block>> {
         self.class(class)?;
         let c = &mut self.classes[class.0 as usize];
@@ -190,6 +198,7 @@ impl State {
     }
 
     /// Free blocks, all or none: every one is checked first (unknown class, not allocated, listed twice).
+    #[inline]
     pub(super) fn free_blocks(&mut self, blocks: &[Block]) -> Result<()> {
         let mut seen = std::collections::HashSet::with_capacity(if blocks.len() > 1 { blocks.len() } else { 0 });
         for b in blocks {
