@@ -90,6 +90,7 @@ impl SharedMap {
     }
 
     /// The start of the mapping.
+    #[inline]
     pub(crate) fn ptr(&self) -> *mut u8 {
         self.map.ptr()
     }

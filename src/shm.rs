@@ -172,12 +172,14 @@ impl<K: Kind> ShmFile<K> {
         Ok((f, read))
     }
 
+    #[inline]
     fn prefix(&self) -> &Prefix {
         // SAFETY: the mapping is at least HEADER_BYTES long and page-aligned; Prefix is all atomics.
         unsafe { &*self.map.ptr().cast::<Prefix>() }
     }
 
     /// The kind's header.
+    #[inline]
     pub(crate) fn header(&self) -> &K::Header {
         // SAFETY: the header lies inside the first HEADER_BYTES (LAYOUT), at an offset its alignment divides
         // (16), in a mapping at least that long; K::Header is Shared (all atomics).
@@ -185,6 +187,7 @@ impl<K: Kind> ShmFile<K> {
     }
 
     /// The payload's items.
+    #[inline]
     pub(crate) fn items(&self) -> &[K::Item] {
         // SAFETY: the file holds exactly `items` items after HEADER_BYTES (checked at create and open), the
         // offset is aligned for K::Item (LAYOUT; the mapping is page-aligned), and K::Item is Shared.

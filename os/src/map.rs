@@ -30,11 +30,13 @@ macro_rules! extent {
     ($ty:ty) => {
         impl $ty {
             /// The start of the mapping (page-aligned).
+            #[inline]
             pub fn ptr(&self) -> *mut u8 {
                 self.0.as_mut_ptr()
             }
 
             /// Its length in bytes, as asked for.
+            #[inline]
             pub fn len(&self) -> usize {
                 self.0.len()
             }

@@ -40,6 +40,7 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     /// The pool offset of block `id`.
+    #[inline]
     pub(crate) fn offset(&self, id: u32) -> u64 {
         u64::from(id / self.per_chunk) * self.chunk_bytes + u64::from(id % self.per_chunk) * self.block_bytes
     }
@@ -140,6 +141,7 @@ impl BlockTable {
 
     /// Block `id`'s generation now (odd: allocated). `id` must be below the block count (callers check
     /// references first).
+    #[inline]
     pub(crate) fn generation(&self, id: u32) -> u32 {
         self.file.items()[id as usize].load(Ordering::SeqCst)
     }
@@ -254,6 +256,7 @@ impl PinFile {
     }
 
     /// Block `id`'s pin count. `id` must be below the block count (callers check references first).
+    #[inline]
     pub(crate) fn count(&self, id: u32) -> &AtomicU32 {
         &self.file.items()[id as usize]
     }

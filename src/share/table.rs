@@ -155,6 +155,7 @@ impl Table {
     }
 
     /// The current generation (one atomic load).
+    #[inline]
     pub(crate) fn generation(&self) -> u64 {
         self.header().generation.load(Ordering::Acquire)
     }
@@ -218,6 +219,7 @@ impl Table {
     }
 
     /// The chunk id published in `slot` now (0: none); one atomic load.
+    #[inline]
     pub(crate) fn chunk_at(&self, slot: usize) -> u64 {
         self.file.items()[slot].chunk.load(Ordering::Acquire)
     }
