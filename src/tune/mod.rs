@@ -36,9 +36,10 @@ pub struct Candidate {
 }
 
 impl Candidate {
-    /// Bytes per KV block for a trace with `token_bytes` per token (rounded up to the pool's granule).
+    /// Bytes per KV block for a trace with `token_bytes` per token (rounded up to the pool's granule);
+    /// `None` without a block size, or for one that overflows 64 bits.
     pub fn block_bytes(&self, token_bytes: u64) -> Option<u64> {
-        self.block_tokens.map(|t| (u64::from(t) * token_bytes).next_multiple_of(crate::pool::GRANULE))
+        u64::from(self.block_tokens?).checked_mul(token_bytes)?.checked_next_multiple_of(crate::pool::GRANULE)
     }
 
     /// A short label: `chunk 8M, trim 64M, reserve 0, block 32 tok`.
@@ -83,7 +84,8 @@ impl Grid {
     }
 
     /// Every candidate, with `reserve_bytes` for the range; for a KV trace of `token_bytes` per token,
-    /// those whose block fits a chunk.
+    /// those whose block fits a chunk. Values no pool can take (a chunk of 0 bytes, a range that
+    /// overflows) give no candidate; `Pool::new` judges the rest.
     pub fn candidates(&self, reserve_bytes: u64, token_bytes: Option<u64>) -> Vec<Candidate> {
         let tokens: Vec<Option<u32>> = if self.block_tokens.is_empty() {
             vec![None]
@@ -92,12 +94,13 @@ impl Grid {
         };
         let mut out = Vec::new();
         for &chunk in &self.chunk_bytes {
+            let Some(reserve_bytes) = reserve_bytes.checked_next_multiple_of(chunk) else { continue };
             for &trim in &self.trim_watermarks {
                 for &reserve in &self.reserve_chunks {
                     for &t in &tokens {
                         let pool = PoolConfig {
                             chunk_bytes: chunk,
-                            reserve_bytes: reserve_bytes.next_multiple_of(chunk),
+                            reserve_bytes,
                             trim_watermark: trim,
                             reserve_chunks: reserve,
                             ..PoolConfig::default()
@@ -145,13 +148,26 @@ fn total_calls(rt: &Runtime) -> u64 {
     rt.call_counts().iter().map(|c| c.1).sum()
 }
 
-/// Replay `trace` on a new pool of `candidate` on `device`, and measure it. The pool is closed after.
+/// Replay `trace` on a new pool of `candidate` on `device`, and measure it. The pool is closed after. A
+/// trace that frees what is not live (one built by hand rather than by [`Trace::parse`]) or a block of 0
+/// tokens is [`Error::InvalidArgument`].
 pub fn replay(rt: &Runtime, device: i32, trace: &Trace, candidate: &Candidate) -> Result<Outcome> {
     let token_bytes = trace.kv_token_bytes.unwrap_or(0);
+    if candidate.block_tokens == Some(0) {
+        return Err(Error::InvalidArgument("a KV block of 0 tokens".into()));
+    }
     let block_bytes = match (trace.is_kv(), candidate.block_bytes(token_bytes)) {
-        (true, None) => return Err(Error::InvalidArgument("a KV trace needs a block size".into())),
+        (true, None) => {
+            return Err(Error::InvalidArgument(format!(
+                "a KV trace needs a block size that fits 64 bits ({:?} tokens of {token_bytes} bytes)",
+                candidate.block_tokens
+            )));
+        }
         (_, b) => b,
     };
+    check_ops(trace)?;
+    let not_live =
+        |what: &str, id: u64| Error::InvalidArgument(format!("the trace frees {what} {id}, which is not live"));
     let calls_before = total_calls(rt);
     let pool = Pool::new(rt, device, candidate.pool.clone())?;
     let class = block_bytes.map(|b| pool.block_class(b)).transpose()?;
@@ -168,35 +184,41 @@ pub fn replay(rt: &Runtime, device: i32, trace: &Trace, candidate: &Candidate) -
                     let a = pool.alloc(bytes)?;
                     latencies.push(t.elapsed().as_nanos() as u64);
                     heap.insert(id, (a, bytes));
-                    live += bytes;
+                    live = live.saturating_add(bytes);
                 }
                 Op::Free { id } => {
-                    let (a, bytes) = heap.remove(&id).expect("the trace was validated");
+                    let (a, bytes) = heap.remove(&id).ok_or_else(|| not_live("id", id))?;
                     pool.free(a)?;
-                    live -= bytes;
+                    live = live.saturating_sub(bytes);
                 }
                 Op::KvAlloc { id, tokens } => {
                     let t = Instant::now();
-                    let blocks = pool.alloc_blocks(class.expect("a KV trace"), blocks_for(tokens))?;
+                    let class = class.ok_or_else(|| {
+                        Error::InvalidArgument("a KV operation in a trace without kv-token-bytes".into())
+                    })?;
+                    let blocks = pool.alloc_blocks(class, blocks_for(tokens))?;
                     latencies.push(t.elapsed().as_nanos() as u64);
                     kv.insert(id, (blocks, tokens));
-                    live += tokens * token_bytes;
+                    live = live.saturating_add(tokens.saturating_mul(token_bytes));
                 }
                 Op::KvExtend { id, tokens } => {
-                    let (blocks, have) = kv.get_mut(&id).expect("the trace was validated");
-                    let more = blocks_for(*have + tokens) - blocks.len();
+                    let (blocks, have) = kv.get_mut(&id).ok_or_else(|| not_live("request", id))?;
+                    let more = blocks_for(have.saturating_add(tokens)).saturating_sub(blocks.len());
                     if more > 0 {
                         let t = Instant::now();
-                        blocks.extend(pool.alloc_blocks(class.expect("a KV trace"), more)?);
+                        let class = class.ok_or_else(|| {
+                            Error::InvalidArgument("a KV operation in a trace without kv-token-bytes".into())
+                        })?;
+                        blocks.extend(pool.alloc_blocks(class, more)?);
                         latencies.push(t.elapsed().as_nanos() as u64);
                     }
-                    *have += tokens;
-                    live += tokens * token_bytes;
+                    *have = have.saturating_add(tokens);
+                    live = live.saturating_add(tokens.saturating_mul(token_bytes));
                 }
                 Op::KvFree { id } => {
-                    let (blocks, tokens) = kv.remove(&id).expect("the trace was validated");
+                    let (blocks, tokens) = kv.remove(&id).ok_or_else(|| not_live("request", id))?;
                     pool.free_blocks(&blocks)?;
-                    live -= tokens * token_bytes;
+                    live = live.saturating_sub(tokens.saturating_mul(token_bytes));
                 }
             }
             let mapped = pool.mapped_bytes();
@@ -228,10 +250,36 @@ pub fn replay(rt: &Runtime, device: i32, trace: &Trace, candidate: &Candidate) -
         avg_mapped,
         avg_live,
         utilisation: if avg_mapped > 0.0 { avg_live / avg_mapped } else { 0.0 },
-        attach_imports: peak_mapped / candidate.pool.chunk_bytes,
+        attach_imports: peak_mapped / candidate.pool.chunk_bytes.max(1),
         rank: 0,
         within_tolerance: false,
     })
+}
+
+/// Check what [`Trace::parse`] checks of a trace's operations, for one built by hand: every id freed or
+/// extended is live, none is allocated twice, KV operations come with `kv_token_bytes`. Before any
+/// runtime call.
+fn check_ops(trace: &Trace) -> Result<()> {
+    let bad = |why: String| Err(Error::InvalidArgument(format!("trace {}: {why}", trace.name)));
+    let (mut heap, mut kv) = (std::collections::HashSet::new(), std::collections::HashSet::new());
+    for op in &trace.ops {
+        let ok = match *op {
+            Op::Alloc { id, .. } => heap.insert(id),
+            Op::Free { id } => heap.remove(&id),
+            Op::KvAlloc { id, .. } | Op::KvExtend { id, .. } | Op::KvFree { id } if trace.kv_token_bytes.is_none() => {
+                return bad(format!("request {id}: a KV operation in a trace without kv-token-bytes"));
+            }
+            Op::KvAlloc { id, .. } => kv.insert(id),
+            Op::KvExtend { id, .. } => kv.contains(&id),
+            Op::KvFree { id } => kv.remove(&id),
+        };
+        if !ok {
+            return bad(format!(
+                "{op:?} does not follow from the operations before it (an id freed that is not live, or allocated twice)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Rank outcomes (see the [module](self) docs): sorts them, best first, and sets `rank` and
@@ -324,5 +372,32 @@ mod tests {
         let c = &Grid::default_for(&kv).candidates(1 << 30, kv.kv_token_bytes)[0];
         assert_eq!(c.block_bytes(128 << 10), Some(2 << 20));
         assert_eq!(c.label(), "chunk 2M, trim eager, reserve 0, block 16 tok");
+    }
+
+    #[test]
+    fn hand_built_grids_and_traces_are_errors_not_panics() {
+        // A grid with values no pool takes gives no candidate for them.
+        let g = Grid {
+            chunk_bytes: vec![0, 2 << 20],
+            trim_watermarks: vec![None],
+            reserve_chunks: vec![0],
+            block_tokens: vec![],
+        };
+        assert_eq!(g.candidates(u64::MAX, None).len(), 0, "a range of u64::MAX rounds past 2^64");
+        assert_eq!(g.candidates(1 << 30, None).len(), 1, "the 0-byte chunk gives none");
+        let huge = Candidate { pool: PoolConfig::default(), block_tokens: Some(u32::MAX) };
+        assert_eq!(huge.block_bytes(u64::MAX), None, "a block size past 2^64");
+        // Traces built by hand, not parsed: refused before any runtime call (this runtime has none).
+        let rt = crate::runtime::tests_support::empty();
+        let small = PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 8 << 20, ..PoolConfig::default() };
+        let frees = Trace { name: "t".into(), kv_token_bytes: None, ops: vec![Op::Free { id: 7 }] };
+        let e = replay(&rt, 0, &frees, &Candidate { pool: small.clone(), block_tokens: None }).unwrap_err();
+        assert!(e.to_string().contains("Free { id: 7 } does not follow"), "{e}");
+        let kv = Trace { name: "t".into(), kv_token_bytes: Some(1024), ops: vec![Op::KvAlloc { id: 1, tokens: 3 }] };
+        let e = replay(&rt, 0, &kv, &Candidate { pool: small.clone(), block_tokens: Some(0) }).unwrap_err();
+        assert!(e.to_string().contains("0 tokens"), "{e}");
+        let no_kv = Trace { name: "t".into(), kv_token_bytes: None, ops: vec![Op::KvAlloc { id: 1, tokens: 3 }] };
+        let e = replay(&rt, 0, &no_kv, &Candidate { pool: small, block_tokens: None }).unwrap_err();
+        assert!(matches!(&e, Error::InvalidArgument(m) if m.contains("KV")), "{e}");
     }
 }
