@@ -313,7 +313,7 @@ fn an_owner_out_of_file_descriptors_turns_workers_away_and_recovers() {
             owner.expect("ok");
             owner.join();
             sc.finish();
-            t.report("descriptors");
+            t.report("file descriptors");
         },
     );
 }
