@@ -1,9 +1,18 @@
 //! The calling thread's current device: [`Runtime::on_device`] runs work with a device current and puts
-//! the thread's previous one back. Above [`raw`](crate::raw), which it calls.
+//! the thread's previous one back, after making sure the runtime is initialised (`aclInit`, once per
+//! process and library, as the documentation requires before other calls). Contexts ([`Context`]) and
+//! where an address lives ([`Runtime::locate`]). Above [`raw`](crate::raw), which it calls.
 
-use crate::error::Result;
+use std::ffi::c_void;
+use std::fmt;
+use std::ptr::NonNull;
+
+use aclshm_sys::{aclrtContext, aclrtMemLocationType};
+
+use crate::error::{AclError, Error, Result, close_on_drop, release_retrying};
 use crate::raw;
 use crate::runtime::Runtime;
+use crate::sync::StaticMutex;
 
 impl Runtime {
     /// Run `f` with `device` current in the calling thread (`aclrtSetDevice` when it is not), and make the
@@ -12,10 +21,65 @@ impl Runtime {
     pub fn on_device<T>(&self, device: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
         on_device(self, device, f)
     }
+
+    /// Call `aclInit` unless aclshm did in this process already, through this runtime's library: the
+    /// documentation requires it before other calls (the runtime does not check, and the simulator does
+    /// not either). A program that initialised the runtime itself (`aclInit` before aclshm) is fine: the
+    /// runtime's `ACL_ERROR_REPEAT_INITIALIZE` counts as done. aclshm never calls `aclFinalize`: the
+    /// program that owns the process does, once, before it exits.
+    pub fn ensure_initialized(&self) -> Result<()> {
+        static DONE: StaticMutex<Vec<usize>> = StaticMutex::new(Vec::new());
+        let Some(init) = self.fns().aclInit else { return Ok(()) };
+        let key = init as usize;
+        let mut done = DONE.lock();
+        if done.contains(&key) {
+            return Ok(());
+        }
+        match raw::init(self, None) {
+            Ok(()) => {}
+            Err(e) if e.acl_code() == Some(AclError::REPEAT_INITIALIZE) => {}
+            Err(e) => return Err(e),
+        }
+        done.push(key);
+        Ok(())
+    }
+
+    /// Where `ptr` lives, as the runtime sees it (`aclrtPointerGetAttributes`).
+    pub fn locate(&self, ptr: *const c_void) -> Result<Location> {
+        let a = raw::pointer_get_attributes(self, ptr)?;
+        let page_size = a.pageSize;
+        let place = match a.location.type_ {
+            aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_DEVICE => Place::Device(a.location.id as i32),
+            aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_HOST => Place::PinnedHost,
+            _ => Place::Host,
+        };
+        Ok(Location { place, page_size })
+    }
+}
+
+/// Where memory is: what [`Runtime::locate`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Device memory of this device.
+    Device(i32),
+    /// Page-locked host memory from the runtime (`aclrtMallocHost`).
+    PinnedHost,
+    /// Other host memory.
+    Host,
+}
+
+/// An address's place and page size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// Where it is.
+    pub place: Place,
+    /// Its page size in bytes, as the runtime reports it.
+    pub page_size: u32,
 }
 
 /// See [`Runtime::on_device`].
 pub(crate) fn on_device<T>(rt: &Runtime, device: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    rt.ensure_initialized()?;
     match raw::get_device(rt) {
         Ok(d) if d == device => f(),
         before => {
@@ -28,3 +92,77 @@ pub(crate) fn on_device<T>(rt: &Runtime, device: i32, f: impl FnOnce() -> Result
         }
     }
 }
+
+/// A context made with `aclrtCreateContext`: a device, made current in the creating thread. Other threads
+/// use it with [`make_current`](Context::make_current). Destroyed on drop (which releases its hold on the
+/// device, as `aclrtResetDevice` does).
+///
+/// ```
+/// # let _dirs = unsafe { aclshm::doc_dirs() };
+/// use aclshm::{Context, Runtime, raw};
+/// let rt = Runtime::simulator();
+/// let ctx = Context::new(&rt, 1)?;
+/// assert_eq!(raw::get_device(&rt)?, 1, "the new context is current, and so is its device");
+/// assert_eq!(raw::get_current_context(&rt)?, ctx.as_raw());
+/// ctx.close()?;
+/// # Ok::<(), aclshm::Error>(())
+/// ```
+pub struct Context {
+    rt: Runtime,
+    raw: NonNull<c_void>,
+    device: i32,
+}
+
+// SAFETY: a context is a runtime object any thread may make current.
+unsafe impl Send for Context {}
+// SAFETY: as above; `Context` has no interior state of its own.
+unsafe impl Sync for Context {}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context").field("device", &self.device).finish()
+    }
+}
+
+impl Context {
+    /// Create a context on `device`; it becomes the calling thread's current context.
+    pub fn new(rt: &Runtime, device: i32) -> Result<Context> {
+        rt.ensure_initialized()?;
+        let c = raw::create_context(rt, device)?;
+        let raw =
+            NonNull::new(c).ok_or_else(|| Error::InvalidArgument("the runtime returned a NULL context".into()))?;
+        Ok(Context { rt: rt.clone(), raw, device })
+    }
+
+    /// Make it the calling thread's current context (its device becomes the current device).
+    pub fn make_current(&self) -> Result<()> {
+        // SAFETY: our live context.
+        unsafe { raw::set_current_context(&self.rt, self.as_raw()) }
+    }
+
+    /// Its device.
+    pub fn device(&self) -> i32 {
+        self.device
+    }
+
+    /// The runtime's handle (valid while `self` lives).
+    pub fn as_raw(&self) -> aclrtContext {
+        self.raw.as_ptr()
+    }
+
+    /// Destroy it, reporting a failure, which dropping can only print.
+    pub fn close(self) -> Result<()> {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        let r = this.destroy();
+        // SAFETY: `this` is never used again; its one field that owns something is dropped once, here.
+        unsafe { drop(std::ptr::read(&this.rt)) };
+        r
+    }
+
+    fn destroy(&mut self) -> Result<()> {
+        // SAFETY: our live context, not used after this.
+        release_retrying(|| unsafe { raw::destroy_context(&self.rt, self.as_raw()) })
+    }
+}
+
+close_on_drop!(Context, destroy, "a context");

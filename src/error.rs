@@ -56,6 +56,8 @@ named! {
     DRV_INTERNAL_ERROR = aclshm_sys::ACL_ERROR_RT_DRV_INTERNAL_ERROR;
     /// `ACL_ERROR_RT_TASK_TIMEOUT` (107020): queued work (a notify wait) ran past its timeout.
     TASK_TIMEOUT = aclshm_sys::ACL_ERROR_RT_TASK_TIMEOUT;
+    /// `ACL_ERROR_REPEAT_INITIALIZE` (100002): `aclInit` was called before in this process.
+    REPEAT_INITIALIZE = aclshm_sys::ACL_ERROR_REPEAT_INITIALIZE;
 }
 
 impl AclError {

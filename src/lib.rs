@@ -19,9 +19,10 @@
 //!                          allocation traces replayed over a grid of configurations
 //!     pool                 a chunked pool: reserve once, grow and trim by physical chunks; a chunk
 //!                          observer (the sharing) is told of every chunk mapped and given back
-//!     registry  ipc  notify   imports (one per handle per process) │ IPC memory by key │ IPC notifies
+//!     registry  ipc  notify  event   imports (one per handle per process) │ IPC memory by key │
+//!                          IPC notifies │ events and IPC events
 //!     vmm                  RAII ranges, physical memory, mappings; the process's book of handles
-//!     backend  device      choosing a runtime │ the current device
+//!     backend  device      choosing a runtime │ the current device, aclInit, contexts, pointer places
 //!     raw                  one fallible function per ACL call
 //!     runtime  handles  shm   the one seam: a table of ACL entry points │ the handle book │ shared files
 //!     error  stats  sync  os
@@ -54,6 +55,7 @@ mod backend;
 mod cleanup;
 mod device;
 mod error;
+pub mod event;
 mod handles;
 mod info;
 mod input;
@@ -76,7 +78,9 @@ pub mod vmm;
 pub use aclshm_os::{ParseBytesError, parse_bytes};
 pub use aclshm_sys as sys;
 pub use cleanup::sweep_share_dir;
+pub use device::{Context, Location, Place};
 pub use error::{AclError, Error, Result};
+pub use event::{Event, IpcEventHandle};
 pub use info::{DeviceInfo, RuntimeInfo, SimulatorInfo};
 pub use ipc::{IpcMemConfig, IpcMemDesc, IpcMemImport, IpcMemory};
 pub use kv::{KvBlock, KvConfig, KvDesc, KvLayout, KvMirror, KvPool, KvStats, Pinned};

@@ -30,7 +30,7 @@ use crate::device::on_device;
 use crate::error::{AclError, Error, Result, close_on_drop, release_retrying};
 use crate::raw::{self, IpcKey};
 use crate::runtime::Runtime;
-use crate::stream::Stream;
+use crate::stream::{HostStream, Stream};
 use crate::sync::Mutex;
 
 /// A notify this process created or imported. Destroyed on drop: synchronize the streams a record or
@@ -58,9 +58,8 @@ pub struct Notify {
     creator: bool,
     /// The export (key, flags), once made.
     export: Mutex<Option<(IpcKey, u64)>>,
-    /// A stream of its own for [`wait_host`](Notify::wait_host) and [`signal`](Notify::signal), made on
-    /// first use.
-    host_stream: Mutex<Option<Stream>>,
+    /// A stream of its own for [`wait_host`](Notify::wait_host) and [`signal`](Notify::signal).
+    host_stream: HostStream,
 }
 
 // SAFETY: a notify is a runtime object usable from any thread; our own state is behind mutexes.
@@ -104,7 +103,14 @@ impl Notify {
 
     fn wrap(rt: &Runtime, n: aclrtNotify, device: i32, creator: bool) -> Result<Notify> {
         let raw = NonNull::new(n).ok_or_else(|| Error::InvalidArgument("the runtime returned a NULL notify".into()))?;
-        Ok(Notify { rt: rt.clone(), raw, device, creator, export: Mutex::new(None), host_stream: Mutex::new(None) })
+        Ok(Notify {
+            rt: rt.clone(),
+            raw,
+            device,
+            creator,
+            export: Mutex::new(None),
+            host_stream: HostStream::default(),
+        })
     }
 
     /// Whether this process created it (and so may wait on it).
@@ -205,11 +211,7 @@ impl Notify {
     }
 
     fn on_host_stream<T>(&self, f: impl FnOnce(&Stream) -> Result<T>) -> Result<T> {
-        let mut s = self.host_stream.lock();
-        if s.is_none() {
-            *s = Some(Stream::new(&self.rt, self.device)?);
-        }
-        f(s.as_ref().expect("just made"))
+        self.host_stream.with(&self.rt, self.device, f)
     }
 
     /// The runtime's handle (valid while `self` lives).
@@ -235,7 +237,7 @@ impl Notify {
 
     fn destroy(&mut self) -> Result<()> {
         // The private stream goes first: nothing queued on it may outlive the notify.
-        let stream = self.host_stream.lock().take().map_or(Ok(()), Stream::close);
+        let stream = self.host_stream.close();
         // SAFETY: our live notify; the streams that used it are the caller's, whose work on it the caller
         // finished (a queued task on a destroyed notify is the runtime's to refuse).
         let destroyed = release_retrying(|| unsafe { raw::destroy_notify(&self.rt, self.as_raw()) });

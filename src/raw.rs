@@ -19,9 +19,11 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use aclshm_sys::{
-    Entry, aclError, aclrtDrvMemHandle, aclrtMemAccessDesc, aclrtMemAttr, aclrtMemGranularityOptions,
-    aclrtMemHandleType, aclrtMemMallocPolicy, aclrtMemcpyKind, aclrtNotify, aclrtPhysicalMemProp, aclrtStream,
-    aclshmSimInfo, aclshmSimProcess, aclshmSimStats,
+    Entry, aclError, aclrtContext, aclrtDrvMemHandle, aclrtEvent, aclrtEventRecordedStatus, aclrtIpcEventHandle,
+    aclrtMemAccessDesc, aclrtMemAttr, aclrtMemFabricHandle, aclrtMemGranularityOptions, aclrtMemHandleType,
+    aclrtMemMallocPolicy, aclrtMemSharedHandleType, aclrtMemcpyBatchAttr, aclrtMemcpyKind, aclrtNotify,
+    aclrtPhysicalMemProp, aclrtPtrAttributes, aclrtRunMode, aclrtStream, aclshmSimInfo, aclshmSimProcess,
+    aclshmSimStats,
 };
 
 use crate::error::{AclError, Error, Result};
@@ -591,6 +593,325 @@ pub unsafe fn notify_set_import_pid(rt: &Runtime, notify: aclrtNotify, pids: &[i
 #[doc(alias = "aclrtNotifyImportByKey")]
 pub fn notify_import_by_key(rt: &Runtime, key: &IpcKey, flags: u64) -> Result<aclrtNotify> {
     out(std::ptr::null_mut(), |n| call!(rt, aclrtNotifyImportByKey(n, key.as_ptr(), flags)))
+}
+
+// ---- Run mode, device synchronisation, contexts ----
+
+/// Whether this process runs on the device or on a host.
+#[doc(alias = "aclrtGetRunMode")]
+pub fn get_run_mode(rt: &Runtime) -> Result<aclrtRunMode> {
+    out(aclrtRunMode::ACL_HOST, |m| call!(rt, aclrtGetRunMode(m)))
+}
+
+/// Wait until all work queued on the current device's streams has run.
+#[doc(alias = "aclrtSynchronizeDevice")]
+pub fn synchronize_device(rt: &Runtime) -> Result<()> {
+    call!(rt, aclrtSynchronizeDevice())
+}
+
+/// Create a context on `device` and make it the calling thread's current context.
+#[doc(alias = "aclrtCreateContext")]
+pub fn create_context(rt: &Runtime, device: i32) -> Result<aclrtContext> {
+    out(std::ptr::null_mut(), |c| call!(rt, aclrtCreateContext(c, device)))
+}
+
+/// Destroy a context from [`create_context`].
+///
+/// # Safety
+/// 1. `context` is a live context of this runtime from [`create_context`], not used again.
+#[doc(alias = "aclrtDestroyContext")]
+pub unsafe fn destroy_context(rt: &Runtime, context: aclrtContext) -> Result<()> {
+    call!(rt, aclrtDestroyContext(context))
+}
+
+/// Make `context` the calling thread's current context.
+///
+/// # Safety
+/// 1. `context` is a live context of this runtime (from [`create_context`] or [`get_current_context`]).
+#[doc(alias = "aclrtSetCurrentContext")]
+pub unsafe fn set_current_context(rt: &Runtime, context: aclrtContext) -> Result<()> {
+    call!(rt, aclrtSetCurrentContext(context))
+}
+
+/// The calling thread's current context.
+#[doc(alias = "aclrtGetCurrentContext")]
+pub fn get_current_context(rt: &Runtime) -> Result<aclrtContext> {
+    out(std::ptr::null_mut(), |c| call!(rt, aclrtGetCurrentContext(c)))
+}
+
+// ---- Pointer attributes, batch copies, stream memory operations ----
+
+/// Where `ptr` lives: device memory (and which device), page-locked host memory or other memory. Safe: the
+/// runtime looks the address up; it never reads what it points to.
+#[doc(alias = "aclrtPointerGetAttributes")]
+#[allow(clippy::not_unsafe_ptr_arg_deref)] // an address to look up, never dereferenced
+pub fn pointer_get_attributes(rt: &Runtime, ptr: *const c_void) -> Result<aclrtPtrAttributes> {
+    out(aclrtPtrAttributes::default(), |a| call!(rt, aclrtPointerGetAttributes(ptr, a)))
+}
+
+/// One copy of [`memcpy_batch`].
+#[derive(Debug, Clone, Copy)]
+pub struct BatchCopy {
+    /// Destination and its capacity.
+    pub dst: *mut c_void,
+    /// Bytes writable at `dst`.
+    pub dest_max: usize,
+    /// Source.
+    pub src: *const c_void,
+    /// Bytes to copy.
+    pub size: usize,
+}
+
+/// Copy a batch of ranges between host and device memory; `attrs[i]` describes the copies from
+/// `attrs_indexes[i]` on. On failure, the index of the copy that failed, if the runtime names one.
+///
+/// # Safety
+/// 1. Each copy's host pointers are valid for its bytes and its device pointers are this runtime's.
+#[doc(alias = "aclrtMemcpyBatch")]
+pub unsafe fn memcpy_batch(
+    rt: &Runtime,
+    copies: &[BatchCopy],
+    attrs: &[aclrtMemcpyBatchAttr],
+    attrs_indexes: &[usize],
+) -> std::result::Result<(), (Error, Option<usize>)> {
+    if attrs.len() != attrs_indexes.len() {
+        let e = Error::InvalidArgument("attrs and attrs_indexes differ in length".to_string());
+        return Err((e, None));
+    }
+    let mut dsts: Vec<*mut c_void> = copies.iter().map(|c| c.dst).collect();
+    let mut maxes: Vec<usize> = copies.iter().map(|c| c.dest_max).collect();
+    let mut srcs: Vec<*mut c_void> = copies.iter().map(|c| c.src.cast_mut()).collect();
+    let mut sizes: Vec<usize> = copies.iter().map(|c| c.size).collect();
+    let mut attrs = attrs.to_vec();
+    let mut idx = attrs_indexes.to_vec();
+    let mut fail = usize::MAX;
+    let r = (|| {
+        call!(
+            rt,
+            aclrtMemcpyBatch(
+                dsts.as_mut_ptr(),
+                maxes.as_mut_ptr(),
+                srcs.as_mut_ptr(),
+                sizes.as_mut_ptr(),
+                copies.len(),
+                attrs.as_mut_ptr(),
+                idx.as_mut_ptr(),
+                attrs.len(),
+                &mut fail
+            )
+        )
+    })();
+    r.map_err(|e| (e, (fail != usize::MAX).then_some(fail)))
+}
+
+/// Queue a write of `value` to the 64-bit word of device memory at `addr` on `stream`.
+///
+/// # Safety
+/// 1. `addr` is this runtime's device memory, 8 bytes, until the stream ran the write; `stream` is NULL or
+///    a live stream of this runtime.
+#[doc(alias = "aclrtValueWrite")]
+pub unsafe fn value_write(rt: &Runtime, addr: *mut c_void, value: u64, flag: u32, stream: aclrtStream) -> Result<()> {
+    call!(rt, aclrtValueWrite(addr, value, flag, stream))
+}
+
+/// Queue a wait on `stream` until the 64-bit word at `addr` meets `value` (`ACL_STREAM_WAIT_VALUE_*`).
+///
+/// # Safety
+/// 1. As for [`value_write`].
+#[doc(alias = "aclrtValueWait")]
+pub unsafe fn value_wait(rt: &Runtime, addr: *mut c_void, value: u64, flag: u32, stream: aclrtStream) -> Result<()> {
+    call!(rt, aclrtValueWait(addr, value, flag, stream))
+}
+
+// ---- Events and IPC events ----
+
+/// Create an event on the current device (synchronising, timed).
+#[doc(alias = "aclrtCreateEvent")]
+pub fn create_event(rt: &Runtime) -> Result<aclrtEvent> {
+    out(std::ptr::null_mut(), |e| call!(rt, aclrtCreateEvent(e)))
+}
+
+/// Create an event with `ACL_EVENT_*` flags.
+#[doc(alias = "aclrtCreateEventWithFlag")]
+pub fn create_event_with_flag(rt: &Runtime, flag: u32) -> Result<aclrtEvent> {
+    out(std::ptr::null_mut(), |e| call!(rt, aclrtCreateEventWithFlag(e, flag)))
+}
+
+/// Create a reusable event with `ACL_EVENT_*` flags (`ACL_EVENT_IPC` for one other processes open).
+#[doc(alias = "aclrtCreateEventExWithFlag")]
+pub fn create_event_ex_with_flag(rt: &Runtime, flag: u32) -> Result<aclrtEvent> {
+    out(std::ptr::null_mut(), |e| call!(rt, aclrtCreateEventExWithFlag(e, flag)))
+}
+
+/// Destroy an event (an opened IPC event in each process that opened it).
+///
+/// # Safety
+/// 1. `event` is a live event of this runtime, not used again.
+#[doc(alias = "aclrtDestroyEvent")]
+pub unsafe fn destroy_event(rt: &Runtime, event: aclrtEvent) -> Result<()> {
+    call!(rt, aclrtDestroyEvent(event))
+}
+
+/// Queue a record of `event` on `stream`.
+///
+/// # Safety
+/// 1. `event` is a live event and `stream` NULL or a live stream, of this runtime.
+#[doc(alias = "aclrtRecordEvent")]
+pub unsafe fn record_event(rt: &Runtime, event: aclrtEvent, stream: aclrtStream) -> Result<()> {
+    call!(rt, aclrtRecordEvent(event, stream))
+}
+
+/// Queue a wait on `stream` for the event's latest record.
+///
+/// # Safety
+/// 1. As for [`record_event`].
+#[doc(alias = "aclrtStreamWaitEvent")]
+pub unsafe fn stream_wait_event(rt: &Runtime, stream: aclrtStream, event: aclrtEvent) -> Result<()> {
+    call!(rt, aclrtStreamWaitEvent(stream, event))
+}
+
+/// Block until the event's latest record has completed.
+///
+/// # Safety
+/// 1. `event` is a live event of this runtime.
+#[doc(alias = "aclrtSynchronizeEvent")]
+pub unsafe fn synchronize_event(rt: &Runtime, event: aclrtEvent) -> Result<()> {
+    call!(rt, aclrtSynchronizeEvent(event))
+}
+
+/// Whether the event's latest record has completed.
+///
+/// # Safety
+/// 1. `event` is a live event of this runtime.
+#[doc(alias = "aclrtQueryEventStatus")]
+pub unsafe fn query_event_status(rt: &Runtime, event: aclrtEvent) -> Result<bool> {
+    let s = out(aclrtEventRecordedStatus::ACL_EVENT_RECORDED_STATUS_NOT_READY, |s| {
+        call!(rt, aclrtQueryEventStatus(event, s))
+    })?;
+    Ok(s == aclrtEventRecordedStatus::ACL_EVENT_RECORDED_STATUS_COMPLETE)
+}
+
+/// Milliseconds between the completions of two recorded, timed events.
+///
+/// # Safety
+/// 1. Both are live events of this runtime.
+#[doc(alias = "aclrtEventElapsedTime")]
+pub unsafe fn event_elapsed_time(rt: &Runtime, start: aclrtEvent, end: aclrtEvent) -> Result<f32> {
+    out(0.0, |ms| call!(rt, aclrtEventElapsedTime(ms, start, end)))
+}
+
+/// The IPC handle of an event created with `ACL_EVENT_IPC`.
+///
+/// # Safety
+/// 1. `event` is a live event of this runtime.
+#[doc(alias = "aclrtIpcGetEventHandle")]
+pub unsafe fn ipc_get_event_handle(rt: &Runtime, event: aclrtEvent) -> Result<aclrtIpcEventHandle> {
+    out(aclrtIpcEventHandle { reserved: [0; 64] }, |h| call!(rt, aclrtIpcGetEventHandle(event, h)))
+}
+
+/// Open an event another process exported.
+#[doc(alias = "aclrtIpcOpenEventHandle")]
+pub fn ipc_open_event_handle(rt: &Runtime, handle: aclrtIpcEventHandle) -> Result<aclrtEvent> {
+    out(std::ptr::null_mut(), |e| call!(rt, aclrtIpcOpenEventHandle(handle, e)))
+}
+
+// ---- Sharing physical memory, version 2 (fabric handles) ----
+
+/// Export a physical allocation as a fabric handle (importable on other servers of a super node).
+///
+/// # Safety
+/// 1. `handle` is a live physical memory handle of this runtime.
+#[doc(alias = "aclrtMemExportToShareableHandleV2")]
+pub unsafe fn mem_export_to_fabric_handle(
+    rt: &Runtime,
+    handle: aclrtDrvMemHandle,
+    flags: u64,
+) -> Result<aclrtMemFabricHandle> {
+    out(aclrtMemFabricHandle { data: [0; 128] }, |h| {
+        let p: *mut aclrtMemFabricHandle = h;
+        call!(
+            rt,
+            aclrtMemExportToShareableHandleV2(
+                handle,
+                flags,
+                aclrtMemSharedHandleType::ACL_MEM_SHARE_HANDLE_TYPE_FABRIC,
+                p.cast()
+            )
+        )
+    })
+}
+
+/// Export a physical allocation with the V2 call as a plain (DEFAULT, one-server) 64-bit handle.
+///
+/// # Safety
+/// 1. As for [`mem_export_to_fabric_handle`].
+#[doc(alias = "aclrtMemExportToShareableHandleV2")]
+pub unsafe fn mem_export_to_shareable_handle_v2(rt: &Runtime, handle: aclrtDrvMemHandle, flags: u64) -> Result<u64> {
+    out(0u64, |h| {
+        let p: *mut u64 = h;
+        call!(
+            rt,
+            aclrtMemExportToShareableHandleV2(
+                handle,
+                flags,
+                aclrtMemSharedHandleType::ACL_MEM_SHARE_HANDLE_TYPE_DEFAULT,
+                p.cast()
+            )
+        )
+    })
+}
+
+/// Import a fabric handle on the current device.
+#[doc(alias = "aclrtMemImportFromShareableHandleV2")]
+pub fn mem_import_from_fabric_handle(rt: &Runtime, fabric: &aclrtMemFabricHandle) -> Result<aclrtDrvMemHandle> {
+    let mut f = *fabric;
+    let p: *mut aclrtMemFabricHandle = &mut f;
+    out(std::ptr::null_mut(), |h| {
+        call!(
+            rt,
+            aclrtMemImportFromShareableHandleV2(
+                p.cast(),
+                aclrtMemSharedHandleType::ACL_MEM_SHARE_HANDLE_TYPE_FABRIC,
+                0,
+                h
+            )
+        )
+    })
+}
+
+/// Import a plain 64-bit handle with the V2 call, on the current device.
+#[doc(alias = "aclrtMemImportFromShareableHandleV2")]
+pub fn mem_import_from_shareable_handle_v2(rt: &Runtime, shareable: u64) -> Result<aclrtDrvMemHandle> {
+    let mut v = shareable;
+    let p: *mut u64 = &mut v;
+    out(std::ptr::null_mut(), |h| {
+        call!(
+            rt,
+            aclrtMemImportFromShareableHandleV2(
+                p.cast(),
+                aclrtMemSharedHandleType::ACL_MEM_SHARE_HANDLE_TYPE_DEFAULT,
+                0,
+                h
+            )
+        )
+    })
+}
+
+/// Whitelist importer pids for a fabric handle.
+#[doc(alias = "aclrtMemSetPidToShareableHandleV2")]
+pub fn mem_set_pid_to_fabric_handle(rt: &Runtime, fabric: &aclrtMemFabricHandle, pids: &[i32]) -> Result<()> {
+    let mut f = *fabric;
+    let p: *mut aclrtMemFabricHandle = &mut f;
+    let mut pids = pids.to_vec();
+    call!(
+        rt,
+        aclrtMemSetPidToShareableHandleV2(
+            p.cast(),
+            aclrtMemSharedHandleType::ACL_MEM_SHARE_HANDLE_TYPE_FABRIC,
+            pids.as_mut_ptr(),
+            pids.len()
+        )
+    )
 }
 
 // ---- Simulator extensions (Error::Unsupported on a real runtime) ----

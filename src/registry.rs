@@ -24,12 +24,13 @@
 
 use std::fmt;
 
+use crate::device::on_device;
 use crate::error::{Error, Result};
 use crate::handles::Claim;
 use crate::raw;
 use crate::runtime::Runtime;
 use crate::sync::Arc;
-use crate::vmm::{DropErrors, PhysicalMem, book};
+use crate::vmm::{DropErrors, PhysicalMem, Shareable, book};
 
 /// Shareable handles this process exported and imported: the process's one registry
 /// ([`global`](ImportRegistry::global)).
@@ -113,10 +114,25 @@ impl ImportRegistry {
         size: usize,
         errors: &Arc<DropErrors>,
     ) -> Result<Imported> {
+        self.import_shareable(rt, &Shareable::Plain(shareable), device, size, errors)
+    }
+
+    /// [`import`](ImportRegistry::import) of a plain or a fabric handle (a fabric handle is imported with
+    /// `aclrtMemImportFromShareableHandleV2`, on `device` made current for the call). The process's book
+    /// knows a fabric handle by its [`key`](Shareable::key).
+    pub fn import_shareable(
+        &self,
+        rt: &Runtime,
+        shareable: &Shareable,
+        device: i32,
+        size: usize,
+        errors: &Arc<DropErrors>,
+    ) -> Result<Imported> {
+        let key = shareable.key();
         let compatible = |phys: &Arc<PhysicalMem>| {
             if phys.device() != device || phys.size() != size {
                 return Err(Error::NotPermitted(format!(
-                    "shareable handle {shareable:#x} is imported in this process already, as {:#x} bytes on \
+                    "shareable handle {key:#x} is imported in this process already, as {:#x} bytes on \
                      device {}: a process imports a handle once",
                     phys.size(),
                     phys.device()
@@ -124,23 +140,26 @@ impl ImportRegistry {
             }
             Ok(())
         };
-        match book().claim(shareable, compatible)? {
-            Claim::Shared(phys) => return Ok(Imported { shareable, phys: Some(phys) }),
+        match book().claim(key, compatible)? {
+            Claim::Shared(phys) => return Ok(Imported { shareable: key, phys: Some(phys) }),
             Claim::Import => {}
         }
-        let imported = raw::mem_import_from_shareable_handle(rt, shareable, device).and_then(|h| {
-            // SAFETY: h was just imported through rt and is ours alone; it is `size` bytes on `device` (the
-            // exporter's size, which the caller got from the exporter).
-            unsafe { PhysicalMem::from_import(rt, h, size, device, errors, shareable) }
+        let handle = match shareable {
+            Shareable::Plain(v) => raw::mem_import_from_shareable_handle(rt, *v, device),
+            Shareable::Fabric(f) => on_device(rt, device, || raw::mem_import_from_fabric_handle(rt, &f.to_raw())),
+        };
+        let imported = handle.and_then(|h| {
+            // SAFETY: h was just imported from `key`'s handle through rt, and only this PhysicalMem frees it.
+            unsafe { PhysicalMem::from_import(rt, h, size, device, errors, key) }
         });
         match imported {
             Ok(phys) => {
                 let phys = Arc::new(phys);
-                book().imported(shareable, Some(Arc::clone(&phys)));
-                Ok(Imported { shareable, phys: Some(phys) })
+                book().imported(key, Some(Arc::clone(&phys)));
+                Ok(Imported { shareable: key, phys: Some(phys) })
             }
             Err(e) => {
-                book().imported(shareable, None);
+                book().imported(key, None);
                 Err(e)
             }
         }

@@ -87,3 +87,24 @@ impl Stream {
 }
 
 close_on_drop!(Stream, destroy, "a stream");
+
+/// A stream of an object's own, made on first use, for the work it queues from the host (a notify's or
+/// an event's `signal`, a notify's `wait_host`); closed with the object, before it.
+#[derive(Default)]
+pub(crate) struct HostStream(crate::sync::Mutex<Option<Stream>>);
+
+impl HostStream {
+    /// Run `f` on the stream, making it on `device` first if there is none yet.
+    pub(crate) fn with<T>(&self, rt: &Runtime, device: i32, f: impl FnOnce(&Stream) -> Result<T>) -> Result<T> {
+        let mut s = self.0.lock();
+        if s.is_none() {
+            *s = Some(Stream::new(rt, device)?);
+        }
+        f(s.as_ref().expect("just made"))
+    }
+
+    /// Destroy the stream, if one was made.
+    pub(crate) fn close(&self) -> Result<()> {
+        self.0.lock().take().map_or(Ok(()), Stream::close)
+    }
+}

@@ -256,8 +256,73 @@ pub(crate) fn book() -> &'static HandleBook<Arc<PhysicalMem>> {
 
 #[derive(Debug, Clone, Copy)]
 struct Export {
-    shareable: u64,
+    shareable: Shareable,
     flags: u64,
+}
+
+/// A fabric handle (`aclrtMemFabricHandle`): physical memory exported for import on other servers of a
+/// super node (Atlas A3).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FabricHandle(pub [u8; FabricHandle::LEN]);
+
+impl FabricHandle {
+    /// Its size.
+    pub const LEN: usize = 128;
+
+    /// The 64-bit key it is known by in this process's book of handles: a digest of its bytes (FNV-1a,
+    /// top bit set), which a runtime's plain 64-bit handle is not expected to collide with.
+    pub fn key(&self) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in &self.0 {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        h | 1 << 63
+    }
+
+    /// The runtime's struct.
+    pub fn to_raw(self) -> aclshm_sys::aclrtMemFabricHandle {
+        aclshm_sys::aclrtMemFabricHandle { data: self.0 }
+    }
+}
+
+impl fmt::Debug for FabricHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FabricHandle({:#x})", self.key())
+    }
+}
+
+/// How physical memory is shared with other processes: a 64-bit shareable handle, valid on one server
+/// (`aclrtMemExportToShareableHandle`), or a fabric handle, valid across the servers of a super node
+/// (`aclrtMemExportToShareableHandleV2` with `ACL_MEM_SHARE_HANDLE_TYPE_FABRIC`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Shareable {
+    /// A one-server handle.
+    Plain(u64),
+    /// A fabric handle.
+    Fabric(FabricHandle),
+}
+
+impl Shareable {
+    /// The 64-bit key the process's book knows it by: the handle itself, or a fabric handle's digest.
+    pub fn key(&self) -> u64 {
+        match self {
+            Shareable::Plain(v) => *v,
+            Shareable::Fabric(f) => f.key(),
+        }
+    }
+
+    /// Whether it is a fabric handle.
+    pub fn is_fabric(&self) -> bool {
+        matches!(self, Shareable::Fabric(_))
+    }
+
+    /// Whitelist process `tgid` (its `aclrtDeviceGetBareTgid`) to import it.
+    pub fn allow(&self, rt: &Runtime, tgid: i32) -> Result<()> {
+        match self {
+            Shareable::Plain(v) => raw::mem_set_pid_to_shareable_handle(rt, *v, &[tgid]),
+            Shareable::Fabric(f) => raw::mem_set_pid_to_fabric_handle(rt, &f.to_raw(), &[tgid]),
+        }
+    }
 }
 
 // SAFETY: a physical memory handle is a process-wide token; the runtime accepts it from any thread.
@@ -330,6 +395,14 @@ impl PhysicalMem {
     /// `ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION`; asking again with other flags, or exporting
     /// imported memory, is refused.
     pub fn export(&self, flags: u64) -> Result<u64> {
+        self.export_as(flags, false).map(|s| s.key())
+    }
+
+    /// [`export`](PhysicalMem::export), as a fabric handle (`fabric`: for importers on other servers of a
+    /// super node, through `aclrtMemExportToShareableHandleV2`) or a plain one. A handle is exported once,
+    /// in one kind: asking for the other kind later is refused. A runtime without the V2 call gives
+    /// [`Error::Unsupported`].
+    pub fn export_as(&self, flags: u64, fabric: bool) -> Result<Shareable> {
         let export = match &self.origin {
             Origin::Local { export } => export,
             Origin::Imported { .. } => {
@@ -338,32 +411,39 @@ impl PhysicalMem {
         };
         let mut e = export.lock();
         if let Some(e) = *e {
-            if e.flags != flags {
+            if e.flags != flags || e.shareable.is_fabric() != fabric {
                 return Err(Error::NotPermitted(format!(
-                    "exported already with flags {:#x}; a handle has one shareable handle",
+                    "exported already ({} handle, flags {:#x}); a handle has one shareable handle",
+                    if e.shareable.is_fabric() { "a fabric" } else { "a plain" },
                     e.flags
                 )));
             }
             return Ok(e.shareable);
         }
-        // SAFETY: our live handle.
-        let shareable = unsafe {
-            raw::mem_export_to_shareable_handle(
-                &self.rt,
-                self.as_raw(),
-                aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
-                flags,
-            )?
+        let shareable = if fabric {
+            // SAFETY: our live handle.
+            let f = unsafe { raw::mem_export_to_fabric_handle(&self.rt, self.as_raw(), flags)? };
+            Shareable::Fabric(FabricHandle(f.data))
+        } else {
+            // SAFETY: our live handle.
+            Shareable::Plain(unsafe {
+                raw::mem_export_to_shareable_handle(
+                    &self.rt,
+                    self.as_raw(),
+                    aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
+                    flags,
+                )?
+            })
         };
-        book().exported(shareable);
+        book().exported(shareable.key());
         *e = Some(Export { shareable, flags });
         Ok(shareable)
     }
 
-    /// The shareable handle, if exported.
+    /// The shareable handle (its key, for a fabric handle), if exported.
     pub fn exported(&self) -> Option<u64> {
         match &self.origin {
-            Origin::Local { export } => export.lock().map(|e| e.shareable),
+            Origin::Local { export } => export.lock().map(|e| e.shareable.key()),
             Origin::Imported { .. } => None,
         }
     }
@@ -381,7 +461,7 @@ impl PhysicalMem {
         match &self.origin {
             Origin::Local { export } => {
                 if let Some(e) = *export.lock() {
-                    book().unexported(e.shareable);
+                    book().unexported(e.shareable.key());
                 }
             }
             Origin::Imported { shareable } => book().released(*shareable),

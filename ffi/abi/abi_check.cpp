@@ -13,7 +13,7 @@
 #define ACLSHM_ACL_EXTERNAL_TYPES
 #include "../include/aclshm_acl.h"
 
-// 47 prototypes re-declared by the include above:
+// 71 prototypes re-declared by the include above:
 static_assert(std::is_function<decltype(aclInit)>::value, "aclInit");
 static_assert(std::is_function<decltype(aclFinalize)>::value, "aclFinalize");
 static_assert(std::is_function<decltype(aclrtGetVersion)>::value, "aclrtGetVersion");
@@ -27,6 +27,12 @@ static_assert(std::is_function<decltype(aclrtDeviceEnablePeerAccess)>::value, "a
 static_assert(std::is_function<decltype(aclrtDeviceDisablePeerAccess)>::value, "aclrtDeviceDisablePeerAccess");
 static_assert(std::is_function<decltype(aclrtDeviceGetBareTgid)>::value, "aclrtDeviceGetBareTgid");
 static_assert(std::is_function<decltype(aclrtGetMemInfo)>::value, "aclrtGetMemInfo");
+static_assert(std::is_function<decltype(aclrtGetRunMode)>::value, "aclrtGetRunMode");
+static_assert(std::is_function<decltype(aclrtSynchronizeDevice)>::value, "aclrtSynchronizeDevice");
+static_assert(std::is_function<decltype(aclrtCreateContext)>::value, "aclrtCreateContext");
+static_assert(std::is_function<decltype(aclrtDestroyContext)>::value, "aclrtDestroyContext");
+static_assert(std::is_function<decltype(aclrtSetCurrentContext)>::value, "aclrtSetCurrentContext");
+static_assert(std::is_function<decltype(aclrtGetCurrentContext)>::value, "aclrtGetCurrentContext");
 static_assert(std::is_function<decltype(aclrtCreateStream)>::value, "aclrtCreateStream");
 static_assert(std::is_function<decltype(aclrtDestroyStream)>::value, "aclrtDestroyStream");
 static_assert(std::is_function<decltype(aclrtDestroyStreamForce)>::value, "aclrtDestroyStreamForce");
@@ -38,6 +44,21 @@ static_assert(std::is_function<decltype(aclrtFreeHost)>::value, "aclrtFreeHost")
 static_assert(std::is_function<decltype(aclrtMemcpy)>::value, "aclrtMemcpy");
 static_assert(std::is_function<decltype(aclrtMemcpyAsync)>::value, "aclrtMemcpyAsync");
 static_assert(std::is_function<decltype(aclrtMemset)>::value, "aclrtMemset");
+static_assert(std::is_function<decltype(aclrtMemcpyBatch)>::value, "aclrtMemcpyBatch");
+static_assert(std::is_function<decltype(aclrtPointerGetAttributes)>::value, "aclrtPointerGetAttributes");
+static_assert(std::is_function<decltype(aclrtValueWrite)>::value, "aclrtValueWrite");
+static_assert(std::is_function<decltype(aclrtValueWait)>::value, "aclrtValueWait");
+static_assert(std::is_function<decltype(aclrtCreateEvent)>::value, "aclrtCreateEvent");
+static_assert(std::is_function<decltype(aclrtCreateEventWithFlag)>::value, "aclrtCreateEventWithFlag");
+static_assert(std::is_function<decltype(aclrtCreateEventExWithFlag)>::value, "aclrtCreateEventExWithFlag");
+static_assert(std::is_function<decltype(aclrtDestroyEvent)>::value, "aclrtDestroyEvent");
+static_assert(std::is_function<decltype(aclrtRecordEvent)>::value, "aclrtRecordEvent");
+static_assert(std::is_function<decltype(aclrtStreamWaitEvent)>::value, "aclrtStreamWaitEvent");
+static_assert(std::is_function<decltype(aclrtSynchronizeEvent)>::value, "aclrtSynchronizeEvent");
+static_assert(std::is_function<decltype(aclrtQueryEventStatus)>::value, "aclrtQueryEventStatus");
+static_assert(std::is_function<decltype(aclrtEventElapsedTime)>::value, "aclrtEventElapsedTime");
+static_assert(std::is_function<decltype(aclrtIpcGetEventHandle)>::value, "aclrtIpcGetEventHandle");
+static_assert(std::is_function<decltype(aclrtIpcOpenEventHandle)>::value, "aclrtIpcOpenEventHandle");
 static_assert(std::is_function<decltype(aclrtReserveMemAddress)>::value, "aclrtReserveMemAddress");
 static_assert(std::is_function<decltype(aclrtReleaseMemAddress)>::value, "aclrtReleaseMemAddress");
 static_assert(std::is_function<decltype(aclrtMallocPhysical)>::value, "aclrtMallocPhysical");
@@ -49,6 +70,9 @@ static_assert(std::is_function<decltype(aclrtMemGetAllocationGranularity)>::valu
 static_assert(std::is_function<decltype(aclrtMemExportToShareableHandle)>::value, "aclrtMemExportToShareableHandle");
 static_assert(std::is_function<decltype(aclrtMemImportFromShareableHandle)>::value, "aclrtMemImportFromShareableHandle");
 static_assert(std::is_function<decltype(aclrtMemSetPidToShareableHandle)>::value, "aclrtMemSetPidToShareableHandle");
+static_assert(std::is_function<decltype(aclrtMemExportToShareableHandleV2)>::value, "aclrtMemExportToShareableHandleV2");
+static_assert(std::is_function<decltype(aclrtMemImportFromShareableHandleV2)>::value, "aclrtMemImportFromShareableHandleV2");
+static_assert(std::is_function<decltype(aclrtMemSetPidToShareableHandleV2)>::value, "aclrtMemSetPidToShareableHandleV2");
 static_assert(std::is_function<decltype(aclrtIpcMemGetExportKey)>::value, "aclrtIpcMemGetExportKey");
 static_assert(std::is_function<decltype(aclrtIpcMemSetImportPid)>::value, "aclrtIpcMemSetImportPid");
 static_assert(std::is_function<decltype(aclrtIpcMemImportByKey)>::value, "aclrtIpcMemImportByKey");
@@ -68,6 +92,7 @@ static_assert(static_cast<long long>(ACL_DDR_MEM_HUGE) == 2LL, "value of ACL_DDR
 static_assert(static_cast<long long>(ACL_DDR_MEM_NORMAL) == 3LL, "value of ACL_DDR_MEM_NORMAL");
 static_assert(static_cast<long long>(ACL_DDR_MEM_P2P_HUGE) == 6LL, "value of ACL_DDR_MEM_P2P_HUGE");
 static_assert(static_cast<long long>(ACL_DDR_MEM_P2P_NORMAL) == 7LL, "value of ACL_DDR_MEM_P2P_NORMAL");
+static_assert(static_cast<long long>(ACL_DEVICE) == 0LL, "value of ACL_DEVICE");
 static_assert(static_cast<long long>(ACL_ERROR_API_NOT_SUPPORT) == 200001LL, "value of ACL_ERROR_API_NOT_SUPPORT");
 static_assert(static_cast<long long>(ACL_ERROR_BAD_ALLOC) == 200000LL, "value of ACL_ERROR_BAD_ALLOC");
 static_assert(static_cast<long long>(ACL_ERROR_BIN_SELECTOR_ALREADY_REGISTERED) == 100030LL, "value of ACL_ERROR_BIN_SELECTOR_ALREADY_REGISTERED");
@@ -282,6 +307,14 @@ static_assert(static_cast<long long>(ACL_ERROR_UNSUPPORTED_DATA_TYPE) == 100026L
 static_assert(static_cast<long long>(ACL_ERROR_UNSUPPORTED_JPEG) == 148052LL, "value of ACL_ERROR_UNSUPPORTED_JPEG");
 static_assert(static_cast<long long>(ACL_ERROR_WAIT_CALLBACK_TIMEOUT) == 100036LL, "value of ACL_ERROR_WAIT_CALLBACK_TIMEOUT");
 static_assert(static_cast<long long>(ACL_ERROR_WRITE_FILE) == 100004LL, "value of ACL_ERROR_WRITE_FILE");
+static_assert(static_cast<long long>(ACL_EVENT_CAPTURE_STREAM_PROGRESS) == 2LL, "value of ACL_EVENT_CAPTURE_STREAM_PROGRESS");
+static_assert(static_cast<long long>(ACL_EVENT_DEVICE_USE_ONLY) == 16LL, "value of ACL_EVENT_DEVICE_USE_ONLY");
+static_assert(static_cast<long long>(ACL_EVENT_EXTERNAL) == 32LL, "value of ACL_EVENT_EXTERNAL");
+static_assert(static_cast<long long>(ACL_EVENT_IPC) == 64LL, "value of ACL_EVENT_IPC");
+static_assert(static_cast<long long>(ACL_EVENT_RECORDED_STATUS_COMPLETE) == 1LL, "value of ACL_EVENT_RECORDED_STATUS_COMPLETE");
+static_assert(static_cast<long long>(ACL_EVENT_RECORDED_STATUS_NOT_READY) == 0LL, "value of ACL_EVENT_RECORDED_STATUS_NOT_READY");
+static_assert(static_cast<long long>(ACL_EVENT_SYNC) == 1LL, "value of ACL_EVENT_SYNC");
+static_assert(static_cast<long long>(ACL_EVENT_TIME_LINE) == 8LL, "value of ACL_EVENT_TIME_LINE");
 static_assert(static_cast<long long>(ACL_HBM_MEM) == 1LL, "value of ACL_HBM_MEM");
 static_assert(static_cast<long long>(ACL_HBM_MEM_HUGE) == 4LL, "value of ACL_HBM_MEM_HUGE");
 static_assert(static_cast<long long>(ACL_HBM_MEM_HUGE1G) == 10LL, "value of ACL_HBM_MEM_HUGE1G");
@@ -289,6 +322,8 @@ static_assert(static_cast<long long>(ACL_HBM_MEM_NORMAL) == 5LL, "value of ACL_H
 static_assert(static_cast<long long>(ACL_HBM_MEM_P2P_HUGE) == 8LL, "value of ACL_HBM_MEM_P2P_HUGE");
 static_assert(static_cast<long long>(ACL_HBM_MEM_P2P_HUGE1G) == 11LL, "value of ACL_HBM_MEM_P2P_HUGE1G");
 static_assert(static_cast<long long>(ACL_HBM_MEM_P2P_NORMAL) == 9LL, "value of ACL_HBM_MEM_P2P_NORMAL");
+static_assert(static_cast<long long>(ACL_HOST) == 1LL, "value of ACL_HOST");
+static_assert(static_cast<long long>(ACL_IPC_EVENT_HANDLE_SIZE) == 64LL, "value of ACL_IPC_EVENT_HANDLE_SIZE");
 static_assert(static_cast<long long>(ACL_MEMCPY_DEFAULT) == 4LL, "value of ACL_MEMCPY_DEFAULT");
 static_assert(static_cast<long long>(ACL_MEMCPY_DEVICE_TO_DEVICE) == 3LL, "value of ACL_MEMCPY_DEVICE_TO_DEVICE");
 static_assert(static_cast<long long>(ACL_MEMCPY_DEVICE_TO_HOST) == 2LL, "value of ACL_MEMCPY_DEVICE_TO_HOST");
@@ -319,6 +354,8 @@ static_assert(static_cast<long long>(ACL_MEM_NORMAL) == 12LL, "value of ACL_MEM_
 static_assert(static_cast<long long>(ACL_MEM_P2P_HUGE) == 16LL, "value of ACL_MEM_P2P_HUGE");
 static_assert(static_cast<long long>(ACL_MEM_P2P_HUGE1G) == 17LL, "value of ACL_MEM_P2P_HUGE1G");
 static_assert(static_cast<long long>(ACL_MEM_P2P_NORMAL) == 15LL, "value of ACL_MEM_P2P_NORMAL");
+static_assert(static_cast<long long>(ACL_MEM_SHARE_HANDLE_TYPE_DEFAULT) == 1LL, "value of ACL_MEM_SHARE_HANDLE_TYPE_DEFAULT");
+static_assert(static_cast<long long>(ACL_MEM_SHARE_HANDLE_TYPE_FABRIC) == 2LL, "value of ACL_MEM_SHARE_HANDLE_TYPE_FABRIC");
 static_assert(static_cast<long long>(ACL_MEM_TYPE_HIGH_BAND_WIDTH) == 4096LL, "value of ACL_MEM_TYPE_HIGH_BAND_WIDTH");
 static_assert(static_cast<long long>(ACL_MEM_TYPE_LOW_BAND_WIDTH) == 256LL, "value of ACL_MEM_TYPE_LOW_BAND_WIDTH");
 static_assert(static_cast<long long>(ACL_NOTIFY_DEFAULT) == 0LL, "value of ACL_NOTIFY_DEFAULT");
@@ -340,6 +377,10 @@ static_assert(static_cast<long long>(ACL_RT_NOTIFY_IMPORT_FLAG_ENABLE_PEER_ACCES
 static_assert(static_cast<long long>(ACL_RT_SUCCESS) == 0LL, "value of ACL_RT_SUCCESS");
 static_assert(static_cast<long long>(ACL_RT_VMM_EXPORT_FLAG_DEFAULT) == 0LL, "value of ACL_RT_VMM_EXPORT_FLAG_DEFAULT");
 static_assert(static_cast<long long>(ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION) == 1LL, "value of ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION");
+static_assert(static_cast<long long>(ACL_STREAM_WAIT_VALUE_AND) == 2LL, "value of ACL_STREAM_WAIT_VALUE_AND");
+static_assert(static_cast<long long>(ACL_STREAM_WAIT_VALUE_EQ) == 1LL, "value of ACL_STREAM_WAIT_VALUE_EQ");
+static_assert(static_cast<long long>(ACL_STREAM_WAIT_VALUE_GEQ) == 0LL, "value of ACL_STREAM_WAIT_VALUE_GEQ");
+static_assert(static_cast<long long>(ACL_STREAM_WAIT_VALUE_NOR) == 3LL, "value of ACL_STREAM_WAIT_VALUE_NOR");
 static_assert(static_cast<long long>(ACL_SUCCESS) == 0LL, "value of ACL_SUCCESS");
 
 // Enum sizes.
@@ -347,12 +388,19 @@ static_assert(sizeof(aclrtMemcpyKind) == 4, "size of aclrtMemcpyKind");
 static_assert(sizeof(aclrtMemMallocPolicy) == 4, "size of aclrtMemMallocPolicy");
 static_assert(sizeof(aclrtMemAttr) == 4, "size of aclrtMemAttr");
 static_assert(sizeof(aclrtMemLocationType) == 4, "size of aclrtMemLocationType");
+static_assert(sizeof(aclrtRunMode) == 4, "size of aclrtRunMode");
+static_assert(sizeof(aclrtEventRecordedStatus) == 4, "size of aclrtEventRecordedStatus");
+static_assert(sizeof(aclrtMemSharedHandleType) == 4, "size of aclrtMemSharedHandleType");
 static_assert(sizeof(aclrtMemAllocationType) == 4, "size of aclrtMemAllocationType");
 static_assert(sizeof(aclrtMemHandleType) == 4, "size of aclrtMemHandleType");
 static_assert(sizeof(aclrtMemGranularityOptions) == 4, "size of aclrtMemGranularityOptions");
 static_assert(sizeof(aclrtMemAccessFlags) == 4, "size of aclrtMemAccessFlags");
 
 // Struct layouts and field types.
+static_assert(sizeof(aclrtIpcEventHandle) == 64, "size of aclrtIpcEventHandle");
+static_assert(alignof(aclrtIpcEventHandle) == 1, "alignment of aclrtIpcEventHandle");
+static_assert(offsetof(aclrtIpcEventHandle, reserved) == 0, "offset of aclrtIpcEventHandle::reserved");
+static_assert(std::is_same<decltype(aclrtIpcEventHandle::reserved), char[64]>::value, "type of aclrtIpcEventHandle::reserved");
 static_assert(sizeof(aclrtMemAccessDesc) == 24, "size of aclrtMemAccessDesc");
 static_assert(alignof(aclrtMemAccessDesc) == 4, "alignment of aclrtMemAccessDesc");
 static_assert(offsetof(aclrtMemAccessDesc, flags) == 0, "offset of aclrtMemAccessDesc::flags");
@@ -361,12 +409,24 @@ static_assert(offsetof(aclrtMemAccessDesc, location) == 4, "offset of aclrtMemAc
 static_assert(std::is_same<decltype(aclrtMemAccessDesc::location), aclrtMemLocation>::value, "type of aclrtMemAccessDesc::location");
 static_assert(offsetof(aclrtMemAccessDesc, rsv) == 12, "offset of aclrtMemAccessDesc::rsv");
 static_assert(std::is_same<decltype(aclrtMemAccessDesc::rsv), uint8_t[12]>::value, "type of aclrtMemAccessDesc::rsv");
+static_assert(sizeof(aclrtMemFabricHandle) == 128, "size of aclrtMemFabricHandle");
+static_assert(alignof(aclrtMemFabricHandle) == 1, "alignment of aclrtMemFabricHandle");
+static_assert(offsetof(aclrtMemFabricHandle, data) == 0, "offset of aclrtMemFabricHandle::data");
+static_assert(std::is_same<decltype(aclrtMemFabricHandle::data), uint8_t[128]>::value, "type of aclrtMemFabricHandle::data");
 static_assert(sizeof(aclrtMemLocation) == 8, "size of aclrtMemLocation");
 static_assert(alignof(aclrtMemLocation) == 4, "alignment of aclrtMemLocation");
 static_assert(offsetof(aclrtMemLocation, id) == 0, "offset of aclrtMemLocation::id");
 static_assert(std::is_same<decltype(aclrtMemLocation::id), uint32_t>::value, "type of aclrtMemLocation::id");
 static_assert(offsetof(aclrtMemLocation, type) == 4, "offset of aclrtMemLocation::type");
 static_assert(std::is_same<decltype(aclrtMemLocation::type), aclrtMemLocationType>::value, "type of aclrtMemLocation::type");
+static_assert(sizeof(aclrtMemcpyBatchAttr) == 32, "size of aclrtMemcpyBatchAttr");
+static_assert(alignof(aclrtMemcpyBatchAttr) == 4, "alignment of aclrtMemcpyBatchAttr");
+static_assert(offsetof(aclrtMemcpyBatchAttr, dstLoc) == 0, "offset of aclrtMemcpyBatchAttr::dstLoc");
+static_assert(std::is_same<decltype(aclrtMemcpyBatchAttr::dstLoc), aclrtMemLocation>::value, "type of aclrtMemcpyBatchAttr::dstLoc");
+static_assert(offsetof(aclrtMemcpyBatchAttr, srcLoc) == 8, "offset of aclrtMemcpyBatchAttr::srcLoc");
+static_assert(std::is_same<decltype(aclrtMemcpyBatchAttr::srcLoc), aclrtMemLocation>::value, "type of aclrtMemcpyBatchAttr::srcLoc");
+static_assert(offsetof(aclrtMemcpyBatchAttr, rsv) == 16, "offset of aclrtMemcpyBatchAttr::rsv");
+static_assert(std::is_same<decltype(aclrtMemcpyBatchAttr::rsv), uint8_t[16]>::value, "type of aclrtMemcpyBatchAttr::rsv");
 static_assert(sizeof(aclrtPhysicalMemProp) == 32, "size of aclrtPhysicalMemProp");
 static_assert(alignof(aclrtPhysicalMemProp) == 8, "alignment of aclrtPhysicalMemProp");
 static_assert(offsetof(aclrtPhysicalMemProp, handleType) == 0, "offset of aclrtPhysicalMemProp::handleType");
@@ -379,3 +439,11 @@ static_assert(offsetof(aclrtPhysicalMemProp, location) == 12, "offset of aclrtPh
 static_assert(std::is_same<decltype(aclrtPhysicalMemProp::location), aclrtMemLocation>::value, "type of aclrtPhysicalMemProp::location");
 static_assert(offsetof(aclrtPhysicalMemProp, reserve) == 24, "offset of aclrtPhysicalMemProp::reserve");
 static_assert(std::is_same<decltype(aclrtPhysicalMemProp::reserve), uint64_t>::value, "type of aclrtPhysicalMemProp::reserve");
+static_assert(sizeof(aclrtPtrAttributes) == 28, "size of aclrtPtrAttributes");
+static_assert(alignof(aclrtPtrAttributes) == 4, "alignment of aclrtPtrAttributes");
+static_assert(offsetof(aclrtPtrAttributes, location) == 0, "offset of aclrtPtrAttributes::location");
+static_assert(std::is_same<decltype(aclrtPtrAttributes::location), aclrtMemLocation>::value, "type of aclrtPtrAttributes::location");
+static_assert(offsetof(aclrtPtrAttributes, pageSize) == 8, "offset of aclrtPtrAttributes::pageSize");
+static_assert(std::is_same<decltype(aclrtPtrAttributes::pageSize), uint32_t>::value, "type of aclrtPtrAttributes::pageSize");
+static_assert(offsetof(aclrtPtrAttributes, rsv) == 12, "offset of aclrtPtrAttributes::rsv");
+static_assert(std::is_same<decltype(aclrtPtrAttributes::rsv), uint32_t[4]>::value, "type of aclrtPtrAttributes::rsv");

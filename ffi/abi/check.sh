@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # ABI conformance check: every struct size and field offset, enum value, macro value and prototype of
 # ffi/include/aclshm_acl.h against the official ACL headers shipped in the torch-npu wheel on PyPI
-# (torch_npu/include/acl). The wheel is downloaded into a temporary directory and deleted afterwards:
+# (torch_npu/include/acl). Then the C programs of sim/ascendcl/tests/c are compiled against those
+# official headers (as well as ours) and run on the drop-in libascendcl.so. The wheel is downloaded into a temporary directory and deleted afterwards:
 # the official headers' licence forbids redistributing them, so they are never committed.
 #
 #   ffi/abi/check.sh                 # torch-npu 2.14.0
@@ -34,3 +35,6 @@ PY
 
 cd "$root"
 cargo run --quiet -p aclshm-sys-gen -- abi-check --official "$work/x/torch_npu/include"
+
+echo "aclshm: the C programs, compiled against the official headers, on the drop-in library"
+ACLSHM_OFFICIAL_ACL_INCLUDE="$work/x/torch_npu/include" cargo test --quiet --locked -p aclshm-ascendcl --test c_programs

@@ -29,6 +29,10 @@ typedef void *aclrtStream;
 typedef void *aclrtNotify;
 /** A handle to physical device memory from aclrtMallocPhysical or aclrtMemImportFromShareableHandle. */
 typedef void *aclrtDrvMemHandle;
+/** An event: a point in a stream's work that other streams and the host can wait for. */
+typedef void *aclrtEvent;
+/** A context: a device and the streams and events made in it; each thread has a current one. */
+typedef void *aclrtContext;
 
 #ifndef ACLSHM_ACL_EXTERNAL_TYPES
 
@@ -61,6 +65,30 @@ typedef void *aclrtDrvMemHandle;
 #define ACL_RT_VMM_EXPORT_FLAG_DEFAULT 0x0UL
 /** aclrtMemExportToShareableHandle: any process may import the shareable handle. */
 #define ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION 0x1UL
+
+/** aclrtCreateEventWithFlag / ExWithFlag: the host may synchronise on the event. */
+#define ACL_EVENT_SYNC 0x00000001U
+/** Event flag: the event marks a captured stream's progress. */
+#define ACL_EVENT_CAPTURE_STREAM_PROGRESS 0x00000002U
+/** Event flag: the event records a time stamp (aclrtEventElapsedTime). */
+#define ACL_EVENT_TIME_LINE 0x00000008U
+/** Event flag: the event is used on the device only. */
+#define ACL_EVENT_DEVICE_USE_ONLY 0x00000010U
+/** Event flag: an external event. */
+#define ACL_EVENT_EXTERNAL 0x00000020U
+/** aclrtCreateEventExWithFlag: an event other processes can open (aclrtIpcGetEventHandle). */
+#define ACL_EVENT_IPC 0x00000040U
+/** Size of an IPC event handle. */
+#define ACL_IPC_EVENT_HANDLE_SIZE 64U
+
+/** aclrtValueWait: wait until the value at the address is greater than or equal to the given one. */
+#define ACL_STREAM_WAIT_VALUE_GEQ 0x00000000U
+/** aclrtValueWait: wait until the value at the address equals the given one. */
+#define ACL_STREAM_WAIT_VALUE_EQ 0x00000001U
+/** aclrtValueWait: wait until the value at the address ANDed with the given one is not zero. */
+#define ACL_STREAM_WAIT_VALUE_AND 0x00000002U
+/** aclrtValueWait: wait until NOT (the value at the address OR the given one) is not zero. */
+#define ACL_STREAM_WAIT_VALUE_NOR 0x00000003U
 
 /* ---- Enums (4-byte C enums; values are append-only across releases) ---- */
 
@@ -126,6 +154,26 @@ typedef enum aclrtMemLocationType {
     ACL_MEM_LOCATION_TYPE_HOST_NUMA = 4,
 } aclrtMemLocationType;
 
+/** Where the calling process runs: on the device's own CPU or on a host driving it. */
+typedef enum aclrtRunMode {
+    ACL_DEVICE = 0,
+    ACL_HOST = 1,
+} aclrtRunMode;
+
+/** Whether the last record of an event has completed (aclrtQueryEventStatus). */
+typedef enum aclrtEventRecordedStatus {
+    ACL_EVENT_RECORDED_STATUS_NOT_READY = 0,
+    ACL_EVENT_RECORDED_STATUS_COMPLETE = 1,
+} aclrtEventRecordedStatus;
+
+/** Kind of shareable handle of the V2 export and import calls. */
+typedef enum aclrtMemSharedHandleType {
+    /** A 64-bit handle, valid within one server. */
+    ACL_MEM_SHARE_HANDLE_TYPE_DEFAULT = 0x1,
+    /** A 128-byte fabric handle (aclrtMemFabricHandle), valid across the servers of a super node. */
+    ACL_MEM_SHARE_HANDLE_TYPE_FABRIC = 0x2,
+} aclrtMemSharedHandleType;
+
 /** How physical memory is allocated; pinned is the only kind. */
 typedef enum aclrtMemAllocationType {
     ACL_MEM_ALLOCATION_TYPE_PINNED = 0,
@@ -173,6 +221,34 @@ typedef struct aclrtPhysicalMemProp {
     /** Reserved, 0. */
     uint64_t reserve;
 } aclrtPhysicalMemProp;
+
+/** What aclrtPointerGetAttributes says of an address. */
+typedef struct aclrtPtrAttributes {
+    /** DEVICE and its id, HOST for page-locked host memory, UNREGISTERED for other host memory. */
+    aclrtMemLocation location;
+    /** Page size of the memory, in bytes. */
+    uint32_t pageSize;
+    /** Reserved. */
+    uint32_t rsv[4];
+} aclrtPtrAttributes;
+
+/** A fabric handle: physical memory exported for import on another server (ACL_MEM_SHARE_HANDLE_TYPE_FABRIC). */
+typedef struct aclrtMemFabricHandle {
+    uint8_t data[128];
+} aclrtMemFabricHandle;
+
+/** An event as another process opens it (aclrtIpcGetEventHandle, aclrtIpcOpenEventHandle). */
+typedef struct aclrtIpcEventHandle {
+    char reserved[ACL_IPC_EVENT_HANDLE_SIZE];
+} aclrtIpcEventHandle;
+
+/** Where the source and destination of a range of copies of aclrtMemcpyBatch are. */
+typedef struct {
+    aclrtMemLocation dstLoc;
+    aclrtMemLocation srcLoc;
+    /** Reserved. */
+    uint8_t rsv[16];
+} aclrtMemcpyBatchAttr;
 
 /** One access grant for aclrtMemSetAccess. */
 typedef struct {
@@ -435,6 +511,21 @@ aclError aclrtDeviceDisablePeerAccess(int32_t peerDeviceId);
 aclError aclrtDeviceGetBareTgid(int32_t *pid);
 /** Free and total bytes of the current device's memory of the given kind. */
 aclError aclrtGetMemInfo(aclrtMemAttr attr, size_t *free, size_t *total);
+/** Whether this process runs on the device (ACL_DEVICE) or on a host (ACL_HOST). */
+aclError aclrtGetRunMode(aclrtRunMode *runMode);
+/** Block until all work queued on the current device's streams has run. */
+aclError aclrtSynchronizeDevice(void);
+
+/* ---- Contexts ---- */
+
+/** Create a context on deviceId and make it the calling thread's current context. */
+aclError aclrtCreateContext(aclrtContext *context, int32_t deviceId);
+/** Destroy a context from aclrtCreateContext (not a device's default context). */
+aclError aclrtDestroyContext(aclrtContext context);
+/** Make context the calling thread's current context (and its device the current device). */
+aclError aclrtSetCurrentContext(aclrtContext context);
+/** The calling thread's current context. */
+aclError aclrtGetCurrentContext(aclrtContext *context);
 
 /* ---- Streams ---- */
 
@@ -464,6 +555,40 @@ aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src, size_t cou
                           aclrtStream stream);
 /** Set count bytes of device memory to value; maxCount is the capacity at devPtr. */
 aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, size_t count);
+/** Copy numBatches ranges; attrs[i] applies from attrsIndexes[i]; failIndex names a failed copy (or SIZE_MAX). */
+aclError aclrtMemcpyBatch(void **dsts, size_t *destMaxs, void **srcs, size_t *sizes, size_t numBatches,
+                          aclrtMemcpyBatchAttr *attrs, size_t *attrsIndexes, size_t numAttrs, size_t *failIndex);
+/** Whether an address is device memory (and on which device), page-locked host memory or other memory. */
+aclError aclrtPointerGetAttributes(const void *ptr, aclrtPtrAttributes *attributes);
+/** Queue a write of a 64-bit value to device memory on a stream; flag must be 0. */
+aclError aclrtValueWrite(void *devAddr, uint64_t value, uint32_t flag, aclrtStream stream);
+/** Queue a wait on a stream until the 64-bit value at devAddr meets value (flag: ACL_STREAM_WAIT_VALUE_*). */
+aclError aclrtValueWait(void *devAddr, uint64_t value, uint32_t flag, aclrtStream stream);
+
+/* ---- Events and IPC events ---- */
+
+/** Create an event on the current device. */
+aclError aclrtCreateEvent(aclrtEvent *event);
+/** Create an event with ACL_EVENT_* flags. */
+aclError aclrtCreateEventWithFlag(aclrtEvent *event, uint32_t flag);
+/** Create an event with ACL_EVENT_* flags that may be recorded again and again (ACL_EVENT_IPC lives here). */
+aclError aclrtCreateEventExWithFlag(aclrtEvent *event, uint32_t flag);
+/** Destroy an event; every process that opened an IPC event destroys its handle. */
+aclError aclrtDestroyEvent(aclrtEvent event);
+/** Queue a record of the event on a stream: it completes when the stream reaches it. */
+aclError aclrtRecordEvent(aclrtEvent event, aclrtStream stream);
+/** Queue a wait on a stream until the event's latest record (as of this call) has completed. */
+aclError aclrtStreamWaitEvent(aclrtStream stream, aclrtEvent event);
+/** Block the host until the event's latest record has completed. */
+aclError aclrtSynchronizeEvent(aclrtEvent event);
+/** Whether the event's latest record has completed. */
+aclError aclrtQueryEventStatus(aclrtEvent event, aclrtEventRecordedStatus *status);
+/** Milliseconds between the completions of two recorded events. */
+aclError aclrtEventElapsedTime(float *ms, aclrtEvent startEvent, aclrtEvent endEvent);
+/** Export an event created with ACL_EVENT_IPC as a handle other processes open. */
+aclError aclrtIpcGetEventHandle(aclrtEvent event, aclrtIpcEventHandle *handle);
+/** Open an event another process exported. */
+aclError aclrtIpcOpenEventHandle(aclrtIpcEventHandle handle, aclrtEvent *event);
 
 /* ---- Virtual memory management ---- */
 
@@ -495,6 +620,15 @@ aclError aclrtMemExportToShareableHandle(aclrtDrvMemHandle handle, aclrtMemHandl
 aclError aclrtMemImportFromShareableHandle(uint64_t shareableHandle, int32_t deviceId, aclrtDrvMemHandle *handle);
 /** Whitelist importer pids (from aclrtDeviceGetBareTgid) for a shareable handle. */
 aclError aclrtMemSetPidToShareableHandle(uint64_t shareableHandle, int32_t *pid, size_t pidNum);
+/** Export as shareType: a uint64_t (DEFAULT) or an aclrtMemFabricHandle (FABRIC) at shareableHandle. */
+aclError aclrtMemExportToShareableHandleV2(aclrtDrvMemHandle handle, uint64_t flags,
+                                           aclrtMemSharedHandleType shareType, void *shareableHandle);
+/** Import a DEFAULT or FABRIC shareable handle on the current device; flags must be 0. */
+aclError aclrtMemImportFromShareableHandleV2(void *shareableHandle, aclrtMemSharedHandleType shareType,
+                                             uint64_t flags, aclrtDrvMemHandle *handle);
+/** Whitelist importer pids for a DEFAULT or FABRIC shareable handle. */
+aclError aclrtMemSetPidToShareableHandleV2(void *shareableHandle, aclrtMemSharedHandleType shareType, int32_t *pid,
+                                           size_t pidNum);
 
 /* ---- Sharing aclrtMalloc memory by key ---- */
 

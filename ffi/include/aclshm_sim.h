@@ -61,6 +61,12 @@ typedef struct aclshmSimStats {
     uint32_t localNotifies;
     /** IPC memory imports this process has not closed. */
     uint32_t localIpcImports;
+    /** IPC events alive in any process. */
+    uint32_t ipcEvents;
+    /** Events this process created or opened and has not destroyed. */
+    uint32_t localEvents;
+    /** Contexts this process created with aclrtCreateContext and has not destroyed. */
+    uint32_t localContexts;
 } aclshmSimStats;
 
 /** A process attached to the simulator directory, and what it holds there. */

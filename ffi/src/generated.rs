@@ -15,6 +15,17 @@ pub const ACL_RT_IPC_MEM_IMPORT_FLAG_DEFAULT: u64 = 0;
 pub const ACL_RT_IPC_MEM_IMPORT_FLAG_ENABLE_PEER_ACCESS: u64 = 1;
 pub const ACL_RT_VMM_EXPORT_FLAG_DEFAULT: u64 = 0;
 pub const ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION: u64 = 1;
+pub const ACL_EVENT_SYNC: u32 = 1;
+pub const ACL_EVENT_CAPTURE_STREAM_PROGRESS: u32 = 2;
+pub const ACL_EVENT_TIME_LINE: u32 = 8;
+pub const ACL_EVENT_DEVICE_USE_ONLY: u32 = 16;
+pub const ACL_EVENT_EXTERNAL: u32 = 32;
+pub const ACL_EVENT_IPC: u32 = 64;
+pub const ACL_IPC_EVENT_HANDLE_SIZE: u32 = 64;
+pub const ACL_STREAM_WAIT_VALUE_GEQ: u32 = 0;
+pub const ACL_STREAM_WAIT_VALUE_EQ: u32 = 1;
+pub const ACL_STREAM_WAIT_VALUE_AND: u32 = 2;
+pub const ACL_STREAM_WAIT_VALUE_NOR: u32 = 3;
 pub const ACL_RT_SUCCESS: aclError = 0;
 pub const ACL_ERROR_RT_PARAM_INVALID: aclError = 107000;
 pub const ACL_ERROR_RT_INVALID_DEVICEID: aclError = 107001;
@@ -170,6 +181,10 @@ pub type aclrtStream = *mut ::core::ffi::c_void;
 pub type aclrtNotify = *mut ::core::ffi::c_void;
 /// A handle to physical device memory from aclrtMallocPhysical or aclrtMemImportFromShareableHandle.
 pub type aclrtDrvMemHandle = *mut ::core::ffi::c_void;
+/// An event: a point in a stream's work that other streams and the host can wait for.
+pub type aclrtEvent = *mut ::core::ffi::c_void;
+/// A context: a device and the streams and events made in it; each thread has a current one.
+pub type aclrtContext = *mut ::core::ffi::c_void;
 impl aclrtMemcpyKind {
     pub const ACL_MEMCPY_HOST_TO_HOST: aclrtMemcpyKind = aclrtMemcpyKind(0);
     pub const ACL_MEMCPY_HOST_TO_DEVICE: aclrtMemcpyKind = aclrtMemcpyKind(1);
@@ -277,6 +292,40 @@ impl aclrtMemLocationType {
 /// Where memory lives.
 #[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
 pub struct aclrtMemLocationType(pub ::core::ffi::c_uint);
+impl aclrtRunMode {
+    pub const ACL_DEVICE: aclrtRunMode = aclrtRunMode(0);
+    pub const ACL_HOST: aclrtRunMode = aclrtRunMode(1);
+}
+#[repr(transparent)]
+/// Where the calling process runs: on the device's own CPU or on a host driving it.
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aclrtRunMode(pub ::core::ffi::c_uint);
+impl aclrtEventRecordedStatus {
+    pub const ACL_EVENT_RECORDED_STATUS_NOT_READY: aclrtEventRecordedStatus = aclrtEventRecordedStatus(
+        0,
+    );
+    pub const ACL_EVENT_RECORDED_STATUS_COMPLETE: aclrtEventRecordedStatus = aclrtEventRecordedStatus(
+        1,
+    );
+}
+#[repr(transparent)]
+/// Whether the last record of an event has completed (aclrtQueryEventStatus).
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aclrtEventRecordedStatus(pub ::core::ffi::c_uint);
+impl aclrtMemSharedHandleType {
+    /// A 64-bit handle, valid within one server.
+    pub const ACL_MEM_SHARE_HANDLE_TYPE_DEFAULT: aclrtMemSharedHandleType = aclrtMemSharedHandleType(
+        1,
+    );
+    /// A 128-byte fabric handle (aclrtMemFabricHandle), valid across the servers of a super node.
+    pub const ACL_MEM_SHARE_HANDLE_TYPE_FABRIC: aclrtMemSharedHandleType = aclrtMemSharedHandleType(
+        2,
+    );
+}
+#[repr(transparent)]
+/// Kind of shareable handle of the V2 export and import calls.
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aclrtMemSharedHandleType(pub ::core::ffi::c_uint);
 impl aclrtMemAllocationType {
     pub const ACL_MEM_ALLOCATION_TYPE_PINNED: aclrtMemAllocationType = aclrtMemAllocationType(
         0,
@@ -390,6 +439,134 @@ const _: () = {
     ][::core::mem::offset_of!(aclrtPhysicalMemProp, reserve) - 24usize];
 };
 impl Default for aclrtPhysicalMemProp {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/// What aclrtPointerGetAttributes says of an address.
+#[repr(C)]
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aclrtPtrAttributes {
+    /// DEVICE and its id, HOST for page-locked host memory, UNREGISTERED for other host memory.
+    pub location: aclrtMemLocation,
+    /// Page size of the memory, in bytes.
+    pub pageSize: u32,
+    /// Reserved.
+    pub rsv: [u32; 4usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of aclrtPtrAttributes",
+    ][::core::mem::size_of::<aclrtPtrAttributes>() - 28usize];
+    [
+        "Alignment of aclrtPtrAttributes",
+    ][::core::mem::align_of::<aclrtPtrAttributes>() - 4usize];
+    [
+        "Offset of field: aclrtPtrAttributes::location",
+    ][::core::mem::offset_of!(aclrtPtrAttributes, location) - 0usize];
+    [
+        "Offset of field: aclrtPtrAttributes::pageSize",
+    ][::core::mem::offset_of!(aclrtPtrAttributes, pageSize) - 8usize];
+    [
+        "Offset of field: aclrtPtrAttributes::rsv",
+    ][::core::mem::offset_of!(aclrtPtrAttributes, rsv) - 12usize];
+};
+impl Default for aclrtPtrAttributes {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/// A fabric handle: physical memory exported for import on another server (ACL_MEM_SHARE_HANDLE_TYPE_FABRIC).
+#[repr(C)]
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aclrtMemFabricHandle {
+    pub data: [u8; 128usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of aclrtMemFabricHandle",
+    ][::core::mem::size_of::<aclrtMemFabricHandle>() - 128usize];
+    [
+        "Alignment of aclrtMemFabricHandle",
+    ][::core::mem::align_of::<aclrtMemFabricHandle>() - 1usize];
+    [
+        "Offset of field: aclrtMemFabricHandle::data",
+    ][::core::mem::offset_of!(aclrtMemFabricHandle, data) - 0usize];
+};
+impl Default for aclrtMemFabricHandle {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/// An event as another process opens it (aclrtIpcGetEventHandle, aclrtIpcOpenEventHandle).
+#[repr(C)]
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aclrtIpcEventHandle {
+    pub reserved: [::core::ffi::c_char; 64usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of aclrtIpcEventHandle",
+    ][::core::mem::size_of::<aclrtIpcEventHandle>() - 64usize];
+    [
+        "Alignment of aclrtIpcEventHandle",
+    ][::core::mem::align_of::<aclrtIpcEventHandle>() - 1usize];
+    [
+        "Offset of field: aclrtIpcEventHandle::reserved",
+    ][::core::mem::offset_of!(aclrtIpcEventHandle, reserved) - 0usize];
+};
+impl Default for aclrtIpcEventHandle {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+/// Where the source and destination of a range of copies of aclrtMemcpyBatch are.
+#[repr(C)]
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub struct aclrtMemcpyBatchAttr {
+    pub dstLoc: aclrtMemLocation,
+    pub srcLoc: aclrtMemLocation,
+    /// Reserved.
+    pub rsv: [u8; 16usize],
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    [
+        "Size of aclrtMemcpyBatchAttr",
+    ][::core::mem::size_of::<aclrtMemcpyBatchAttr>() - 32usize];
+    [
+        "Alignment of aclrtMemcpyBatchAttr",
+    ][::core::mem::align_of::<aclrtMemcpyBatchAttr>() - 4usize];
+    [
+        "Offset of field: aclrtMemcpyBatchAttr::dstLoc",
+    ][::core::mem::offset_of!(aclrtMemcpyBatchAttr, dstLoc) - 0usize];
+    [
+        "Offset of field: aclrtMemcpyBatchAttr::srcLoc",
+    ][::core::mem::offset_of!(aclrtMemcpyBatchAttr, srcLoc) - 8usize];
+    [
+        "Offset of field: aclrtMemcpyBatchAttr::rsv",
+    ][::core::mem::offset_of!(aclrtMemcpyBatchAttr, rsv) - 16usize];
+};
+impl Default for aclrtMemcpyBatchAttr {
     fn default() -> Self {
         let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
         unsafe {
@@ -570,10 +747,16 @@ pub struct aclshmSimStats {
     pub localNotifies: u32,
     /// IPC memory imports this process has not closed.
     pub localIpcImports: u32,
+    /// IPC events alive in any process.
+    pub ipcEvents: u32,
+    /// Events this process created or opened and has not destroyed.
+    pub localEvents: u32,
+    /// Contexts this process created with aclrtCreateContext and has not destroyed.
+    pub localContexts: u32,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of aclshmSimStats"][::core::mem::size_of::<aclshmSimStats>() - 176usize];
+    ["Size of aclshmSimStats"][::core::mem::size_of::<aclshmSimStats>() - 192usize];
     ["Alignment of aclshmSimStats"][::core::mem::align_of::<aclshmSimStats>() - 8usize];
     [
         "Offset of field: aclshmSimStats::processes",
@@ -614,6 +797,15 @@ const _: () = {
     [
         "Offset of field: aclshmSimStats::localIpcImports",
     ][::core::mem::offset_of!(aclshmSimStats, localIpcImports) - 172usize];
+    [
+        "Offset of field: aclshmSimStats::ipcEvents",
+    ][::core::mem::offset_of!(aclshmSimStats, ipcEvents) - 176usize];
+    [
+        "Offset of field: aclshmSimStats::localEvents",
+    ][::core::mem::offset_of!(aclshmSimStats, localEvents) - 180usize];
+    [
+        "Offset of field: aclshmSimStats::localContexts",
+    ][::core::mem::offset_of!(aclshmSimStats, localContexts) - 184usize];
 };
 /// A process attached to the simulator directory, and what it holds there.
 #[repr(C)]
@@ -715,6 +907,18 @@ macro_rules! for_each_fn {
             Acl aclrtDeviceGetBareTgid(pid: *mut i32) -> $crate::aclError;
             #[doc = " Free and total bytes of the current device's memory of the given kind."]
             Acl aclrtGetMemInfo(attr: $crate::aclrtMemAttr, free: *mut usize, total: *mut usize) -> $crate::aclError;
+            #[doc = " Whether this process runs on the device (ACL_DEVICE) or on a host (ACL_HOST)."]
+            Acl aclrtGetRunMode(run_mode: *mut $crate::aclrtRunMode) -> $crate::aclError;
+            #[doc = " Block until all work queued on the current device's streams has run."]
+            Acl aclrtSynchronizeDevice() -> $crate::aclError;
+            #[doc = " Create a context on deviceId and make it the calling thread's current context."]
+            Acl aclrtCreateContext(context: *mut $crate::aclrtContext, device_id: i32) -> $crate::aclError;
+            #[doc = " Destroy a context from aclrtCreateContext (not a device's default context)."]
+            Acl aclrtDestroyContext(context: $crate::aclrtContext) -> $crate::aclError;
+            #[doc = " Make context the calling thread's current context (and its device the current device)."]
+            Acl aclrtSetCurrentContext(context: $crate::aclrtContext) -> $crate::aclError;
+            #[doc = " The calling thread's current context."]
+            Acl aclrtGetCurrentContext(context: *mut $crate::aclrtContext) -> $crate::aclError;
             #[doc = " Create a stream on the current device."]
             Acl aclrtCreateStream(stream: *mut $crate::aclrtStream) -> $crate::aclError;
             #[doc = " Destroy a stream after its queued work has run."]
@@ -737,6 +941,36 @@ macro_rules! for_each_fn {
             Acl aclrtMemcpyAsync(dst: *mut ::core::ffi::c_void, dest_max: usize, src: *const ::core::ffi::c_void, count: usize, kind: $crate::aclrtMemcpyKind, stream: $crate::aclrtStream) -> $crate::aclError;
             #[doc = " Set count bytes of device memory to value; maxCount is the capacity at devPtr."]
             Acl aclrtMemset(dev_ptr: *mut ::core::ffi::c_void, max_count: usize, value: i32, count: usize) -> $crate::aclError;
+            #[doc = " Copy numBatches ranges; attrs[i] applies from attrsIndexes[i]; failIndex names a failed copy (or SIZE_MAX)."]
+            Acl aclrtMemcpyBatch(dsts: *mut *mut ::core::ffi::c_void, dest_maxs: *mut usize, srcs: *mut *mut ::core::ffi::c_void, sizes: *mut usize, num_batches: usize, attrs: *mut $crate::aclrtMemcpyBatchAttr, attrs_indexes: *mut usize, num_attrs: usize, fail_index: *mut usize) -> $crate::aclError;
+            #[doc = " Whether an address is device memory (and on which device), page-locked host memory or other memory."]
+            Acl aclrtPointerGetAttributes(ptr: *const ::core::ffi::c_void, attributes: *mut $crate::aclrtPtrAttributes) -> $crate::aclError;
+            #[doc = " Queue a write of a 64-bit value to device memory on a stream; flag must be 0."]
+            Acl aclrtValueWrite(dev_addr: *mut ::core::ffi::c_void, value: u64, flag: u32, stream: $crate::aclrtStream) -> $crate::aclError;
+            #[doc = " Queue a wait on a stream until the 64-bit value at devAddr meets value (flag: ACL_STREAM_WAIT_VALUE_*)."]
+            Acl aclrtValueWait(dev_addr: *mut ::core::ffi::c_void, value: u64, flag: u32, stream: $crate::aclrtStream) -> $crate::aclError;
+            #[doc = " Create an event on the current device."]
+            Acl aclrtCreateEvent(event: *mut $crate::aclrtEvent) -> $crate::aclError;
+            #[doc = " Create an event with ACL_EVENT_* flags."]
+            Acl aclrtCreateEventWithFlag(event: *mut $crate::aclrtEvent, flag: u32) -> $crate::aclError;
+            #[doc = " Create an event with ACL_EVENT_* flags that may be recorded again and again (ACL_EVENT_IPC lives here)."]
+            Acl aclrtCreateEventExWithFlag(event: *mut $crate::aclrtEvent, flag: u32) -> $crate::aclError;
+            #[doc = " Destroy an event; every process that opened an IPC event destroys its handle."]
+            Acl aclrtDestroyEvent(event: $crate::aclrtEvent) -> $crate::aclError;
+            #[doc = " Queue a record of the event on a stream: it completes when the stream reaches it."]
+            Acl aclrtRecordEvent(event: $crate::aclrtEvent, stream: $crate::aclrtStream) -> $crate::aclError;
+            #[doc = " Queue a wait on a stream until the event's latest record (as of this call) has completed."]
+            Acl aclrtStreamWaitEvent(stream: $crate::aclrtStream, event: $crate::aclrtEvent) -> $crate::aclError;
+            #[doc = " Block the host until the event's latest record has completed."]
+            Acl aclrtSynchronizeEvent(event: $crate::aclrtEvent) -> $crate::aclError;
+            #[doc = " Whether the event's latest record has completed."]
+            Acl aclrtQueryEventStatus(event: $crate::aclrtEvent, status: *mut $crate::aclrtEventRecordedStatus) -> $crate::aclError;
+            #[doc = " Milliseconds between the completions of two recorded events."]
+            Acl aclrtEventElapsedTime(ms: *mut f32, start_event: $crate::aclrtEvent, end_event: $crate::aclrtEvent) -> $crate::aclError;
+            #[doc = " Export an event created with ACL_EVENT_IPC as a handle other processes open."]
+            Acl aclrtIpcGetEventHandle(event: $crate::aclrtEvent, handle: *mut $crate::aclrtIpcEventHandle) -> $crate::aclError;
+            #[doc = " Open an event another process exported."]
+            Acl aclrtIpcOpenEventHandle(handle: $crate::aclrtIpcEventHandle, event: *mut $crate::aclrtEvent) -> $crate::aclError;
             #[doc = " Reserve a range of device virtual addresses. alignment must be 0; flags 0 (normal) or 1 (huge pages)."]
             Acl aclrtReserveMemAddress(vir_ptr: *mut *mut ::core::ffi::c_void, size: usize, alignment: usize, expect_ptr: *mut ::core::ffi::c_void, flags: u64) -> $crate::aclError;
             #[doc = " Release a range from aclrtReserveMemAddress; nothing may be mapped in it."]
@@ -759,6 +993,12 @@ macro_rules! for_each_fn {
             Acl aclrtMemImportFromShareableHandle(shareable_handle: u64, device_id: i32, handle: *mut $crate::aclrtDrvMemHandle) -> $crate::aclError;
             #[doc = " Whitelist importer pids (from aclrtDeviceGetBareTgid) for a shareable handle."]
             Acl aclrtMemSetPidToShareableHandle(shareable_handle: u64, pid: *mut i32, pid_num: usize) -> $crate::aclError;
+            #[doc = " Export as shareType: a uint64_t (DEFAULT) or an aclrtMemFabricHandle (FABRIC) at shareableHandle."]
+            Acl aclrtMemExportToShareableHandleV2(handle: $crate::aclrtDrvMemHandle, flags: u64, share_type: $crate::aclrtMemSharedHandleType, shareable_handle: *mut ::core::ffi::c_void) -> $crate::aclError;
+            #[doc = " Import a DEFAULT or FABRIC shareable handle on the current device; flags must be 0."]
+            Acl aclrtMemImportFromShareableHandleV2(shareable_handle: *mut ::core::ffi::c_void, share_type: $crate::aclrtMemSharedHandleType, flags: u64, handle: *mut $crate::aclrtDrvMemHandle) -> $crate::aclError;
+            #[doc = " Whitelist importer pids for a DEFAULT or FABRIC shareable handle."]
+            Acl aclrtMemSetPidToShareableHandleV2(shareable_handle: *mut ::core::ffi::c_void, share_type: $crate::aclrtMemSharedHandleType, pid: *mut i32, pid_num: usize) -> $crate::aclError;
             #[doc = " Export a whole aclrtMalloc allocation under a key (len 65 bytes)."]
             Acl aclrtIpcMemGetExportKey(dev_ptr: *mut ::core::ffi::c_void, size: usize, key: *mut ::core::ffi::c_char, len: usize, flags: u64) -> $crate::aclError;
             #[doc = " Whitelist importer pids for a key."]

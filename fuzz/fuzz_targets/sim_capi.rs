@@ -61,6 +61,9 @@ struct Made {
     notifies: Vec<u64>,
     keys: Vec<[u8; 65]>,
     shareables: Vec<u64>,
+    events: Vec<u64>,
+    contexts: Vec<u64>,
+    fabric: Vec<[u8; 128]>,
 }
 
 fn runtime() -> &'static Runtime {
@@ -111,7 +114,7 @@ fuzz_target!(|data: &[u8]| {
             if steps > 64 {
                 break;
             }
-            match op % 24 {
+            match op % 34 {
                 0 => {
                     let _ = (f.aclrtSetDevice.unwrap())(inp.device().unwrap_or(0));
                 }
@@ -285,6 +288,169 @@ fuzz_target!(|data: &[u8]| {
                         inp.u8().unwrap_or(0) as u64 % 4,
                     );
                 }
+                24 => {
+                    // Any flags, either call.
+                    let mut e = std::ptr::null_mut();
+                    let flag = inp.pick(&[1, 2, 8, 9, 0x10, 0x20, 0x40, 0x0E]).unwrap_or(0) as u32;
+                    let ok = if inp.u8().unwrap_or(0) % 2 == 0 {
+                        (f.aclrtCreateEventWithFlag.unwrap())(&mut e, flag)
+                    } else {
+                        (f.aclrtCreateEventExWithFlag.unwrap())(&mut e, flag)
+                    };
+                    if ok == 0 {
+                        m.events.push(e as u64);
+                    }
+                }
+                25 => {
+                    let (e, st) = (inp.pick(&m.events).unwrap_or(0), inp.pick(&m.streams).unwrap_or(0));
+                    let _ = (f.aclrtRecordEvent.unwrap())(e as aclrtEvent, st as aclrtStream);
+                }
+                26 => {
+                    // A wait waits only for records queued before it, so waits never wait for each other in a
+                    // cycle: with no notify or value waits in these programs, every stream finishes.
+                    let (e, st) = (inp.pick(&m.events).unwrap_or(0), inp.pick(&m.streams).unwrap_or(0));
+                    let _ = (f.aclrtStreamWaitEvent.unwrap())(st as aclrtStream, e as aclrtEvent);
+                    let mut status = aclrtEventRecordedStatus::ACL_EVENT_RECORDED_STATUS_NOT_READY;
+                    let _ = (f.aclrtQueryEventStatus.unwrap())(e as aclrtEvent, &mut status);
+                    let mut ms = 0f32;
+                    let e2 = inp.pick(&m.events).unwrap_or(0);
+                    let _ = (f.aclrtEventElapsedTime.unwrap())(&mut ms, e as aclrtEvent, e2 as aclrtEvent);
+                }
+                27 => {
+                    let e = inp.pick(&m.events).unwrap_or(0);
+                    let mut h = aclrtIpcEventHandle { reserved: [0; 64] };
+                    let _ = (f.aclrtIpcGetEventHandle.unwrap())(e as aclrtEvent, &mut h);
+                    if inp.u8().unwrap_or(0) % 2 == 0 {
+                        for b in h.reserved.iter_mut().take(32) {
+                            *b = inp.u8().unwrap_or(0) as c_char;
+                        }
+                    }
+                    let mut opened = std::ptr::null_mut();
+                    if (f.aclrtIpcOpenEventHandle.unwrap())(h, &mut opened) == 0 {
+                        m.events.push(opened as u64);
+                    }
+                }
+                28 => {
+                    let e = inp.pick(&m.events).unwrap_or(0);
+                    if (f.aclrtDestroyEvent.unwrap())(e as aclrtEvent) == 0 {
+                        m.events.retain(|&x| x != e);
+                    }
+                }
+                29 => {
+                    let mut c = std::ptr::null_mut();
+                    match inp.u8().unwrap_or(0) % 4 {
+                        0 => {
+                            if (f.aclrtCreateContext.unwrap())(&mut c, inp.device().unwrap_or(0)) == 0 {
+                                m.contexts.push(c as u64);
+                            }
+                        }
+                        1 => {
+                            let c = inp.pick(&m.contexts).unwrap_or(0);
+                            if (f.aclrtDestroyContext.unwrap())(c as aclrtContext) == 0 {
+                                m.contexts.retain(|&x| x != c);
+                            }
+                        }
+                        2 => {
+                            let _ =
+                                (f.aclrtSetCurrentContext.unwrap())(inp.pick(&m.contexts).unwrap_or(0) as aclrtContext);
+                        }
+                        _ => {
+                            let _ = (f.aclrtGetCurrentContext.unwrap())(&mut c);
+                            let mut mode = aclrtRunMode::ACL_DEVICE;
+                            let _ = (f.aclrtGetRunMode.unwrap())(&mut mode);
+                            let _ = (f.aclrtSynchronizeDevice.unwrap())();
+                        }
+                    }
+                }
+                30 => {
+                    // Any address: the runtime looks it up, never reads it.
+                    let p = match device_addr(&mut inp, &m, 0) {
+                        Some(a) if inp.u8().unwrap_or(0) % 2 == 0 => a,
+                        _ => inp.u64().unwrap_or(0),
+                    };
+                    let mut a = aclrtPtrAttributes::default();
+                    let _ = (f.aclrtPointerGetAttributes.unwrap())(p as *const c_void, &mut a);
+                }
+                31 => {
+                    // Value writes, and waits with arguments the runtime refuses at once (a valid wait could
+                    // wait for ever).
+                    let Some(d) = device_addr(&mut inp, &m, 8) else { continue };
+                    let st = inp.pick(&m.streams).unwrap_or(0) as aclrtStream;
+                    let v = inp.u64().unwrap_or(0);
+                    let _ = (f.aclrtValueWrite.unwrap())(d as *mut c_void, v, u32::from(inp.u8().unwrap_or(0) % 2), st);
+                    let bad_flag = 4 + u32::from(inp.u8().unwrap_or(0));
+                    let _ = (f.aclrtValueWait.unwrap())(d as *mut c_void, v, bad_flag, st);
+                    let _ = (f.aclrtValueWait.unwrap())(host.as_mut_ptr().cast(), v, 0, st);
+                }
+                32 => {
+                    // A batch of up to 4 copies between our host buffer and device memory, attributes from the input.
+                    let n = usize::from(inp.u8().unwrap_or(0) % 5);
+                    let mut dsts = Vec::new();
+                    let mut srcs = Vec::new();
+                    let mut sizes = Vec::new();
+                    for i in 0..n {
+                        let count = usize::from(inp.u8().unwrap_or(0)) * 64;
+                        let Some(d) = device_addr(&mut inp, &m, count) else { break };
+                        let h = host.as_mut_ptr().wrapping_add(i * 4096).cast::<c_void>();
+                        if inp.u8().unwrap_or(0) % 2 == 0 {
+                            dsts.push(d as *mut c_void);
+                            srcs.push(h);
+                        } else {
+                            dsts.push(h);
+                            srcs.push(d as *mut c_void);
+                        }
+                        sizes.push(count);
+                    }
+                    let mut maxes: Vec<usize> = sizes.iter().map(|&s| s.max(4096)).collect();
+                    let loc = |inp: &mut Input| aclrtMemLocation {
+                        id: u32::from(inp.u8().unwrap_or(0) % 3),
+                        type_: aclrtMemLocationType(u32::from(inp.u8().unwrap_or(0) % 5)),
+                    };
+                    let mut attrs =
+                        vec![aclrtMemcpyBatchAttr { dstLoc: loc(&mut inp), srcLoc: loc(&mut inp), rsv: [0; 16] }];
+                    let mut idx = vec![0usize];
+                    let mut fail = 0usize;
+                    let _ = (f.aclrtMemcpyBatch.unwrap())(
+                        dsts.as_mut_ptr(),
+                        maxes.as_mut_ptr(),
+                        srcs.as_mut_ptr(),
+                        sizes.as_mut_ptr(),
+                        dsts.len(),
+                        attrs.as_mut_ptr(),
+                        idx.as_mut_ptr(),
+                        1,
+                        &mut fail,
+                    );
+                }
+                33 => {
+                    // V2 export into a 128-byte buffer (either kind), import of it or of bytes from the input.
+                    let h = inp.pick(&m.handles).unwrap_or(0);
+                    let kind = aclrtMemSharedHandleType(u32::from(inp.u8().unwrap_or(0) % 4));
+                    let mut buf = [0u8; 128];
+                    let flags = inp.u8().unwrap_or(0) as u64 % 3;
+                    if (f.aclrtMemExportToShareableHandleV2.unwrap())(
+                        h as aclrtDrvMemHandle,
+                        flags,
+                        kind,
+                        buf.as_mut_ptr().cast(),
+                    ) == 0
+                    {
+                        m.fabric.push(buf);
+                    }
+                    let mut b = m.fabric.last().copied().unwrap_or([0; 128]);
+                    if inp.u8().unwrap_or(0) % 2 == 0 {
+                        for x in b.iter_mut().take(24) {
+                            *x = inp.u8().unwrap_or(0);
+                        }
+                    }
+                    let kind = aclrtMemSharedHandleType(u32::from(inp.u8().unwrap_or(0) % 4));
+                    let mut pid = std::process::id() as i32;
+                    let _ = (f.aclrtMemSetPidToShareableHandleV2.unwrap())(b.as_mut_ptr().cast(), kind, &mut pid, 1);
+                    let mut out = std::ptr::null_mut();
+                    if (f.aclrtMemImportFromShareableHandleV2.unwrap())(b.as_mut_ptr().cast(), kind, 0, &mut out) == 0 {
+                        m.handles.push(out as u64);
+                    }
+                }
                 _ => {
                     let (mut free, mut total) = (0usize, 0usize);
                     let _ = (f.aclrtGetMemInfo.unwrap())(
@@ -299,12 +465,17 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
         }
-        // Release everything, in the documented order.
+        // Release everything, in the documented order, with a device current (the program may have reset
+        // its devices or destroyed its current context; destroying a notify needs one, as in the runtime).
+        let _ = (f.aclrtSetDevice.unwrap())(0);
         for k in m.keys.drain(..) {
             let _ = (f.aclrtIpcMemClose.unwrap())(k.as_ptr().cast());
         }
         for s in m.streams.drain(..) {
             let _ = (f.aclrtDestroyStreamForce.unwrap())(s as aclrtStream);
+        }
+        for e in m.events.drain(..) {
+            let _ = (f.aclrtDestroyEvent.unwrap())(e as aclrtEvent);
         }
         for n in m.notifies.drain(..) {
             let _ = (f.aclrtDestroyNotify.unwrap())(n as aclrtNotify);
@@ -321,8 +492,13 @@ fuzz_target!(|data: &[u8]| {
         for (p, _) in m.mallocs.drain(..) {
             let _ = (f.aclrtFree.unwrap())(p as *mut c_void);
         }
+        for c in m.contexts.drain(..) {
+            let _ = (f.aclrtDestroyContext.unwrap())(c as aclrtContext);
+        }
     }
-    // Nothing of this process is left in the simulator.
+    // Nothing of this process is left in the simulator (the device set for the release is reset after).
+    // SAFETY: a plain value.
+    let _ = unsafe { (f.aclrtResetDeviceForce.unwrap())(0) };
     let st = raw::sim_get_stats(rt).unwrap();
     assert_eq!(
         (
@@ -331,9 +507,11 @@ fuzz_target!(|data: &[u8]| {
             st.localReservations,
             st.localDeviceAllocs,
             st.localNotifies,
-            st.localIpcImports
+            st.localIpcImports,
+            st.localEvents,
+            st.localContexts
         ),
-        (0, 0, 0, 0, 0, 0),
+        (0, 0, 0, 0, 0, 0, 0, 0),
         "left in the simulator: {st:?}"
     );
 });

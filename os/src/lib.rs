@@ -51,7 +51,7 @@ pub use futex::{FutexWait, futex_wait, futex_wake_all};
 pub use guard::{Guard, MAX_GUARDS, guard};
 pub use lock::{byte_locked_by_other, try_lock_byte, unlock_byte};
 pub use map::{AnonymousMapping, SharedMapping};
-pub use process::{alive, bare_tgid, boot_id, euid, now_ticks, pid, start_time};
+pub use process::{alive, bare_tgid, boot_id, euid, monotonic_ns, now_ticks, pid, start_time};
 pub use random::random_u64;
 pub use socket::{PeerCredentials, PollFd, PollFlags, out_of_descriptors, peer_credentials, poll};
 pub use units::{ParseBytesError, parse_bytes};

@@ -53,6 +53,12 @@ pub fn now_ticks() -> u64 {
     secs * hz + nanos * hz / 1_000_000_000
 }
 
+/// Nanoseconds of the monotonic clock: comparable between the processes of one boot.
+pub fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
+}
+
 /// The pid the host sees for this process: the first (outermost) entry of `NSpid` in
 /// `/proc/self/status`, which differs from [`pid`] inside a container with its own pid namespace.
 pub fn bare_tgid() -> i32 {

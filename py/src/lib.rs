@@ -5,8 +5,8 @@
 //! - `acl`: pyACL's calling convention (`acl.rt.*`, `(value, ret)` tuples, pointers and handles as
 //!   ints) over [`aclshm::raw`], one runtime call per function, on the runtime the library selected
 //!   ([`Runtime::global`]: CANN when an NPU is there, else the embedded simulator).
-//! - `pool`, `kv`, `notify`: the safe API (pools, mirrors, descriptors, KV blocks with pins,
-//!   notifies and streams), errors raised as the exceptions of `aclshm.errors` (module `errors`).
+//! - `pool`, `kv`, `notify`, `event`: the safe API (pools, mirrors, descriptors, KV blocks with pins,
+//!   notifies, events and streams), errors raised as the exceptions of `aclshm.errors` (module `errors`).
 //!
 //! Blocking calls (attaching through the rendezvous, waits, copies, synchronisation) release the
 //! interpreter, so other Python threads run meanwhile.
@@ -15,6 +15,7 @@ mod acl;
 mod args;
 mod buffer;
 mod errors;
+mod event;
 mod held;
 mod kv;
 mod notify;
@@ -103,6 +104,9 @@ fn simulator_stats(py: Python<'_>) -> PyResult<Py<PyAny>> {
         d.set_item("local_host_allocs", s.localHostAllocs)?;
         d.set_item("local_notifies", s.localNotifies)?;
         d.set_item("local_ipc_imports", s.localIpcImports)?;
+        d.set_item("ipc_events", s.ipcEvents)?;
+        d.set_item("local_events", s.localEvents)?;
+        d.set_item("local_contexts", s.localContexts)?;
     }
     Ok(d.into_any().unbind())
 }
@@ -125,6 +129,7 @@ fn _aclshm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pool::register(m)?;
     kv::register(m)?;
     notify::register(m)?;
+    event::register(m)?;
     acl::register(m)?;
     Ok(())
 }

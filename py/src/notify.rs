@@ -17,7 +17,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 /// A stream on a device: work queued on it runs in order. `Stream(device=0)`; a context manager.
 #[pyclass(module = "aclshm", frozen)]
 pub(crate) struct Stream {
-    stream: Held<aclshm::Stream>,
+    pub(crate) stream: Held<aclshm::Stream>,
     /// The device.
     #[pyo3(get)]
     device: i32,

@@ -28,6 +28,9 @@ LIVE_KEYS = (
     "local_host_allocs",
     "local_notifies",
     "local_ipc_imports",
+    "ipc_events",
+    "local_events",
+    "local_contexts",
 )
 
 

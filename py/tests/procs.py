@@ -16,6 +16,25 @@ PROP = {
 }
 
 
+def run_pair(spawn, a, a_args, b, b_args):
+    """Run two processes that talk over two queues (`to_b`, `from_b`, after their own arguments); return
+    what each reported."""
+    to_b, from_b, out_a, out_b = spawn.Queue(), spawn.Queue(), spawn.Queue(), spawn.Queue()
+    pa = spawn.Process(target=a, args=(*a_args, to_b, from_b, out_a))
+    pb = spawn.Process(target=b, args=(*b_args, to_b, from_b, out_b))
+    pa.start()
+    pb.start()
+    try:
+        ra, rb = out_a.get(timeout=60), out_b.get(timeout=60)
+    finally:
+        for p in (pa, pb):
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert (pa.exitcode, pb.exitcode) == (0, 0)
+    return ra, rb
+
+
 def pattern(n, seed):
     return bytes((i * 7 + seed) & 0xFF for i in range(n))
 
@@ -98,17 +117,31 @@ def phys_importer(device, to_b, from_b, out):
     )
     handle, r["import"] = acl.rt.mem_import_from_shareable_handle(shareable, device)
     _, r["import_twice"] = acl.rt.mem_import_from_shareable_handle(shareable, device)
+
+    def exporter_freed():
+        from_b.put("imported")
+        assert to_b.get(timeout=30) == "freed"
+
+    map_check_release(r, handle, device, 1, before_check=exporter_freed)
+    from_b.put("done")
+    out.put(r)
+
+
+def map_check_release(r, handle, device, seed, before_check=None, attrs=False):
+    """An importer's end: map `handle` (2 MiB) in a range of its own, check the exporter's pattern of
+    `seed` (after `before_check`, if any), then unmap, free, release and reset `device`, noting each code
+    in `r`."""
     va, r["reserve"] = acl.rt.reserve_mem_address(MB2, 0, 0, 0)
     r["map"] = acl.rt.map_mem(va, MB2, 0, handle, 0)
-    from_b.put("imported")
-    assert to_b.get(timeout=30) == "freed"
-    r["d2h"], r["data_ok"] = check_pattern(va, 4096, 1)
+    if attrs:
+        r["attrs"] = acl.rt.pointer_get_attributes(va)
+    if before_check is not None:
+        before_check()
+    r["d2h"], r["data_ok"] = check_pattern(va, 4096, seed)
     r["unmap"] = acl.rt.unmap_mem(va)
     r["free"] = acl.rt.free_physical(handle)
     r["release"] = acl.rt.release_mem_address(va)
     r["reset"] = acl.rt.reset_device(device)
-    from_b.put("done")
-    out.put(r)
 
 
 # ---- IPC memory by key ----
@@ -170,6 +203,126 @@ def notify_importer(device, pids, keys, out):
         except aclshm.NotPermittedError as e:
             r["wait"] = type(e).__name__
         n.signal()
+    out.put(r)
+
+
+# ---- physical memory, version 2 (shareable handles of type DEFAULT or FABRIC) ----
+
+
+def phys_v2_exporter(share_type, to_b, from_b, out):
+    r = {}
+    assert acl.rt.set_device(0) == 0
+    handle, r["malloc"] = acl.rt.malloc_physical(MB2, prop_on(0), 0)
+    va, r["reserve"] = acl.rt.reserve_mem_address(MB2, 0, 0, 0)
+    r["map"] = acl.rt.map_mem(va, MB2, 0, handle, 0)
+    r["h2d"] = put_pattern(va, 4096, 5)
+    shareable, r["export"] = acl.rt.mem_export_to_shareable_handle_v2(handle, 0, share_type)
+    r["shareable"] = type(shareable).__name__, len(shareable) if isinstance(shareable, bytes) else None
+    _, r["import_own"] = acl.rt.mem_import_from_shareable_handle_v2(shareable, share_type, 0)
+    r["set_pid"] = offer(
+        to_b, from_b, shareable, lambda pid: acl.rt.mem_set_pid_to_shareable_handle_v2(shareable, share_type, [pid])
+    )
+    assert from_b.get(timeout=30) == "done"
+    r["unmap"] = acl.rt.unmap_mem(va)
+    r["free"] = acl.rt.free_physical(handle)
+    r["release"] = acl.rt.release_mem_address(va)
+    r["reset"] = acl.rt.reset_device(0)
+    out.put(r)
+
+
+def phys_v2_importer(share_type, device, to_b, from_b, out):
+    r = {}
+    assert acl.rt.set_device(device) == 0
+    shareable, r["import_unlisted"], r["tgid"] = accept(
+        to_b, from_b, lambda s: acl.rt.mem_import_from_shareable_handle_v2(s, share_type, 0)
+    )
+    # Import flags are reserved: a non-zero one reaches the runtime, which refuses it.
+    _, r["import_flags"] = acl.rt.mem_import_from_shareable_handle_v2(shareable, share_type, 1)
+    handle, r["import"] = acl.rt.mem_import_from_shareable_handle_v2(shareable, share_type, 0)
+    map_check_release(r, handle, device, 5, attrs=True)
+    from_b.put("done")
+    out.put(r)
+
+
+# ---- IPC events ----
+
+
+def event_creator(to_b, from_b, out):
+    """pyACL flow, creator's side: an IPC event whose record waits, on its stream, for a gate (a 64-bit
+    word of device memory that `value_write` opens), so that the opener sees it not ready, then ready."""
+    r = {}
+    assert acl.rt.set_device(0) == 0
+    stream, r["stream"] = acl.rt.create_stream()
+    other, _ = acl.rt.create_stream()
+    gate, r["malloc"] = acl.rt.malloc(64, acl.ACL_MEM_MALLOC_HUGE_FIRST)
+    r["memset"] = acl.rt.memset(gate, 64, 0, 64)
+    event, r["create"] = acl.rt.create_event_ex_with_flag(acl.ACL_EVENT_IPC)
+    handle, r["export"] = acl.rt.ipc_get_event_handle(event)
+    r["handle"] = type(handle).__name__, len(handle)
+    r["export_again_same"] = acl.rt.ipc_get_event_handle(event) == (handle, 0)
+    _, r["open_own"] = acl.rt.ipc_open_event_handle(handle)
+    r["value_wait"] = acl.rt.value_wait(gate, 1, acl.ACL_STREAM_WAIT_VALUE_EQ, stream)
+    r["record"] = acl.rt.record_event(event, stream)
+    r["status_gated"] = acl.rt.query_event_status(event)
+    to_b.put(handle)
+    r["b_saw_gated"] = from_b.get(timeout=30)
+    r["value_write"] = acl.rt.value_write(gate, 1, 0, other)
+    r["sync_other"] = acl.rt.synchronize_stream(other)
+    r["sync_event"] = acl.rt.synchronize_event(event)
+    r["status_open"] = acl.rt.query_event_status(event)
+    to_b.put("gate open")
+    assert from_b.get(timeout=30) == "done"
+    _, r["elapsed"] = acl.rt.event_elapsed_time(event, event)  # IPC events record no time
+    r["destroy"] = acl.rt.destroy_event(event)
+    r["free"] = acl.rt.free(gate)
+    r["destroy_streams"] = (acl.rt.destroy_stream(stream), acl.rt.destroy_stream(other))
+    r["reset"] = acl.rt.reset_device(0)
+    out.put(r)
+
+
+def event_opener(device, to_b, from_b, out):
+    r = {}
+    assert acl.rt.set_device(device) == 0
+    handle = to_b.get(timeout=30)
+    _, r["open_short"] = acl.rt.ipc_open_event_handle(handle[:63])
+    event, r["open"] = acl.rt.ipc_open_event_handle(handle)
+    r["status_gated"] = acl.rt.query_event_status(event)
+    _, r["export_opened"] = acl.rt.ipc_get_event_handle(event)  # the creator exports, not an opener
+    from_b.put(r["status_gated"])
+    assert to_b.get(timeout=30) == "gate open"
+    r["sync"] = acl.rt.synchronize_event(event)
+    r["status_open"] = acl.rt.query_event_status(event)
+    # Either side records: a record here, waited for on a stream of ours.
+    stream, _ = acl.rt.create_stream()
+    waiter, _ = acl.rt.create_stream()
+    r["record"] = acl.rt.record_event(event, stream)
+    r["stream_wait"] = acl.rt.stream_wait_event(waiter, event)
+    r["sync_streams"] = (acl.rt.synchronize_stream(stream), acl.rt.synchronize_stream(waiter))
+    r["status_recorded"] = acl.rt.query_event_status(event)
+    r["destroy_streams"] = (acl.rt.destroy_stream(stream), acl.rt.destroy_stream(waiter))
+    r["destroy"] = acl.rt.destroy_event(event)
+    r["reset"] = acl.rt.reset_device(device)
+    from_b.put("done")
+    out.put(r)
+
+
+def event_open_high_level(handle, device, out):
+    """The safe API in a process that did not create the event: open (by bytes and by hex), signal."""
+    r = {}
+    with aclshm.Event.open(handle, device) as e, aclshm.Event.open(handle.hex(), device) as again:
+        r["ipc"], r["device"] = e.is_ipc, e.device
+        try:
+            e.export()
+            r["export"] = None
+        except aclshm.NotPermittedError as x:
+            r["export"] = type(x).__name__
+        e.signal()
+        r["complete"] = e.is_complete() and again.is_complete()
+    try:
+        e.is_complete()
+        r["closed"] = None
+    except aclshm.ClosedError as x:
+        r["closed"] = type(x).__name__
     out.put(r)
 
 

@@ -11,29 +11,12 @@ import pytest
 import aclshm
 import aclshm.acl as acl
 import procs
+from procs import run_pair
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
 DRV = 507899  # ACL_ERROR_RT_DRV_INTERNAL_ERROR: the driver refuses (whitelist, double import, ...)
 PARAM = 107000  # ACL_ERROR_RT_PARAM_INVALID
 INVALID_PARAM = 100000  # ACL_ERROR_INVALID_PARAM
-
-
-def run_pair(spawn, a, a_args, b, b_args):
-    """Run two processes that talk over two queues; return what each reported."""
-    to_b, from_b, out_a, out_b = spawn.Queue(), spawn.Queue(), spawn.Queue(), spawn.Queue()
-    pa = spawn.Process(target=a, args=(*a_args, to_b, from_b, out_a))
-    pb = spawn.Process(target=b, args=(*b_args, to_b, from_b, out_b))
-    pa.start()
-    pb.start()
-    try:
-        ra, rb = out_a.get(timeout=60), out_b.get(timeout=60)
-    finally:
-        for p in (pa, pb):
-            p.join(timeout=30)
-            if p.is_alive():
-                p.kill()
-    assert (pa.exitcode, pb.exitcode) == (0, 0)
-    return ra, rb
 
 
 def test_error_names_are_the_references():

@@ -51,13 +51,14 @@ fn entry(func: usize, name: &'static str, f: impl FnOnce() -> R) -> aclError {
 /// The implementations, under the entry points' names.
 mod imp {
     pub(crate) use crate::device::*;
+    pub(crate) use crate::event::*;
     pub(crate) use crate::ext::*;
     pub(crate) use crate::ipc::{
         aclrtIpcMemClose, aclrtIpcMemGetExportKey, aclrtIpcMemImportByKey, aclrtIpcMemSetImportPid,
     };
     pub(crate) use crate::memory::{
         aclrtFree, aclrtFreeHost, aclrtGetMemInfo, aclrtMalloc, aclrtMallocHost, aclrtMemcpy, aclrtMemcpyAsync,
-        aclrtMemset,
+        aclrtMemcpyBatch, aclrtMemset, aclrtPointerGetAttributes, aclrtValueWait, aclrtValueWrite,
     };
     pub(crate) use crate::notify::{
         aclrtCreateNotify, aclrtDestroyNotify, aclrtGetNotifyId, aclrtNotifyGetExportKey, aclrtNotifyImportByKey,

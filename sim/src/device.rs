@@ -1,4 +1,4 @@
-//! Initialisation, devices, peer access and streams.
+//! Initialisation, devices, contexts, peer access and streams.
 //!
 //! As in the runtime: the current device is per thread (`aclrtSetDevice` in each thread that needs one);
 //! the device's context is shared by the process and counted (each `aclrtSetDevice` adds a reference,
@@ -16,7 +16,7 @@ use aclshm_sys::*;
 use parking_lot::Mutex;
 
 use crate::call::{R, bail, fail, not_null, put};
-use crate::state::{Local, Sim, TAG_STREAM, decode, encode, sim};
+use crate::state::{Context, Local, Sim, TAG_CONTEXT, TAG_STREAM, decode, encode, sim};
 use crate::stream::Stream;
 
 /// The ACL version the simulator implements (the headers aclshm-sys is checked against).
@@ -102,27 +102,40 @@ fn reset(device_id: i32, force: bool) -> R {
     let d = s.device(device_id)?;
     let streams = {
         let mut l = s.local.lock();
-        let ctx = &mut l.devices[d as usize];
-        if ctx.refs == 0 {
+        if l.devices[d as usize].refs == 0 {
             return bail(
                 ACL_ERROR_RT_CONTEXT_RELEASE_ERROR,
                 format!("device {d} is not set in this process (no aclrtSetDevice reference left)"),
             );
         }
-        ctx.refs = if force { 0 } else { ctx.refs - 1 };
-        if ctx.refs > 0 {
-            return Ok(());
-        }
-        ctx.epoch += 1;
-        ctx.default_stream = None;
-        // The runtime clears the calling thread's current device on the final release.
-        s.clear_current();
-        take_streams(&mut l, |st| st.device == d)
+        release_device(s, &mut l, d, force)
     };
     for st in streams {
         st.shut_down(true);
     }
     Ok(())
+}
+
+/// Drop one aclrtSetDevice reference to device `d` (all of them: `force`); once neither references nor
+/// contexts keep it up, tear it down and return its streams, to be shut down once the tables are unlocked
+/// (a stream's tasks take the lock).
+fn release_device(s: &Sim, l: &mut Local, d: u32, force: bool) -> Vec<Arc<Stream>> {
+    let ctx = &mut l.devices[d as usize];
+    ctx.refs = if force { 0 } else { ctx.refs.saturating_sub(1) };
+    tear_down_unless_up(s, l, d)
+}
+
+/// Tear device `d` down in this process if nothing keeps it up (see `release_device`).
+fn tear_down_unless_up(s: &Sim, l: &mut Local, d: u32) -> Vec<Arc<Stream>> {
+    let ctx = &mut l.devices[d as usize];
+    if ctx.up() {
+        return Vec::new();
+    }
+    ctx.epoch += 1;
+    ctx.default_stream = None;
+    // The runtime clears the calling thread's current device on the final release.
+    s.clear_current();
+    take_streams(l, |st| st.device == d)
 }
 
 /// Remove the streams matching `which` from the table (to be shut down after the lock is released: a
@@ -147,6 +160,137 @@ pub(crate) unsafe fn aclrtGetDevice(device_id: *mut i32) -> R {
     let d = s.current(&l)?;
     // SAFETY: non-null out-parameter (C API contract).
     unsafe { put(device_id, d as i32) };
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtGetRunMode(run_mode: *mut aclrtRunMode) -> R {
+    not_null(run_mode, "runMode")?;
+    // The simulator runs on a host that drives its devices.
+    // SAFETY: non-null out-parameter (C API contract).
+    unsafe { put(run_mode, aclrtRunMode::ACL_HOST) };
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtSynchronizeDevice() -> R {
+    let s = sim()?;
+    let streams: Vec<Arc<Stream>> = {
+        let l = s.local.lock();
+        let d = s.current(&l)?;
+        l.streams.iter().filter(|(_, st)| st.device == d).map(|(_, st)| Arc::clone(st)).collect()
+    };
+    // Every stream is waited for; the first failure is reported.
+    let mut first = Ok(());
+    for st in streams {
+        let r = st.synchronize();
+        if first.is_ok() {
+            first = r;
+        }
+    }
+    first
+}
+
+/// Key of the handle of device `d`'s default context (explicit contexts have small keys).
+const DEFAULT_CONTEXT: usize = 0x8000_0000;
+
+/// The handle of device `d`'s default context in its current incarnation.
+fn default_context(l: &Local, d: u32) -> aclrtContext {
+    encode(TAG_CONTEXT, DEFAULT_CONTEXT | d as usize, (l.devices[d as usize].epoch & 0xFF_FFFF) as u32)
+}
+
+/// What a context handle names: an explicit context (its key) or a device's default context.
+enum Ctx {
+    Explicit(usize),
+    Default(u32),
+}
+
+fn context_of(s: &Sim, l: &Local, context: aclrtContext) -> R<Ctx> {
+    let invalid = || fail(ACL_ERROR_RT_CONTEXT_NULL, "not a live context of this process");
+    let (k, generation) = decode(TAG_CONTEXT, context).ok_or_else(invalid)?;
+    if k & DEFAULT_CONTEXT != 0 {
+        let d = (k & !DEFAULT_CONTEXT) as u32;
+        let live = d < s.devices
+            && l.devices[d as usize].up()
+            && (l.devices[d as usize].epoch & 0xFF_FFFF) as u32 == generation;
+        return if live { Ok(Ctx::Default(d)) } else { Err(invalid()) };
+    }
+    match l.contexts.get(k) {
+        Some(c) if c.generation == generation => Ok(Ctx::Explicit(k)),
+        _ => Err(invalid()),
+    }
+}
+
+pub(crate) unsafe fn aclrtCreateContext(context: *mut aclrtContext, device_id: i32) -> R {
+    not_null(context, "context")?;
+    let s = sim()?;
+    let d = s.device(device_id)?;
+    let mut l = s.local.lock();
+    l.devices[d as usize].contexts += 1;
+    let generation = l.new_generation();
+    let k = l.contexts.insert(Context { generation, device: d });
+    s.set_current_context(&l, d, k);
+    // SAFETY: non-null out-parameter (C API contract).
+    unsafe { put(context, encode(TAG_CONTEXT, k, generation)) };
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtDestroyContext(context: aclrtContext) -> R {
+    not_null(context, "context")?;
+    let s = sim()?;
+    let streams = {
+        let mut l = s.local.lock();
+        let k = match context_of(s, &l, context)? {
+            Ctx::Explicit(k) => k,
+            Ctx::Default(_) => {
+                return bail(
+                    ACL_ERROR_RT_CONTEXT_NULL,
+                    "a device's default context is released by aclrtResetDevice, not aclrtDestroyContext",
+                );
+            }
+        };
+        let current = s.current_context(&l) == Some(k);
+        let c = l.contexts.remove(k);
+        let dev = &mut l.devices[c.device as usize];
+        dev.contexts = dev.contexts.saturating_sub(1);
+        let streams = tear_down_unless_up(s, &mut l, c.device);
+        if current {
+            s.clear_current();
+        }
+        streams
+    };
+    for st in streams {
+        st.shut_down(true);
+    }
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtSetCurrentContext(context: aclrtContext) -> R {
+    not_null(context, "context")?;
+    let s = sim()?;
+    let l = s.local.lock();
+    match context_of(s, &l, context)? {
+        Ctx::Explicit(k) => {
+            let d = l.contexts[k].device;
+            if !l.devices[d as usize].up() {
+                return bail(ACL_ERROR_RT_CONTEXT_NULL, format!("device {d} of the context was reset"));
+            }
+            s.set_current_context(&l, d, k);
+        }
+        Ctx::Default(d) => s.set_current(&l, d),
+    }
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtGetCurrentContext(context: *mut aclrtContext) -> R {
+    not_null(context, "context")?;
+    let s = sim()?;
+    let l = s.local.lock();
+    let d = s.current(&l)?;
+    let h = match s.current_context(&l) {
+        Some(k) => encode(TAG_CONTEXT, k, l.contexts[k].generation),
+        None => default_context(&l, d),
+    };
+    // SAFETY: non-null out-parameter (C API contract).
+    unsafe { put(context, h) };
     Ok(())
 }
 

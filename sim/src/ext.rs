@@ -72,6 +72,8 @@ pub(crate) unsafe fn aclshmSimGetStats(stats: *mut aclshmSimStats) -> R {
         localStreams: l.streams.len() as u32,
         localNotifies: l.notifies.len() as u32,
         localIpcImports: l.ipc_imports.values().map(|i| i.refs).sum(),
+        localEvents: l.events.len() as u32,
+        localContexts: l.contexts.len() as u32,
         ..Default::default()
     };
     drop(l);
@@ -82,6 +84,7 @@ pub(crate) unsafe fn aclshmSimGetStats(stats: *mut aclshmSimStats) -> R {
     out.physObjects = t.phys_live.count();
     out.ipcKeys = t.key_live.iter().filter(|&i| t.keys[i].open == 1).count() as u32;
     out.notifies = t.notify_live.count();
+    out.ipcEvents = t.event_live.count();
     let n = out.deviceBytesUsed.len().min(t.used.len());
     out.deviceBytesUsed[..n].copy_from_slice(&t.used[..n]);
     drop(g);

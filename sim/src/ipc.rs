@@ -180,7 +180,7 @@ pub(crate) unsafe fn aclrtIpcMemImportByKey(dev_ptr: *mut *mut c_void, key: *con
         }
         let _ = s.drop_holder(phys, serial);
     };
-    let alias = match alias_of(s, serial, obj_size) {
+    let alias = match alias_of(s.reg.dir(), serial, obj_size) {
         Ok(a) => a,
         Err(e) => {
             undo(s);

@@ -48,6 +48,7 @@
 //!   memory                 aclrtMalloc/Free, host memory, copies, memset (a free closes the memory's
 //!                          IPC keys: uses ipc)
 //!   ipc  notify  vmm       IPC memory by key; notifies; reservations, physical memory, export/import
+//!   event                  events and IPC events (counters in the process or, for IPC, the registry)
 //!   device  ext  object    devices, contexts, stream handles (stream_for); the simulator's extensions;
 //!                          physical objects (files, capacity, aliases, mapping one whole)
 //!   ─────────────────────────────────────────────────────────────────────────────────────────────────
@@ -63,14 +64,15 @@
 //! ```
 //!
 //! ## Limits, knowingly
-//! No kernels, events, contexts beyond each device's default, host (DDR) physical memory, V2 or fabric
-//! handles, or `ASCEND_RT_VISIBLE_DEVICES`. A process that forks after using the simulator must exec
+//! No kernels, host (DDR) physical memory or `ASCEND_RT_VISIBLE_DEVICES`; streams belong to their device,
+//! not to a context (every context of a device shares them). A process that forks after using the simulator must exec
 //! before the child uses it, as with CANN.
 
 mod call;
 mod capi;
 mod config;
 mod device;
+mod event;
 mod ext;
 mod fault;
 mod ipc;

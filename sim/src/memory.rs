@@ -177,7 +177,7 @@ fn resolve(s: &Sim, l: &Local, addr: usize, len: usize, device: bool) -> R<Optio
                 fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("device address {:#x} is not mapped", base + off))
             })?;
         let h = &l.handles[m.handle];
-        if s.reg.words().phys_flags[h.phys].load(Ordering::Acquire) & PHYS_REVOKED != 0 {
+        if h.server.is_none() && s.reg.words().phys_flags[h.phys].load(Ordering::Acquire) & PHYS_REVOKED != 0 {
             return bail(
                 ACL_ERROR_RT_DEVICE_MEM_ERROR,
                 format!(
@@ -387,6 +387,265 @@ pub(crate) unsafe fn aclrtGetMemInfo(attr: aclrtMemAttr, free: *mut usize, total
     unsafe {
         put(free, f as usize);
         put(total, t as usize);
+    }
+    Ok(())
+}
+
+/// Where device address `addr` of region-holding tables `l` lives: its device and page size. A reserved
+/// address with nothing mapped at it reports the device its range is bound to (or the current one) and
+/// the huge page.
+fn device_of(s: &Sim, l: &Local, addr: usize) -> Option<(u32, u64)> {
+    let (base, region) = l.region_at(addr)?;
+    let off = addr - base;
+    if let Some((_, m)) = region.maps.range(..=off).next_back().filter(|(mo, m)| off < **mo + m.size) {
+        let h = &l.handles[m.handle];
+        return Some((h.device, h.page));
+    }
+    let d = match region.kind {
+        RegionKind::Reserved { bound: Some(d) } => d,
+        _ => s.current(l).unwrap_or(0),
+    };
+    Some((d, GRANULARITY))
+}
+
+pub(crate) unsafe fn aclrtPointerGetAttributes(ptr: *const c_void, attributes: *mut aclrtPtrAttributes) -> R {
+    not_null(ptr, "ptr")?;
+    not_null(attributes, "attributes")?;
+    let s = sim()?;
+    let l = s.local.lock();
+    let (kind, id, page) = match place(&l, ptr as usize) {
+        Place::Device => {
+            let (d, page) = device_of(s, &l, ptr as usize).expect("a device address lies in a region");
+            (aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_DEVICE, d, page)
+        }
+        Place::PinnedHost => (aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_HOST, 0, HOST_PAGE as u64),
+        Place::Host => (aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_UNREGISTERED, 0, HOST_PAGE as u64),
+    };
+    let a = aclrtPtrAttributes {
+        location: aclrtMemLocation { id, type_: kind },
+        pageSize: u32::try_from(page).unwrap_or(u32::MAX),
+        rsv: [0; 4],
+    };
+    // SAFETY: non-null out-parameter (C API contract).
+    unsafe { put(attributes, a) };
+    Ok(())
+}
+
+/// The 64-bit word of device memory at `addr`, for aclrtValueWrite and aclrtValueWait: checked to be
+/// device memory (107000 otherwise) and 8-byte aligned (documented; stricter than the runtime, which does
+/// not check), resolved through the alias behind it.
+fn value_word(s: &Sim, l: &Local, addr: usize) -> R<Piece> {
+    if place(l, addr) != Place::Device {
+        return bail(ACL_ERROR_RT_PARAM_INVALID, format!("{addr:#x} is not device memory"));
+    }
+    if !addr.is_multiple_of(8) {
+        return bail(ACL_ERROR_RT_PARAM_INVALID, format!("{addr:#x} is not 8-byte aligned"));
+    }
+    let mut pieces = resolve(s, l, addr, 8, true)?.expect("device memory resolves");
+    // 8 aligned bytes never straddle two mappings (mappings are 2 MiB aligned).
+    Ok(pieces.swap_remove(0))
+}
+
+/// The 64-bit word behind a piece, as an atomic. The piece keeps its alias mapped.
+fn atomic(p: &Piece) -> &std::sync::atomic::AtomicU64 {
+    // SAFETY: the piece is 8 bytes of a live shared mapping, 8-byte aligned (value_word checked the device
+    // address, and aliases are page aligned with the same offset); other processes reach it only
+    // atomically through these calls or by copies, as on a device.
+    unsafe { std::sync::atomic::AtomicU64::from_ptr(p.ptr.cast()) }
+}
+
+/// The two 32-bit halves of a word, for futexes.
+fn halves(w: &std::sync::atomic::AtomicU64) -> [&std::sync::atomic::AtomicU32; 2] {
+    let p = w.as_ptr().cast::<u32>();
+    // SAFETY: a u64 is two aligned u32s; the AtomicU64 outlives the references.
+    unsafe { [std::sync::atomic::AtomicU32::from_ptr(p), std::sync::atomic::AtomicU32::from_ptr(p.add(1))] }
+}
+
+/// Whether `v` meets the condition of aclrtValueWait flag `flag` against `value`.
+fn value_met(v: u64, value: u64, flag: u32) -> bool {
+    match flag {
+        ACL_STREAM_WAIT_VALUE_GEQ => v.wrapping_sub(value) as i64 >= 0,
+        ACL_STREAM_WAIT_VALUE_EQ => v == value,
+        ACL_STREAM_WAIT_VALUE_AND => v & value != 0,
+        _ => !(v | value) != 0,
+    }
+}
+
+/// Queue `task` on `stream` (NULL: the default stream) for the word at `dev_addr`, checked now and
+/// resolved again when the stream runs the task (the memory may be gone by then: the task fails).
+fn queue_on_word(
+    dev_addr: *mut c_void,
+    stream: aclrtStream,
+    task: impl FnOnce(&std::sync::atomic::AtomicU64, &crate::sync::AtomicBool) -> R + Send + 'static,
+) -> R {
+    let s = sim()?;
+    let mut l = s.local.lock();
+    let st = stream_for(s, &mut l, stream)?;
+    value_word(s, &l, dev_addr as usize)?;
+    drop(l);
+    let addr = dev_addr as usize;
+    st.push(Box::new(move |abort| {
+        let s = sim_for_task()?;
+        let p = value_word(s, &s.local.lock(), addr)?;
+        task(atomic(&p), abort)
+    }))
+}
+
+pub(crate) unsafe fn aclrtValueWrite(dev_addr: *mut c_void, value: u64, flag: u32, stream: aclrtStream) -> R {
+    not_null(dev_addr, "devAddr")?;
+    if flag != 0 {
+        return bail(ACL_ERROR_RT_PARAM_INVALID, format!("flag {flag:#x}: it is reserved and must be 0"));
+    }
+    queue_on_word(dev_addr, stream, move |w, _abort| {
+        w.store(value, std::sync::atomic::Ordering::Release);
+        for h in halves(w) {
+            aclshm_os::futex_wake_all(h);
+        }
+        Ok(())
+    })
+}
+
+pub(crate) unsafe fn aclrtValueWait(dev_addr: *mut c_void, value: u64, flag: u32, stream: aclrtStream) -> R {
+    not_null(dev_addr, "devAddr")?;
+    if flag > ACL_STREAM_WAIT_VALUE_NOR {
+        return bail(ACL_ERROR_RT_PARAM_INVALID, format!("wait flag {flag:#x} is unknown"));
+    }
+    queue_on_word(dev_addr, stream, move |w, abort| {
+        loop {
+            let v = w.load(std::sync::atomic::Ordering::Acquire);
+            if value_met(v, value, flag) {
+                return Ok(());
+            }
+            if abort.load(crate::sync::Ordering::Acquire) {
+                return bail(ACL_ERROR_RT_STREAM_ABORT, "the stream was destroyed while waiting for a value");
+            }
+            // A write wakes both halves; the slice bounds a missed wake (and notices an abort).
+            let _ = aclshm_os::futex_wait(halves(w)[0], v as u32, std::time::Duration::from_millis(50));
+        }
+    })
+}
+
+/// The most copies one aclrtMemcpyBatch takes (the driver's limit).
+const BATCH_MAX: usize = 4096;
+
+/// Whether location `loc` describes an address found at `place` (on device `dev`, if device memory):
+/// UNREGISTERED and HOST_NUMA count as host memory, as in the runtime.
+fn location_matches(loc: aclrtMemLocation, place: Place, dev: Option<u32>) -> bool {
+    let host = matches!(
+        loc.type_,
+        aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_HOST
+            | aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_UNREGISTERED
+            | aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_HOST_NUMA
+    );
+    match place {
+        Place::Device => loc.type_ == aclrtMemLocationType::ACL_MEM_LOCATION_TYPE_DEVICE && dev == Some(loc.id),
+        Place::PinnedHost | Place::Host => host,
+    }
+}
+
+/// aclrtMemcpyBatch's arguments, read from the caller's arrays.
+struct Batch {
+    dsts: Vec<usize>,
+    srcs: Vec<usize>,
+    sizes: Vec<usize>,
+}
+
+#[allow(clippy::too_many_arguments)] // the C prototype's
+pub(crate) unsafe fn aclrtMemcpyBatch(
+    dsts: *mut *mut c_void,
+    dest_maxs: *mut usize,
+    srcs: *mut *mut c_void,
+    sizes: *mut usize,
+    num_batches: usize,
+    attrs: *mut aclrtMemcpyBatchAttr,
+    attrs_indexes: *mut usize,
+    num_attrs: usize,
+    fail_index: *mut usize,
+) -> R {
+    not_null(fail_index, "failIndex")?;
+    // SAFETY: non-null out-parameter (C API contract); every failure below keeps SIZE_MAX unless it names a copy.
+    unsafe { put(fail_index, usize::MAX) };
+    for (p, what) in [
+        (dsts as *const c_void, "dsts"),
+        (dest_maxs.cast_const().cast(), "destMaxs"),
+        (srcs.cast_const().cast(), "srcs"),
+        (sizes.cast_const().cast(), "sizes"),
+        (attrs.cast_const().cast(), "attrs"),
+        (attrs_indexes.cast_const().cast(), "attrsIndexes"),
+    ] {
+        not_null(p, what)?;
+    }
+    if num_batches == 0 || num_attrs == 0 || num_attrs > num_batches || num_batches > BATCH_MAX {
+        return bail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            format!(
+                "{num_batches} copies and {num_attrs} attributes (1 to {BATCH_MAX} copies, 1 to that many attributes)"
+            ),
+        );
+    }
+    // SAFETY: the caller's arrays hold num_batches (num_attrs) elements (C API contract).
+    let (b, maxes, attrs, idx) = unsafe {
+        let v = |p: *mut *mut c_void| std::slice::from_raw_parts(p, num_batches).iter().map(|&x| x as usize).collect();
+        (
+            Batch { dsts: v(dsts), srcs: v(srcs), sizes: std::slice::from_raw_parts(sizes, num_batches).to_vec() },
+            std::slice::from_raw_parts(dest_maxs, num_batches).to_vec(),
+            std::slice::from_raw_parts(attrs, num_attrs).to_vec(),
+            std::slice::from_raw_parts(attrs_indexes, num_attrs).to_vec(),
+        )
+    };
+    if b.sizes.iter().all(|&n| n == 0) {
+        return Ok(());
+    }
+    if let Some(i) = (0..num_batches).find(|&i| maxes[i] < b.sizes[i]) {
+        return bail(ACL_ERROR_INVALID_PARAM, format!("copy {i}: size {} exceeds destMax {}", b.sizes[i], maxes[i]));
+    }
+    if attrs.iter().any(|a| a.rsv.iter().any(|&x| x != 0)) {
+        return bail(ACL_ERROR_INVALID_PARAM, "the reserved bytes of an attribute are not 0");
+    }
+    if idx[0] != 0 || idx.windows(2).any(|w| w[1] <= w[0]) || idx[num_attrs - 1] >= num_batches {
+        return bail(
+            ACL_ERROR_RT_PARAM_INVALID,
+            "attrsIndexes must start at 0 and increase strictly, each below numBatches",
+        );
+    }
+    let s = sim()?;
+    {
+        let l = s.local.lock();
+        s.current(&l)?;
+        for i in 0..num_batches {
+            let a = attrs[idx.partition_point(|&x| x <= i) - 1];
+            let (pd, ps) = (place(&l, b.dsts[i]), place(&l, b.srcs[i]));
+            let dev =
+                |addr: usize, p: Place| (p == Place::Device).then(|| device_of(s, &l, addr).map(|x| x.0)).flatten();
+            let why = if (pd == Place::Device) == (ps == Place::Device) {
+                Some("a batch copies between host and device memory only")
+            } else if !location_matches(a.dstLoc, pd, dev(b.dsts[i], pd))
+                || !location_matches(a.srcLoc, ps, dev(b.srcs[i], ps))
+            {
+                Some("the attribute's locations do not describe the pointers")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                // SAFETY: non-null out-parameter (C API contract).
+                unsafe { put(fail_index, i) };
+                return bail(ACL_ERROR_RT_PARAM_INVALID, format!("copy {i}: {why}"));
+            }
+        }
+    }
+    for i in 0..num_batches {
+        if b.sizes[i] == 0 {
+            continue;
+        }
+        let (dd, sd) = {
+            let l = s.local.lock();
+            (place(&l, b.dsts[i]) == Place::Device, place(&l, b.srcs[i]) == Place::Device)
+        };
+        if let Err(e) = copy(s, b.dsts[i], b.srcs[i], b.sizes[i], dd, sd) {
+            // SAFETY: non-null out-parameter (C API contract).
+            unsafe { put(fail_index, i) };
+            return Err(e);
+        }
     }
     Ok(())
 }

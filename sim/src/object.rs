@@ -39,10 +39,10 @@ pub(crate) fn create_phys(s: &Sim, kind: u32, size: u64, page: u64, d: u32) -> R
     }
 }
 
-/// Open physical object `serial` of `size` bytes, which another handle (of any process) holds, and map it
+/// Open physical object `serial` of `size` bytes of the simulator directory `dir`, which another handle (of any process) holds, and map it
 /// read-write: an import's alias.
-pub(crate) fn alias_of(s: &Sim, serial: u64, size: u64) -> R<SharedMapping> {
-    let path = s.reg.dir().join(registry::phys_file(serial));
+pub(crate) fn alias_of(dir: &std::path::Path, serial: u64, size: u64) -> R<SharedMapping> {
+    let path = dir.join(registry::phys_file(serial));
     let fd = aclshm_os::open_file(&path)
         .map_err(|e| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("open {}: {e}", path.display())))?;
     SharedMapping::map(&fd, size as usize)
@@ -141,6 +141,7 @@ pub(crate) fn add_handle(l: &mut Local, obj: &Object, origin: Origin, alias: Sha
         freed: false,
         maps,
         exported: None,
+        server: None,
     })
 }
 

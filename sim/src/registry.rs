@@ -10,10 +10,11 @@
 //!  | Tables  (under the lock) | boot id, devices, capacity, bytes used per device,
 //!  |                          | process slots (pid + start time), physical objects
 //!  |                          | (size, device, holders, export, whitelist), IPC keys,
-//!  |                          | notifies, live-slot bitmaps
+//!  |                          | notifies, IPC events, live-slot bitmaps
 //!  +--------------------------+
 //!  | Words   (atomics)        | one flag word per physical object (revoked),
-//!  |                          | one futex word per notify (its value)
+//!  |                          | one futex word per notify (its value),
+//!  |                          | per IPC event: records queued, completed, time
 //!  +--------------------------+
 //! ```
 //!
@@ -34,7 +35,7 @@ use std::fs;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use aclshm_os::SharedMapping;
 
@@ -48,6 +49,8 @@ pub(crate) const MAX_PHYS: usize = 8192;
 pub(crate) const MAX_KEYS: usize = 1024;
 /// Notifies alive at once.
 pub(crate) const MAX_NOTIFIES: usize = 1024;
+/// IPC events (created with `ACL_EVENT_IPC`) alive at once; other events are process-local.
+pub(crate) const MAX_EVENTS: usize = 1024;
 /// Whitelist entries per shareable handle.
 pub(crate) const WL_VMM: usize = 64;
 /// Whitelist entries per IPC memory key.
@@ -63,7 +66,7 @@ pub(crate) const PHYS_REVOKED: u32 = 1;
 
 const MAGIC: [u8; 8] = *b"ACLSHMRG";
 /// Bumped whenever the layout changes: a process never maps a registry of another layout.
-const LAYOUT_VERSION: u32 = 1;
+const LAYOUT_VERSION: u32 = 2;
 const STATE_LIVE: u32 = 1;
 const STATE_DEAD: u32 = 2;
 
@@ -216,9 +219,31 @@ pub(crate) struct NotifySlot {
     pub wl: [WlEntry; WL_NOTIFY],
 }
 
+/// An IPC event: its counters and time stamp are in `Words`, so a record in one process completes a wait
+/// in another.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EventSlot {
+    pub serial: u64,
+    pub device: u32,
+    /// Process slot and pid of the creator.
+    pub creator: u32,
+    pub creator_pid: i32,
+    /// 1 until the creator destroys it (or dies): it can be opened only then.
+    pub creator_holds: u32,
+    /// The creation flags.
+    pub flags: u32,
+    /// 1 once the creator took its IPC handle.
+    pub exported: u32,
+    /// Processes holding a handle (the creator included).
+    pub holders: Procs,
+}
+
 /// The lock-protected part of the registry.
 #[repr(C)]
 pub(crate) struct Tables {
+    /// This directory's identity as a simulated server: fabric handles name it (random, set at creation).
+    pub server_id: u64,
     pub boot_id: [u8; 36],
     /// 1 once a process has set the configuration.
     pub configured: u32,
@@ -231,14 +256,16 @@ pub(crate) struct Tables {
     pub phys_live: Bits<{ words(MAX_PHYS) }>,
     pub key_live: Bits<{ words(MAX_KEYS) }>,
     pub notify_live: Bits<{ words(MAX_NOTIFIES) }>,
+    pub event_live: Bits<{ words(MAX_EVENTS) }>,
     pub phys_hint: u32,
     pub key_hint: u32,
     pub notify_hint: u32,
-    pub _pad2: u32,
+    pub event_hint: u32,
     pub procs: [ProcSlot; MAX_PROCS],
     pub phys: [PhysSlot; MAX_PHYS],
     pub keys: [KeySlot; MAX_KEYS],
     pub notifies: [NotifySlot; MAX_NOTIFIES],
+    pub events: [EventSlot; MAX_EVENTS],
 }
 
 /// The lock-free part of the registry.
@@ -246,6 +273,10 @@ pub(crate) struct Tables {
 pub(crate) struct Words {
     pub phys_flags: [AtomicU32; MAX_PHYS],
     pub notify_value: [AtomicU32; MAX_NOTIFIES],
+    /// Per IPC event: records queued (in any process), records completed, and when the last completed.
+    pub event_recorded: [AtomicU32; MAX_EVENTS],
+    pub event_done: [AtomicU32; MAX_EVENTS],
+    pub event_stamp: [AtomicU64; MAX_EVENTS],
 }
 
 #[repr(C)]
@@ -383,6 +414,7 @@ impl Registry {
             }
             let t = &mut *self.map.ptr().add(TABLES_OFFSET).cast::<Tables>();
             t.boot_id = aclshm_os::boot_id();
+            t.server_id = aclshm_os::random_u64() | 1;
             t.devices = cfg.devices;
             t.hbm_bytes = cfg.hbm_bytes;
             t.configured = 1;
@@ -523,6 +555,7 @@ impl Tables {
             && self.phys_live.is_empty()
             && self.key_live.is_empty()
             && self.notify_live.is_empty()
+            && self.event_live.is_empty()
     }
 
     /// A fresh serial number.
@@ -584,6 +617,14 @@ impl Tables {
                 n.creator_holds = 0;
             }
         }
+        let events: Vec<usize> = self.event_live.iter().collect();
+        for i in events {
+            let e = &mut self.events[i];
+            e.holders.clear(pi);
+            if e.creator == p {
+                e.creator_holds = 0;
+            }
+        }
         self.proc_live.clear(pi);
         out.destroyed = self.sweep(words);
         out
@@ -619,6 +660,12 @@ impl Tables {
                 words.notify_value[i].store(0, Ordering::Release);
             }
         }
+        let events: Vec<usize> = self.event_live.iter().collect();
+        for i in events {
+            if self.events[i].holders.is_empty() {
+                self.event_live.clear(i);
+            }
+        }
         destroyed
     }
 
@@ -635,6 +682,16 @@ impl Tables {
     /// Take a free notify slot.
     pub(crate) fn alloc_notify(&mut self) -> Result<usize, Full> {
         take(&mut self.notify_live, &mut self.notify_hint, MAX_NOTIFIES, "notifies")
+    }
+
+    /// Take a free IPC event slot.
+    pub(crate) fn alloc_event(&mut self) -> Result<usize, Full> {
+        take(&mut self.event_live, &mut self.event_hint, MAX_EVENTS, "IPC events")
+    }
+
+    /// The live IPC event `i` if its serial is `serial`.
+    pub(crate) fn event_if(&mut self, i: usize, serial: u64) -> Option<&mut EventSlot> {
+        (i < MAX_EVENTS && self.event_live.get(i) && self.events[i].serial == serial).then(|| &mut self.events[i])
     }
 
     /// The live physical object `i` if its serial is `serial`.

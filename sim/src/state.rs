@@ -24,6 +24,8 @@ use crate::stream::Stream;
 pub(crate) const TAG_MEM: u64 = 0x5A;
 pub(crate) const TAG_STREAM: u64 = 0x5B;
 pub(crate) const TAG_NOTIFY: u64 = 0x5C;
+pub(crate) const TAG_EVENT: u64 = 0x5D;
+pub(crate) const TAG_CONTEXT: u64 = 0x5E;
 
 /// A caller-visible handle for table entry `key` of generation `generation`.
 pub(crate) fn encode(tag: u64, key: usize, generation: u32) -> *mut c_void {
@@ -65,6 +67,9 @@ pub(crate) struct MemHandle {
     pub maps: u32,
     /// The shareable handle, once exported.
     pub exported: Option<u64>,
+    /// Imported from another simulated server (a fabric handle): the index of its registry in
+    /// `Sim::foreign`. Its object lives there, and so does this process's hold on it.
+    pub server: Option<usize>,
 }
 
 /// One mapping inside a region.
@@ -111,6 +116,44 @@ pub(crate) struct LocalNotify {
     pub creator: bool,
 }
 
+/// The counters of a process-local event (see `event`).
+#[derive(Debug, Default)]
+pub(crate) struct EventCounters {
+    /// Records queued.
+    pub recorded: std::sync::atomic::AtomicU32,
+    /// Records the streams reached.
+    pub done: std::sync::atomic::AtomicU32,
+    /// When the last record completed (monotonic nanoseconds).
+    pub stamp: std::sync::atomic::AtomicU64,
+}
+
+/// Where an event's counters are.
+#[derive(Debug)]
+pub(crate) enum EventCore {
+    /// In this process.
+    Local(Arc<EventCounters>),
+    /// In the registry: an IPC event, created here (`creator`) or opened.
+    Ipc { slot: usize, serial: u64, creator: bool },
+}
+
+/// An event handle of this process.
+#[derive(Debug)]
+pub(crate) struct LocalEvent {
+    pub generation: u32,
+    pub device: u32,
+    pub flags: u32,
+    /// From aclrtCreateEventExWithFlag (or opened): complete before its first record.
+    pub ex: bool,
+    pub core: EventCore,
+}
+
+/// A context made with aclrtCreateContext: it holds a reference to its device, as aclrtSetDevice does.
+#[derive(Debug)]
+pub(crate) struct Context {
+    pub generation: u32,
+    pub device: u32,
+}
+
 /// An IPC import of this process: the same key imported again returns the same address (reference
 /// counted, one close each).
 #[derive(Debug)]
@@ -125,9 +168,19 @@ pub(crate) struct IpcImport {
 pub(crate) struct DeviceCtx {
     /// aclrtSetDevice references, all threads together.
     pub refs: u32,
+    /// Contexts made on the device with aclrtCreateContext and not destroyed: each keeps it up, whatever
+    /// aclrtResetDevice does to the references above.
+    pub contexts: u32,
     /// Bumped at each teardown, so threads still pointing at a torn-down context see none.
     pub epoch: u64,
     pub default_stream: Option<usize>,
+}
+
+impl DeviceCtx {
+    /// Whether the device is up in this process: set by some thread, or holding a context.
+    pub(crate) fn up(&self) -> bool {
+        self.refs > 0 || self.contexts > 0
+    }
 }
 
 /// The process-local tables.
@@ -139,6 +192,8 @@ pub(crate) struct Local {
     pub host: BTreeMap<usize, AnonymousMapping>,
     pub streams: Slab<Arc<Stream>>,
     pub notifies: Slab<LocalNotify>,
+    pub events: Slab<LocalEvent>,
+    pub contexts: Slab<Context>,
     pub ipc_imports: HashMap<Vec<u8>, IpcImport>,
     pub devices: Vec<DeviceCtx>,
     next_generation: u32,
@@ -181,6 +236,14 @@ pub(crate) struct Me {
     pub bare_tgid: i32,
 }
 
+/// The registry of another simulated server (another simulator directory) that this process imported
+/// fabric handles from, and its slot there: it holds those objects as a process of that server would.
+pub(crate) struct Foreign {
+    pub server_id: u64,
+    pub reg: Registry,
+    pub slot: u32,
+}
+
 /// The simulator as this process sees it.
 pub(crate) struct Sim {
     pub devices: u32,
@@ -190,6 +253,8 @@ pub(crate) struct Sim {
     pub reg: Registry,
     pub me: Me,
     pub local: Mutex<Local>,
+    /// Other servers' registries, by index (never removed before the process leaves).
+    pub foreign: Mutex<Vec<Arc<Foreign>>>,
     detached: AtomicBool,
 }
 
@@ -199,6 +264,9 @@ static FORKED: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// The calling thread's current device and the context epoch it was set in.
     static CURRENT: std::cell::Cell<Option<(u32, u64)>> = const { std::cell::Cell::new(None) };
+    /// The calling thread's current context if it is one from aclrtCreateContext (its key and generation);
+    /// None while it is its device's default context.
+    static CONTEXT: std::cell::Cell<Option<(usize, u32)>> = const { std::cell::Cell::new(None) };
 }
 
 /// Whether to print failing calls (`ACLSHM_SIM_LOG=1`).
@@ -348,6 +416,7 @@ impl Sim {
             reg,
             me: Me { slot, pid, start, bare_tgid },
             local: Mutex::new(local),
+            foreign: Mutex::new(Vec::new()),
             detached: AtomicBool::new(false),
         })
     }
@@ -391,6 +460,9 @@ impl Sim {
     fn detach(&self) {
         if self.detached.swap(true, Ordering::AcqRel) {
             return;
+        }
+        for f in self.foreign.lock().iter() {
+            leave(&f.reg, f.slot);
         }
         let Ok(mut g) = self.reg.lock() else { return };
         let released = g.t().release_proc(self.me.slot, self.reg.words());
@@ -452,19 +524,80 @@ impl Sim {
     /// thread, or the device was reset since).
     pub(crate) fn current(&self, l: &Local) -> R<u32> {
         match CURRENT.get() {
-            Some((d, epoch)) if l.devices[d as usize].refs > 0 && l.devices[d as usize].epoch == epoch => Ok(d),
+            Some((d, epoch)) if l.devices[d as usize].up() && l.devices[d as usize].epoch == epoch => Ok(d),
             _ => bail(ACL_ERROR_RT_CONTEXT_NULL, "no current device in this thread: call aclrtSetDevice first"),
         }
     }
 
-    /// Make `d` the calling thread's current device.
+    /// Make `d` the calling thread's current device, in its default context.
     pub(crate) fn set_current(&self, l: &Local, d: u32) {
         CURRENT.set(Some((d, l.devices[d as usize].epoch)));
+        CONTEXT.set(None);
     }
 
-    /// Forget the calling thread's current device.
+    /// Make context `key` (on device `d`) the calling thread's current context.
+    pub(crate) fn set_current_context(&self, l: &Local, d: u32, key: usize) {
+        CURRENT.set(Some((d, l.devices[d as usize].epoch)));
+        CONTEXT.set(Some((key, l.contexts[key].generation)));
+    }
+
+    /// The calling thread's current context from aclrtCreateContext, if it is one and still alive.
+    pub(crate) fn current_context(&self, l: &Local) -> Option<usize> {
+        CONTEXT.get().filter(|&(k, g)| l.contexts.get(k).is_some_and(|c| c.generation == g)).map(|(k, _)| k)
+    }
+
+    /// Forget the calling thread's current device and context.
     pub(crate) fn clear_current(&self) {
         CURRENT.set(None);
+        CONTEXT.set(None);
+    }
+
+    /// The registry of another server this process joined, by its index in `foreign`.
+    pub(crate) fn foreign(&self, i: usize) -> R<Arc<Foreign>> {
+        self.foreign.lock().get(i).cloned().ok_or_else(|| fail(ACL_ERROR_RT_INTERNAL_ERROR, "no such foreign server"))
+    }
+
+    /// Join the registry of the server whose directory is `dir` and whose identity is `server_id` (once per
+    /// process): its index in `foreign`. None if no simulator runs there or it is another server now.
+    pub(crate) fn join_foreign(&self, dir: &std::path::Path, server_id: u64) -> R<Option<usize>> {
+        let mut v = self.foreign.lock();
+        if let Some(i) = v.iter().position(|f| f.server_id == server_id) {
+            return Ok(Some(i));
+        }
+        let reg = match Registry::open_existing(dir) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(e) => return bail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, format!("another server's registry: {e}")),
+        };
+        let slot = {
+            let mut g = reg.lock().map_err(|e| fail(ACL_ERROR_RT_INTERNAL_ERROR, e))?;
+            if reg.retired() || g.t().server_id != server_id {
+                return Ok(None);
+            }
+            let me = ProcSlot {
+                pid: self.me.pid,
+                bare_tgid: self.me.bare_tgid,
+                start: self.me.start,
+                instance: aclshm_os::random_u64(),
+            };
+            g.t()
+                .add_proc(me)
+                .ok_or_else(|| fail(ACL_ERROR_RT_RESOURCE_ALLOC_FAIL, "the other server has no free process slot"))?
+        };
+        v.push(Arc::new(Foreign { server_id, reg, slot }));
+        Ok(Some(v.len() - 1))
+    }
+
+    /// Drop a physical object this process holds in another server's registry.
+    pub(crate) fn drop_foreign_holder(&self, server: usize, phys: usize, serial: u64) -> R {
+        let f = self.foreign(server)?;
+        let mut g = f.reg.lock().map_err(|e| fail(ACL_ERROR_RT_INTERNAL_ERROR, e))?;
+        if let Some(s) = g.t().phys_if(phys, serial) {
+            s.holders.clear(f.slot as usize);
+        }
+        let destroyed = g.t().sweep(f.reg.words());
+        registry::unlink_objects(f.reg.dir(), &destroyed);
+        Ok(())
     }
 
     /// Drop a physical object this process holds: clear its holder bit and destroy it if it was the last.
@@ -488,8 +621,25 @@ impl Sim {
             return Ok(false);
         }
         let m = l.handles.remove(key);
-        self.drop_holder(m.phys, m.serial)?;
+        match m.server {
+            Some(server) => self.drop_foreign_holder(server, m.phys, m.serial)?,
+            None => self.drop_holder(m.phys, m.serial)?,
+        }
         Ok(true)
+    }
+}
+
+/// Leave another server's registry: release what this process held there (its slot), and retire the
+/// registry if that left it empty, as the last process out does.
+fn leave(reg: &Registry, slot: u32) {
+    let Ok(mut g) = reg.lock() else { return };
+    if reg.retired() {
+        return;
+    }
+    let released = g.t().release_proc(slot, reg.words());
+    registry::unlink_objects(reg.dir(), &released.destroyed);
+    if g.t().is_empty() {
+        reg.retire(g);
     }
 }
 

@@ -26,7 +26,7 @@ use crate::call::{R, bail, fail, not_null, put};
 use crate::config::{GRANULARITY, GRANULARITY_1G};
 use crate::object::{Object, add_handle, alias_of, create_phys, reserve_va};
 use crate::registry::{self, PHYS_VMM};
-use crate::state::{Local, Mapping, Origin, Region, RegionKind, Sim, TAG_MEM, encode, sim};
+use crate::state::{Local, Mapping, Origin, Region, RegionKind, Sim, TAG_MEM, decode, encode, sim};
 
 /// Reservations larger than this are aligned to 1 GiB, so 1 GiB pages can be mapped into them.
 const BIG_RESERVATION: u64 = 512 << 20;
@@ -414,6 +414,14 @@ pub(crate) unsafe fn aclrtMemExportToShareableHandle(
         return bail(ACL_ERROR_INVALID_PARAM, "handleType must be ACL_MEM_HANDLE_TYPE_NONE");
     }
     not_null(shareable_handle, "shareableHandle")?;
+    let token = export(handle, flags)?;
+    // SAFETY: non-null out-parameter (C API contract).
+    unsafe { put(shareable_handle, token) };
+    Ok(())
+}
+
+/// Export physical memory handle `handle` (both versions): its shareable handle.
+fn export(handle: aclrtDrvMemHandle, flags: u64) -> R<u64> {
     if flags > ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION {
         return bail(ACL_ERROR_RT_PARAM_INVALID, format!("export flags {flags:#x} are unknown"));
     }
@@ -445,9 +453,7 @@ pub(crate) unsafe fn aclrtMemExportToShareableHandle(
         token
     };
     l.handles[key].exported = Some(token);
-    // SAFETY: non-null out-parameter (C API contract).
-    unsafe { put(shareable_handle, token) };
-    Ok(())
+    Ok(token)
 }
 
 pub(crate) unsafe fn aclrtMemImportFromShareableHandle(
@@ -458,6 +464,18 @@ pub(crate) unsafe fn aclrtMemImportFromShareableHandle(
     not_null(handle, "handle")?;
     let s = sim()?;
     let d = s.device(device_id)?;
+    let h = import(s, shareable_handle, d, None)?;
+    // SAFETY: non-null out-parameter (C API contract).
+    unsafe { put(handle, h) };
+    Ok(())
+}
+
+/// Import shareable handle `shareable_handle` on device `d`, from this server's registry or (`server`)
+/// from the registry of another server this process joined.
+fn import(s: &Sim, shareable_handle: u64, d: u32, server: Option<usize>) -> R<aclrtDrvMemHandle> {
+    let foreign = server.map(|i| s.foreign(i)).transpose()?;
+    let reg = foreign.as_ref().map_or(&s.reg, |f| &f.reg);
+    let my_slot = foreign.as_ref().map_or(s.me.slot, |f| f.slot);
     let mut l = s.local.lock();
     let unknown = || {
         fail(
@@ -466,8 +484,10 @@ pub(crate) unsafe fn aclrtMemImportFromShareableHandle(
         )
     };
     let (phys, serial, size, page) = {
-        let mut g = s.lock()?;
-        s.reap(&mut g);
+        let mut g = reg.lock().map_err(|e| fail(ACL_ERROR_RT_INTERNAL_ERROR, e))?;
+        if foreign.is_none() {
+            s.reap(&mut g);
+        }
         let slot = token_slot(&mut g, shareable_handle).ok_or_else(unknown)?;
         let me = s.me;
         let t = g.t();
@@ -493,27 +513,33 @@ pub(crate) unsafe fn aclrtMemImportFromShareableHandle(
                 ),
             );
         }
-        if p.holders.get(me.slot as usize) {
+        if p.holders.get(my_slot as usize) {
             return bail(
                 ACL_ERROR_RT_DRV_INTERNAL_ERROR,
                 "this process has imported this shareable handle already: import it once and share the handle",
             );
         }
         let (phys, serial, size, page) = (slot, p.serial, p.size, p.page);
-        t.phys[slot].holders.set(me.slot as usize);
+        t.phys[slot].holders.set(my_slot as usize);
         (phys, serial, size, page)
     };
-    let alias = match alias_of(s, serial, size) {
+    let release = || match server {
+        Some(i) => s.drop_foreign_holder(i, phys, serial),
+        None => s.drop_holder(phys, serial),
+    };
+    let alias = match alias_of(reg.dir(), serial, size) {
         Ok(a) => a,
         Err(e) => {
-            let _ = s.drop_holder(phys, serial);
+            let _ = release();
             return Err(e);
         }
     };
     let obj = Object { phys, serial, size, page, device: d };
-    // SAFETY: non-null out-parameter (C API contract).
-    unsafe { put(handle, new_handle(&mut l, &obj, Origin::Imported(shareable_handle), alias)) };
-    Ok(())
+    let h = new_handle(&mut l, &obj, Origin::Imported(shareable_handle), alias);
+    if let Some((k, _)) = decode(TAG_MEM, h) {
+        l.handles[k].server = server;
+    }
+    Ok(h)
 }
 
 pub(crate) unsafe fn aclrtMemSetPidToShareableHandle(shareable_handle: u64, pid: *mut i32, pid_num: usize) -> R {
@@ -526,6 +552,11 @@ pub(crate) unsafe fn aclrtMemSetPidToShareableHandle(shareable_handle: u64, pid:
     }
     // SAFETY: pid points to pidNum pids (C API contract).
     let pids: Vec<i32> = (0..pid_num).map(|i| unsafe { pid.add(i).read_unaligned() }).collect();
+    set_pids(shareable_handle, &pids)
+}
+
+/// Whitelist `pids` for shareable handle `shareable_handle` (both versions).
+fn set_pids(shareable_handle: u64, pids: &[i32]) -> R {
     let s = sim()?;
     let mut g = s.lock()?;
     let slot = token_slot(&mut g, shareable_handle).ok_or_else(|| {
@@ -560,6 +591,159 @@ pub(crate) unsafe fn aclrtMemSetPidToShareableHandle(shareable_handle: u64, pid:
     Ok(())
 }
 
+/// First bytes of a fabric handle made by the simulator.
+const FABRIC_MAGIC: [u8; 8] = *b"ACLSHMFB";
+/// Where a fabric handle keeps the exporter's simulator directory (NUL-terminated).
+const FABRIC_DIR: std::ops::Range<usize> = 24..128;
+
+/// A fabric handle: the shareable handle, the exporting server's identity and its directory (how a
+/// simulated server reaches another: on A3 the fabric does).
+fn fabric_pack(token: u64, server_id: u64, dir: &std::path::Path) -> R<aclrtMemFabricHandle> {
+    use std::os::unix::ffi::OsStrExt;
+    let d = dir.as_os_str().as_bytes();
+    if d.len() >= FABRIC_DIR.len() || d.contains(&0) {
+        return bail(
+            ACL_ERROR_RT_FEATURE_NOT_SUPPORT,
+            format!(
+                "the simulator directory {} is too long for a fabric handle (at most {} bytes)",
+                dir.display(),
+                FABRIC_DIR.len() - 1
+            ),
+        );
+    }
+    let mut h = aclrtMemFabricHandle { data: [0; 128] };
+    h.data[..8].copy_from_slice(&FABRIC_MAGIC);
+    h.data[8..16].copy_from_slice(&token.to_le_bytes());
+    h.data[16..24].copy_from_slice(&server_id.to_le_bytes());
+    h.data[FABRIC_DIR.start..FABRIC_DIR.start + d.len()].copy_from_slice(d);
+    Ok(h)
+}
+
+/// The shareable handle, server identity and directory a fabric handle names.
+fn fabric_unpack(h: &aclrtMemFabricHandle) -> Option<(u64, u64, std::path::PathBuf)> {
+    use std::os::unix::ffi::OsStrExt;
+    if h.data[..8] != FABRIC_MAGIC {
+        return None;
+    }
+    let token = u64::from_le_bytes(h.data[8..16].try_into().ok()?);
+    let server = u64::from_le_bytes(h.data[16..24].try_into().ok()?);
+    let dir = &h.data[FABRIC_DIR];
+    let n = dir.iter().position(|&b| b == 0)?;
+    if n == 0 || dir[n..].iter().any(|&b| b != 0) {
+        return None;
+    }
+    Some((token, server, std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&dir[..n]))))
+}
+
+/// Check a V2 share type: DEFAULT or FABRIC.
+fn share_type(t: aclrtMemSharedHandleType) -> R<bool> {
+    match t {
+        aclrtMemSharedHandleType::ACL_MEM_SHARE_HANDLE_TYPE_DEFAULT => Ok(false),
+        aclrtMemSharedHandleType::ACL_MEM_SHARE_HANDLE_TYPE_FABRIC => Ok(true),
+        other => bail(ACL_ERROR_RT_PARAM_INVALID, format!("share type {:#x} is unknown", other.0)),
+    }
+}
+
+/// The token a V2 shareable handle carries (a `uint64_t` for DEFAULT, a fabric handle for FABRIC), with
+/// the server and directory of a fabric handle.
+///
+/// # Safety
+/// 1. `p` is non-null and points to a `uint64_t` (DEFAULT) or an `aclrtMemFabricHandle` (FABRIC).
+unsafe fn read_v2(p: *const c_void, fabric: bool) -> R<(u64, Option<(u64, std::path::PathBuf)>)> {
+    if !fabric {
+        // SAFETY: precondition 1.
+        return Ok((unsafe { p.cast::<u64>().read_unaligned() }, None));
+    }
+    // SAFETY: precondition 1.
+    let h = unsafe { p.cast::<aclrtMemFabricHandle>().read_unaligned() };
+    let (token, server, dir) = fabric_unpack(&h)
+        .ok_or_else(|| fail(ACL_ERROR_RT_INVALID_HANDLE, "not a fabric handle (aclrtMemExportToShareableHandleV2)"))?;
+    Ok((token, Some((server, dir))))
+}
+
+pub(crate) unsafe fn aclrtMemExportToShareableHandleV2(
+    handle: aclrtDrvMemHandle,
+    flags: u64,
+    share: aclrtMemSharedHandleType,
+    shareable_handle: *mut c_void,
+) -> R {
+    not_null(handle, "handle")?;
+    not_null(shareable_handle, "shareableHandle")?;
+    let fabric = share_type(share)?;
+    if fabric {
+        // Check the handle fits before exporting: a failed export must leave the handle unexported.
+        let s = sim()?;
+        let server = s.lock()?.t().server_id;
+        fabric_pack(0, server, s.reg.dir())?;
+        let token = export(handle, flags)?;
+        let h = fabric_pack(token, server, s.reg.dir())?;
+        // SAFETY: a FABRIC shareable handle points to an aclrtMemFabricHandle (C API contract).
+        unsafe { put(shareable_handle.cast::<aclrtMemFabricHandle>(), h) };
+    } else {
+        let token = export(handle, flags)?;
+        // SAFETY: a DEFAULT shareable handle points to a uint64_t (C API contract).
+        unsafe { put(shareable_handle.cast::<u64>(), token) };
+    }
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtMemImportFromShareableHandleV2(
+    shareable_handle: *mut c_void,
+    share: aclrtMemSharedHandleType,
+    flags: u64,
+    handle: *mut aclrtDrvMemHandle,
+) -> R {
+    not_null(shareable_handle, "shareableHandle")?;
+    not_null(handle, "handle")?;
+    if flags != 0 {
+        return bail(ACL_ERROR_INVALID_PARAM, format!("flags {flags:#x}: they are reserved and must be 0"));
+    }
+    let fabric = share_type(share)?;
+    // SAFETY: shareableHandle points to what its type says (C API contract).
+    let (token, origin) = unsafe { read_v2(shareable_handle, fabric)? };
+    let s = sim()?;
+    let d = {
+        let l = s.local.lock();
+        s.current(&l)?
+    };
+    let here = s.lock()?.t().server_id;
+    let server = match origin {
+        Some((server, dir)) if server != here => Some(s.join_foreign(&dir, server)?.ok_or_else(|| {
+            fail(
+                ACL_ERROR_RT_INVALID_HANDLE,
+                format!("the fabric handle's server ({}) is gone, or runs another simulator now", dir.display()),
+            )
+        })?),
+        _ => None,
+    };
+    let h = import(s, token, d, server)?;
+    // SAFETY: non-null out-parameter (C API contract).
+    unsafe { put(handle, h) };
+    Ok(())
+}
+
+pub(crate) unsafe fn aclrtMemSetPidToShareableHandleV2(
+    shareable_handle: *mut c_void,
+    share: aclrtMemSharedHandleType,
+    pid: *mut i32,
+    pid_num: usize,
+) -> R {
+    not_null(shareable_handle, "shareableHandle")?;
+    not_null(pid, "pid")?;
+    if pid_num == 0 {
+        return bail(ACL_ERROR_INVALID_PARAM, "pidNum is 0");
+    }
+    let fabric = share_type(share)?;
+    // SAFETY: shareableHandle points to what its type says (C API contract).
+    let (token, _) = unsafe { read_v2(shareable_handle, fabric)? };
+    if pid_num > 65535 {
+        return bail(ACL_ERROR_RT_PARAM_INVALID, format!("pidNum {pid_num} exceeds 65535"));
+    }
+    // SAFETY: pid points to pidNum pids (C API contract).
+    let pids: Vec<i32> = (0..pid_num).map(|i| unsafe { pid.add(i).read_unaligned() }).collect();
+    set_pids(token, &pids)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -571,5 +755,20 @@ mod tests {
         assert_eq!((t & ((1 << SLOT_BITS) - 1)) - 1, 5);
         assert_ne!(make_token(5, 4, 1), t, "a reused slot gives another token");
         assert_ne!(make_token(0, 0, 0), 0);
+    }
+
+    #[test]
+    fn fabric_handles_round_trip_and_forgeries_are_refused() {
+        let dir = std::path::Path::new("/dev/shm/aclshm-server-b");
+        let h = fabric_pack(0xABCD, 77, dir).unwrap();
+        assert_eq!(fabric_unpack(&h), Some((0xABCD, 77, dir.to_path_buf())));
+        let mut bad = h;
+        bad.data[0] ^= 1;
+        assert_eq!(fabric_unpack(&bad), None);
+        let mut tail = h;
+        tail.data[127] = b'x';
+        assert_eq!(fabric_unpack(&tail), None, "a directory that is not NUL-terminated");
+        let long = std::path::PathBuf::from(format!("/{}", "d".repeat(120)));
+        assert_eq!(fabric_pack(1, 1, &long).unwrap_err().code, ACL_ERROR_RT_FEATURE_NOT_SUPPORT);
     }
 }

@@ -19,7 +19,7 @@ use crate::registry::{ImportRegistry, Imported};
 use crate::runtime::Runtime;
 use crate::sync::stat::{AtomicU64, Ordering};
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering as SyncOrdering, thread};
-use crate::vmm::{DropErrors, Mapping, VaRange};
+use crate::vmm::{DropErrors, Mapping, Shareable, VaRange};
 
 use super::desc::{AllocDesc, ShareDesc, fingerprint};
 use super::files::forget_dead_owner;
@@ -361,7 +361,7 @@ impl Inner {
             if e.chunk == 0 || snap.closed {
                 continue;
             }
-            match self.map_chunk(slot, e.shareable) {
+            match self.map_chunk(slot, e.chunk, e.shareable) {
                 Ok((mapping, import)) => {
                     chunks[slot] = Some(Chunk { id: e.chunk, _mapping: mapping, _import: import });
                     self.ids.lock()[slot] = e.chunk;
@@ -384,9 +384,27 @@ impl Inner {
         }
     }
 
-    fn map_chunk(&self, slot: usize, shareable: u64) -> Result<(Mapping, Imported)> {
-        let import =
-            ImportRegistry::global().import(&self.rt, shareable, self.device, self.chunk as usize, &self.errors)?;
+    /// Import and map chunk `chunk` of `slot` (its shareable handle, or the key of its fabric handle).
+    fn map_chunk(&self, slot: usize, chunk: u64, shareable: u64) -> Result<(Mapping, Imported)> {
+        let shareable = if self.table.geometry().fabric {
+            // Published with the chunk, read for it; if the slot moved on meanwhile, the next sync sees it.
+            let f = self.table.fabric_at(slot, chunk)?.ok_or_else(|| {
+                Error::Protocol(format!("chunk slot {slot} changed while it was being read; sync again"))
+            })?;
+            if f.key() != shareable {
+                return Err(Error::Protocol(format!("chunk slot {slot}: its fabric handle does not match its key")));
+            }
+            Shareable::Fabric(f)
+        } else {
+            Shareable::Plain(shareable)
+        };
+        let import = ImportRegistry::global().import_shareable(
+            &self.rt,
+            &shareable,
+            self.device,
+            self.chunk as usize,
+            &self.errors,
+        )?;
         self.imports.fetch_add(1, Ordering::Relaxed);
         let mapping = Mapping::map(&self.range, slot * self.chunk as usize, import.phys())?;
         Ok((mapping, import))

@@ -19,7 +19,7 @@ use crate::pool::{Allocation, Block, ChunkObserver, Pool};
 use crate::raw;
 use crate::runtime::Runtime;
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering as SyncOrdering, StdArc, thread};
-use crate::vmm::{DropErrors, PhysicalMem};
+use crate::vmm::{DropErrors, PhysicalMem, Shareable};
 
 use super::desc::{AllocDesc, ShareDesc, fingerprint};
 use super::files;
@@ -43,6 +43,13 @@ pub struct ShareConfig {
     /// simulator; the driver documents no number), so admitting more than a whitelist holds would make
     /// the owner's next grow fail. A worker beyond this is refused ("whitelist full").
     pub max_workers: u32,
+    /// Export chunks as fabric handles (`aclrtMemExportToShareableHandleV2`,
+    /// `ACL_MEM_SHARE_HANDLE_TYPE_FABRIC`), which mirrors on other servers of a super node (Atlas A3) can
+    /// import; off by default (plain handles, one server). A runtime without the V2 calls refuses the
+    /// first export with [`Error::Unsupported`]. The rendezvous and the chunk table are files in
+    /// [`dir`](ShareConfig::dir): a mirror on another server needs that directory shared with it (on the
+    /// simulator, servers are simulator directories of one machine, so it is).
+    pub fabric: bool,
 }
 
 /// Entries a shareable handle's whitelist holds in the simulator (the driver documents no bound), and
@@ -51,7 +58,7 @@ pub const WHITELIST_CAPACITY: u32 = 64;
 
 impl Default for ShareConfig {
     fn default() -> Self {
-        ShareConfig { validate_pids: true, dir: None, max_workers: WHITELIST_CAPACITY }
+        ShareConfig { validate_pids: true, dir: None, max_workers: WHITELIST_CAPACITY, fabric: false }
     }
 }
 
@@ -88,7 +95,7 @@ struct State {
     next_mirror: u64,
     mirrors: HashMap<u64, Attached>,
     /// Published chunks by slot: (chunk id, shareable handle, generation published).
-    live: HashMap<usize, (u64, u64, u64)>,
+    live: HashMap<usize, (u64, Shareable, u64)>,
     retired: Vec<Retired>,
 }
 
@@ -97,6 +104,8 @@ pub(crate) struct Sharing {
     rt: Runtime,
     token: u64,
     export_flags: u64,
+    /// Chunks are exported as fabric handles.
+    fabric: bool,
     chunk_bytes: u64,
     slots: u32,
     device: i32,
@@ -142,7 +151,7 @@ impl Sharing {
         };
         let slots = u32::try_from(slots).map_err(|_| Error::InvalidArgument("too many chunk slots to share".into()))?;
         let namespaced = raw::device_get_bare_tgid(rt)? != std::process::id() as i32;
-        let geometry = Geometry { slots, chunk_bytes, token, device, export_flags };
+        let geometry = Geometry { slots, chunk_bytes, token, device, export_flags, fabric: config.fabric };
         let table = Table::create(&files::table_file(&dir, token), geometry)?;
         let socket = files::socket_file(&dir, token);
         let listener =
@@ -152,6 +161,7 @@ impl Sharing {
             rt: rt.clone(),
             token,
             export_flags,
+            fabric: config.fabric,
             chunk_bytes,
             slots,
             device,
@@ -188,7 +198,7 @@ impl Sharing {
         let _serial = self.publish.lock();
         let mut shareables = Vec::with_capacity(chunks.len());
         for (_, phys) in chunks {
-            shareables.push(phys.export(self.export_flags)?);
+            shareables.push(phys.export_as(self.export_flags, self.fabric)?);
         }
         if self.export_flags == aclshm_sys::ACL_RT_VMM_EXPORT_FLAG_DEFAULT {
             // Never more than `max_workers`, which admission keeps below a whitelist's capacity: a new
@@ -196,9 +206,9 @@ impl Sharing {
             // runtime's, and undoes the grow (the caller may retry).
             let tgids: Vec<i32> = self.state.lock().mirrors.values().map(|m| m.tgid).collect();
             // One pid per call: what every runtime accepts (MindSpore found some take only one).
-            for &s in &shareables {
+            for s in &shareables {
                 for &tgid in &tgids {
-                    raw::mem_set_pid_to_shareable_handle(&self.rt, s, &[tgid])?;
+                    s.allow(&self.rt, tgid)?;
                 }
             }
         }
@@ -442,7 +452,7 @@ impl Sharing {
         if self.export_flags == aclshm_sys::ACL_RT_VMM_EXPORT_FLAG_DEFAULT {
             let (attached, shareables) = {
                 let st = self.state.lock();
-                (st.mirrors.len() as u32, st.live.values().map(|l| l.1).collect::<Vec<u64>>())
+                (st.mirrors.len() as u32, st.live.values().map(|l| l.1).collect::<Vec<Shareable>>())
             };
             if attached >= self.max_workers {
                 return Err(Error::NotPermitted(format!(
@@ -451,7 +461,7 @@ impl Sharing {
                 )));
             }
             for s in shareables {
-                raw::mem_set_pid_to_shareable_handle(&self.rt, s, &[tgid]).map_err(|e| match e.acl_code() {
+                s.allow(&self.rt, tgid).map_err(|e| match e.acl_code() {
                     Some(code) if code == crate::AclError::DRV_INTERNAL_ERROR => Error::NotPermitted(format!(
                         "whitelist full: a chunk's whitelist takes no more pids (every worker that ever attached \
                          is on it; a chunk that is trimmed and regrown starts afresh): {e}"

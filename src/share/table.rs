@@ -1,10 +1,10 @@
 //! The chunk table an owner publishes for its mirrors: one small shared-memory file per shared pool.
 //!
 //! ```text
-//!   header (a shared file's, see `shm`)          entries, one per chunk slot (24 bytes each)
-//!   magic "ACLSHMPT", version, state;            chunk id (0: empty), shareable handle,
-//!   slots, device, chunk size, pool token,       generation it was published in
-//!   export flags, seq, generation
+//!   header (a shared file's, see `shm`)          entries, one per chunk slot (152 bytes each)
+//!   magic "ACLSHMPT", version, state;            chunk id (0: empty), shareable handle (for a fabric
+//!   slots, device, chunk size, pool token,       handle, its key), generation it was published in,
+//!   export flags, fabric, seq, generation        the fabric handle (128 bytes; zero for a plain one)
 //! ```
 //!
 //! One writer (the owner, under its sharing lock) updates entries inside a seqlock: `seq` is odd while it
@@ -23,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::os;
 use crate::shm::{self, ShmFile};
 use crate::sync::shm::{AtomicU32, AtomicU64, Ordering, fence};
+use crate::vmm::{FabricHandle, Shareable};
 
 /// Most chunk slots a table can have (1 TiB of 20 MiB chunks is 52429).
 pub(crate) const MAX_SLOTS: u32 = 1 << 20;
@@ -40,7 +41,8 @@ pub(crate) struct Header {
     token: AtomicU64,
     export_flags: AtomicU64,
     seq: AtomicU32,
-    _pad: AtomicU32,
+    /// 1: the chunks are exported as fabric handles (read them with `fabric_at`).
+    fabric: AtomicU32,
     generation: AtomicU64,
 }
 // SAFETY: repr(C), atomics only.
@@ -51,15 +53,16 @@ pub(crate) struct Entry {
     chunk: AtomicU64,
     shareable: AtomicU64,
     published: AtomicU64,
+    fabric: [AtomicU64; 16],
 }
 // SAFETY: repr(C), atomics only.
 unsafe impl shm::Shared for Entry {}
 
-const _: () = assert!(size_of::<Header>() == 48 && size_of::<Entry>() == 24);
+const _: () = assert!(size_of::<Header>() == 48 && size_of::<Entry>() == 152);
 
 shm::kind!(
     /// The chunk table, as a kind of shared file.
-    pub(crate) ChunkTable: Header, Entry, b"ACLSHMPT", 2, "chunk table"
+    pub(crate) ChunkTable: Header, Entry, b"ACLSHMPT", 3, "chunk table"
 );
 
 /// What a table says about one slot.
@@ -89,6 +92,8 @@ pub(crate) struct Geometry {
     pub token: u64,
     pub device: i32,
     pub export_flags: u64,
+    /// Chunks are exported as fabric handles.
+    pub fabric: bool,
 }
 
 /// A mapped chunk table.
@@ -116,6 +121,7 @@ impl Table {
             h.token.store(g.token, Ordering::Relaxed);
             h.device.store(g.device as u32, Ordering::Relaxed);
             h.export_flags.store(g.export_flags, Ordering::Relaxed);
+            h.fabric.store(u32::from(g.fabric), Ordering::Relaxed);
         })?;
         Ok(Table { file, owner: true, geometry: g })
     }
@@ -129,6 +135,7 @@ impl Table {
                 token: h.token.load(Ordering::Relaxed),
                 device: h.device.load(Ordering::Relaxed) as i32,
                 export_flags: h.export_flags.load(Ordering::Relaxed),
+                fabric: h.fabric.load(Ordering::Relaxed) == 1,
             };
             if g.token != token {
                 return Err("it belongs to another pool".into());
@@ -188,7 +195,7 @@ impl Table {
 
     /// Set slots (`None`: empty) and bump the generation, in one seqlock write; wakes every waiter.
     /// Returns the new generation. Only the owner writes, one writer at a time (the caller's lock).
-    pub(crate) fn publish(&self, changes: &[(usize, Option<(u64, u64)>)]) -> u64 {
+    pub(crate) fn publish(&self, changes: &[(usize, Option<(u64, Shareable)>)]) -> u64 {
         debug_assert!(self.owner);
         let h = self.header();
         let entries = self.file.items();
@@ -197,8 +204,13 @@ impl Table {
         fence(Ordering::Release);
         for &(slot, value) in changes {
             let e = &entries[slot];
-            let (chunk, shareable) = value.unwrap_or((0, 0));
-            e.shareable.store(shareable, Ordering::Relaxed);
+            let (chunk, shareable) = value.unwrap_or((0, Shareable::Plain(0)));
+            if let Shareable::Fabric(f) = shareable {
+                for (w, bytes) in e.fabric.iter().zip(f.0.chunks_exact(8)) {
+                    w.store(u64::from_le_bytes(bytes.try_into().expect("8 bytes")), Ordering::Relaxed);
+                }
+            }
+            e.shareable.store(shareable.key(), Ordering::Relaxed);
             e.published.store(generation, Ordering::Relaxed);
             e.chunk.store(chunk, Ordering::Relaxed);
         }
@@ -222,6 +234,35 @@ impl Table {
     #[inline]
     pub(crate) fn chunk_at(&self, slot: usize) -> u64 {
         self.file.items()[slot].chunk.load(Ordering::Acquire)
+    }
+
+    /// The fabric handle published in `slot` for chunk `chunk`, read consistently (as a snapshot is); None
+    /// if the slot holds another chunk now (the caller syncs again). Only for a table of fabric handles.
+    pub(crate) fn fabric_at(&self, slot: usize, chunk: u64) -> Result<Option<FabricHandle>> {
+        let h = self.header();
+        let e = self.file.items().get(slot).ok_or_else(|| Error::Protocol(format!("no chunk slot {slot}")))?;
+        let deadline = std::time::Instant::now() + WRITE_WAIT;
+        loop {
+            let before = h.seq.load(Ordering::Acquire);
+            if before.is_multiple_of(2) {
+                let mut f = [0u8; FabricHandle::LEN];
+                for (w, bytes) in e.fabric.iter().zip(f.chunks_exact_mut(8)) {
+                    bytes.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+                }
+                let now = e.chunk.load(Ordering::Relaxed);
+                fence(Ordering::Acquire);
+                if h.seq.load(Ordering::Relaxed) == before {
+                    return Ok((now == chunk).then_some(FabricHandle(f)));
+                }
+            } else if std::time::Instant::now() >= deadline || !self.owner_alive() {
+                return Err(Error::Protocol(format!(
+                    "chunk table {}: its owner is not finishing a write (sequence {before} is odd)",
+                    self.path().display()
+                )));
+            } else {
+                os::futex_wait(&h.seq, before, Duration::from_millis(1));
+            }
+        }
     }
 
     /// A consistent copy of every entry. A write that does not finish within [`WRITE_WAIT`] (its owner
@@ -294,7 +335,7 @@ mod tests {
     use super::*;
 
     fn geometry() -> Geometry {
-        Geometry { slots: 8, chunk_bytes: 2 << 20, token: 0xfeed, device: 1, export_flags: 0 }
+        Geometry { slots: 8, chunk_bytes: 2 << 20, token: 0xfeed, device: 1, export_flags: 0, fabric: false }
     }
 
     /// A table at `<dir>/t` of pool 0xfeed, and a reader of it.
@@ -311,7 +352,7 @@ mod tests {
         let path = dir.0.join("t");
         assert_eq!(r.geometry(), geometry());
         assert!(Table::open(&path, 0xbeef).is_err(), "another pool's token");
-        let g = w.publish(&[(0, Some((1, 100))), (3, Some((2, 200)))]);
+        let g = w.publish(&[(0, Some((1, Shareable::Plain(100)))), (3, Some((2, Shareable::Plain(200))))]);
         assert_eq!(g, 1);
         let s = r.snapshot().unwrap();
         assert_eq!((s.generation, s.closed), (1, false));
@@ -324,6 +365,24 @@ mod tests {
         assert!(r.is_closed());
         assert_ne!(r.seq(), seq, "closing wakes followers");
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn fabric_handles_are_read_for_the_chunk_they_were_published_with() {
+        let dir = os::TestDir::new("table-fabric").unwrap();
+        let path = dir.0.join("t");
+        let w = Table::create(&path, Geometry { fabric: true, ..geometry() }).unwrap();
+        let r = Table::open(&path, 0xfeed).unwrap();
+        assert!(r.geometry().fabric);
+        let mut bytes = [0u8; FabricHandle::LEN];
+        bytes.iter_mut().enumerate().for_each(|(i, b)| *b = i as u8);
+        let f = FabricHandle(bytes);
+        w.publish(&[(2, Some((7, Shareable::Fabric(f))))]);
+        let s = r.snapshot().unwrap();
+        assert_eq!(s.entries[2].shareable, f.key(), "the entry carries the handle's key");
+        assert_eq!(r.fabric_at(2, 7).unwrap(), Some(f));
+        assert_eq!(r.fabric_at(2, 8).unwrap(), None, "another chunk now: sync again");
+        assert!(r.fabric_at(99, 7).is_err());
     }
 
     #[test]
@@ -363,7 +422,7 @@ mod tests {
         // Publish until the reader has taken many snapshots while the writer was busy.
         let mut v = 1u64;
         while v < 2000 || seen.load(Ordering::Relaxed) < 1000 {
-            let all: Vec<_> = (0..8).map(|i| (i, Some((v, v * 10)))).collect();
+            let all: Vec<_> = (0..8).map(|i| (i, Some((v, Shareable::Plain(v * 10))))).collect();
             w.publish(&all);
             v += 1;
         }

@@ -16,6 +16,7 @@ mod lifecycle;
 mod loader;
 mod notify;
 mod pool;
+mod runtime_breadth;
 mod security;
 mod share;
 mod soak;

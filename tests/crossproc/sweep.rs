@@ -19,8 +19,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use aclshm::{
-    AclError, AllocDesc, Error, IpcMemConfig, IpcMemDesc, IpcMemImport, IpcMemory, KvBlock, KvConfig, KvMirror, KvPool,
-    Mirror, Notify, Pool, PoolConfig, Runtime, ShareConfig, ShareDesc, raw,
+    AclError, AllocDesc, Context, Error, Event, IpcMemConfig, IpcMemDesc, IpcMemImport, IpcMemory, KvBlock, KvConfig,
+    KvMirror, KvPool, Mirror, Notify, Pool, PoolConfig, Runtime, ShareConfig, ShareDesc, raw,
 };
 
 use crate::harness::*;
@@ -98,6 +98,8 @@ fn held(rt: &Runtime) -> String {
         ("device_allocs", st.localDeviceAllocs),
         ("notifies", st.localNotifies),
         ("ipc_imports", st.localIpcImports),
+        ("events", st.localEvents),
+        ("contexts", st.localContexts),
     ]
     .iter()
     .filter(|(_, n)| *n > 0)
@@ -170,6 +172,20 @@ fn owner(rt: &Runtime) {
     }
     if let Some(n) = n {
         log.step("notify close", n.close());
+    }
+    // An IPC event: the owner records it, the worker opens it, waits for that record and records it too.
+    let ev = log.step("event", Event::ipc(rt, 0));
+    let recorded = ev.as_ref().is_some_and(|e| log.step("event record", e.signal()).is_some());
+    let handle = ev.as_ref().filter(|_| recorded).and_then(|e| log.step("event export", e.export()));
+    say(format!("event {}", handle.map_or("-".to_string(), |h| h.to_string())));
+    if hear_word("recorded") == "ok"
+        && let Some(e) = &ev
+        && let Some(got) = log.step("event wait", e.wait_host(Duration::from_secs(30)))
+    {
+        log.check("event was recorded", got);
+    }
+    if let Some(e) = ev {
+        log.step("event close", e.close());
     }
     // IPC memory by key.
     let ipc = IpcMemConfig { close_timeout: Duration::from_secs(5), ..IpcMemConfig::default() };
@@ -252,6 +268,17 @@ fn worker(rt: &Runtime) {
         log.step("notify close", n.close());
     }
     say(format!("signalled {signalled}"));
+    let handle = hear_word("event");
+    let mut recorded = "-";
+    if handle != "-"
+        && let Some(e) = log.step("event open", Event::open(rt, &handle.parse().unwrap(), 1))
+    {
+        if log.step("event synchronize", e.synchronize()).is_some() && log.step("event record", e.signal()).is_some() {
+            recorded = "ok";
+        }
+        log.step("event close", e.close());
+    }
+    say(format!("recorded {recorded}"));
     let ipc = hear_word("ipc");
     if ipc != "-"
         && let Some(i) = log.step("ipc open", IpcMemImport::open(rt, &ipc.parse::<IpcMemDesc>().unwrap(), 1))
@@ -269,6 +296,11 @@ fn worker(rt: &Runtime) {
     }
     if let Some(m) = m {
         log.step("detach", m.close());
+    }
+    // A context of its own, made current, then destroyed.
+    if let Some(c) = log.step("context", Context::new(rt, 1)) {
+        log.step("context current", c.make_current());
+        log.step("context close", c.close());
     }
     say("synced");
     finish(rt, log, 1);
@@ -485,8 +517,8 @@ const CASES: [Case; 2] = [
     Case {
         owner: "owner",
         worker: "worker",
-        script: "> share, > a, < tgid, < attached, > b, < read b, > notify, < signalled, > ipc, < ipc read, > trimmed, \
-                 < synced",
+        script: "> share, > a, < tgid, < attached, > b, < read b, > notify, < signalled, > event, < recorded, \
+                 > ipc, < ipc read, > trimmed, < synced",
     },
     Case {
         owner: "kv owner",

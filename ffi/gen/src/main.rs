@@ -445,7 +445,7 @@ fn rust_type(ty: &syn::Type, local: &HashSet<String>) -> Result<String> {
             } else if segs.len() == 1
                 && matches!(
                     segs[0].as_str(),
-                    "u8" | "u16" | "u32" | "u64" | "i8" | "i16" | "i32" | "i64" | "usize" | "isize"
+                    "u8" | "u16" | "u32" | "u64" | "i8" | "i16" | "i32" | "i64" | "usize" | "isize" | "f32"
                 )
             {
                 Ok(segs[0].clone())

@@ -3,11 +3,12 @@
 Two levels:
 
 * :mod:`aclshm.acl` -- pyACL's calling convention for the ACL subset aclshm covers (VMM, shareable
-  handles, IPC memory keys, IPC notifies, devices, streams, memcpy): ``import aclshm.acl as acl`` in place
-  of ``import acl`` and a pyACL program for those flows runs unchanged.
+  handles, IPC memory keys, IPC notifies, IPC events, devices, contexts, streams, memcpy): ``import
+  aclshm.acl as acl`` in place of ``import acl`` and a pyACL program for those flows runs unchanged.
 * The safe API below: :class:`Pool` (shared with :meth:`Pool.share`), :class:`Mirror` (another process's
   pool, attached through the owner's rendezvous), :class:`KvPool` / :class:`KvMirror` (KV-cache blocks with
-  pins), :class:`Notify` and :class:`Stream`, errors raised as the exceptions of :mod:`aclshm.errors`.
+  pins), :class:`Notify`, :class:`Event` and :class:`Stream`, errors raised as the exceptions of
+  :mod:`aclshm.errors`.
 
 Everything runs on the runtime the library selects once per process: CANN's ``libascendcl.so`` when an
 NPU is there, else the embedded simulator (``ACLSHM_BACKEND=acl|sim|auto`` and ``ACLSHM_ACL_LIB`` choose).
@@ -18,6 +19,7 @@ start method (a forked child shares its parent's runtime state, which the runtim
 from . import errors
 from ._aclshm import (
     Allocation,
+    Event,
     KvBlock,
     KvMirror,
     KvPool,
@@ -41,6 +43,7 @@ from .errors import *  # noqa: F401,F403  (the exception classes, re-exported)
 
 __all__ = [
     "Allocation",
+    "Event",
     "KvBlock",
     "KvMirror",
     "KvPool",

@@ -1,5 +1,5 @@
-"""``acl.rt``: devices, streams, memory, virtual memory, shareable handles, IPC memory and IPC notifies,
-with pyACL's names, argument order and ``(value, ret)`` returns (see :mod:`aclshm.acl`)."""
+"""``acl.rt``: devices, contexts, streams, events and IPC events, memory, virtual memory, shareable handles
+(V1 and V2), IPC memory and IPC notifies, with pyACL's names, argument order and ``(value, ret)`` returns (see :mod:`aclshm.acl`)."""
 
 from .._aclshm import _acl_rt as _native
 

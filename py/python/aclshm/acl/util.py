@@ -1,4 +1,5 @@
-"""``acl.util``: Python buffers and host pointers (``bytes_to_ptr``, ``numpy_to_ptr``, ``ptr_to_bytes``)."""
+"""``acl.util``: Python buffers and host pointers (``bytes_to_ptr``, ``numpy_to_ptr``,
+``numpy_contiguous_to_ptr``, ``ptr_to_bytes``)."""
 
 from .._aclshm import _acl_util as _native
 

@@ -1,5 +1,9 @@
+from typing import Any, Tuple
+
 from typing_extensions import Buffer
 
 def bytes_to_ptr(data: Buffer) -> int: ...
 def numpy_to_ptr(array: Buffer) -> int: ...
+def numpy_contiguous_to_ptr(data_in: Any) -> Tuple[int, Any]:
+    """``ptr, data_out``: ``data_out`` is ``data_in`` if C-contiguous, else a C-contiguous copy; keep it alive."""
 def ptr_to_bytes(ptr: int, size: int) -> bytes: ...

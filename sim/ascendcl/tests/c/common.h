@@ -34,6 +34,18 @@
         }                                                                                           \
     } while (0)
 
+/* Properties of pinned device memory of `attr` on `device`, for aclrtMallocPhysical. */
+static inline aclrtPhysicalMemProp device_prop(uint32_t device, aclrtMemAttr attr) {
+    aclrtPhysicalMemProp p;
+    memset(&p, 0, sizeof p);
+    p.handleType = ACL_MEM_HANDLE_TYPE_NONE;
+    p.allocationType = ACL_MEM_ALLOCATION_TYPE_PINNED;
+    p.memAttr = attr;
+    p.location.type = ACL_MEM_LOCATION_TYPE_DEVICE;
+    p.location.id = device;
+    return p;
+}
+
 /* One direction of the conversation. */
 typedef struct {
     int rd;
@@ -41,7 +53,7 @@ typedef struct {
 } channel;
 
 /* Fork: returns 0 in the child (process B), the child's pid in the parent (process A). */
-static pid_t start_pair(channel *a_side, channel *b_side) {
+static inline pid_t start_pair(channel *a_side, channel *b_side) {
     int ab[2], ba[2];
     if (pipe(ab) != 0 || pipe(ba) != 0) {
         perror("pipe");
@@ -66,14 +78,14 @@ static pid_t start_pair(channel *a_side, channel *b_side) {
     return pid;
 }
 
-static void send_bytes(channel *c, const void *buf, size_t len) {
+static inline void send_bytes(channel *c, const void *buf, size_t len) {
     if (write(c->wr, buf, len) != (ssize_t)len) {
         perror("write");
         exit(1);
     }
 }
 
-static void recv_bytes(channel *c, void *buf, size_t len) {
+static inline void recv_bytes(channel *c, void *buf, size_t len) {
     size_t got = 0;
     while (got < len) {
         ssize_t n = read(c->rd, (char *)buf + got, len - got);
@@ -89,7 +101,7 @@ static void recv_bytes(channel *c, void *buf, size_t len) {
  * The parent's last step: wait for the child, then report the program's result as the test expects it
  * ("<name>: ok"). Returns main's exit status: 1 if the child failed.
  */
-static int finish_pair(pid_t child, const char *name) {
+static inline int finish_pair(pid_t child, const char *name) {
     int status = 0;
     if (waitpid(child, &status, 0) != child || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         fprintf(stderr, "process B failed (status %d)\n", status);

@@ -17,12 +17,7 @@ int main(void) {
     pid_t child = start_pair(&a, &b);
     static unsigned char host[SIZE], back[SIZE];
 
-    aclrtPhysicalMemProp prop;
-    memset(&prop, 0, sizeof prop);
-    prop.handleType = ACL_MEM_HANDLE_TYPE_NONE;
-    prop.allocationType = ACL_MEM_ALLOCATION_TYPE_PINNED;
-    prop.memAttr = ACL_HBM_MEM_NORMAL;
-    prop.location.type = ACL_MEM_LOCATION_TYPE_DEVICE;
+    aclrtPhysicalMemProp prop = device_prop(0, ACL_HBM_MEM_NORMAL);
 
     if (child == 0) {
         /* Process B, on device 1. */
