@@ -555,7 +555,7 @@ aclError aclrtMemcpyAsync(void *dst, size_t destMax, const void *src, size_t cou
                           aclrtStream stream);
 /** Set count bytes of device memory to value; maxCount is the capacity at devPtr. */
 aclError aclrtMemset(void *devPtr, size_t maxCount, int32_t value, size_t count);
-/** Copy numBatches ranges; attrs[i] applies from attrsIndexes[i]; failIndex names a failed copy (or SIZE_MAX). */
+/** Copy numBatches ranges; each attribute applies from the copy its attrsIndexes entry names; failIndex names a failed copy (or SIZE_MAX). */
 aclError aclrtMemcpyBatch(void **dsts, size_t *destMaxs, void **srcs, size_t *sizes, size_t numBatches,
                           aclrtMemcpyBatchAttr *attrs, size_t *attrsIndexes, size_t numAttrs, size_t *failIndex);
 /** Whether an address is device memory (and on which device), page-locked host memory or other memory. */

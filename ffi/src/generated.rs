@@ -941,7 +941,7 @@ macro_rules! for_each_fn {
             Acl aclrtMemcpyAsync(dst: *mut ::core::ffi::c_void, dest_max: usize, src: *const ::core::ffi::c_void, count: usize, kind: $crate::aclrtMemcpyKind, stream: $crate::aclrtStream) -> $crate::aclError;
             #[doc = " Set count bytes of device memory to value; maxCount is the capacity at devPtr."]
             Acl aclrtMemset(dev_ptr: *mut ::core::ffi::c_void, max_count: usize, value: i32, count: usize) -> $crate::aclError;
-            #[doc = " Copy numBatches ranges; attrs[i] applies from attrsIndexes[i]; failIndex names a failed copy (or SIZE_MAX)."]
+            #[doc = " Copy numBatches ranges; each attribute applies from the copy its attrsIndexes entry names; failIndex names a failed copy (or SIZE_MAX)."]
             Acl aclrtMemcpyBatch(dsts: *mut *mut ::core::ffi::c_void, dest_maxs: *mut usize, srcs: *mut *mut ::core::ffi::c_void, sizes: *mut usize, num_batches: usize, attrs: *mut $crate::aclrtMemcpyBatchAttr, attrs_indexes: *mut usize, num_attrs: usize, fail_index: *mut usize) -> $crate::aclError;
             #[doc = " Whether an address is device memory (and on which device), page-locked host memory or other memory."]
             Acl aclrtPointerGetAttributes(ptr: *const ::core::ffi::c_void, attributes: *mut $crate::aclrtPtrAttributes) -> $crate::aclError;
