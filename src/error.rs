@@ -240,6 +240,11 @@ pub enum Error {
     /// The pool is not shared (call `Pool::share` first).
     #[error("the pool is not shared")]
     NotShared,
+    /// The pool is asleep ([`Pool::sleep`](crate::Pool::sleep)): its physical memory is given back, so
+    /// nothing can be allocated from it and, in a mirror, the asleep memory cannot be reached. Wake it
+    /// ([`Pool::wake`](crate::Pool::wake)) and try again; addresses and descriptors stay valid.
+    #[error("the pool is asleep: {0}")]
+    Asleep(String),
     /// The pool was closed: everything it had is released. Make a new one.
     #[error("the pool is closed")]
     Closed,

@@ -38,6 +38,11 @@ pub struct PoolStats {
     pub chunks_trimmed: u64,
     /// Bumped whenever a chunk is mapped or unmapped.
     pub generation: u64,
+    /// Chunks put to sleep ([`Pool::sleep`](crate::Pool::sleep)): their allocations stay, their physical
+    /// memory is given back until [`Pool::wake`](crate::Pool::wake).
+    pub sleeping_chunks: u32,
+    /// Bytes of page-locked host memory holding what a sleep kept (offloaded) until the wake copies it back.
+    pub host_bytes: u64,
     /// ACL calls made through the pool's runtime, by function.
     pub runtime_calls: Vec<(&'static str, u64)>,
 }
@@ -46,13 +51,14 @@ impl fmt::Display for PoolStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "device {}: {} of {} MiB mapped in {} chunk(s) ({} free, {} unknown), {} MiB allocated ({:.1}%), largest free extent {} KiB",
+            "device {}: {} of {} MiB mapped in {} chunk(s) ({} free, {} unknown, {} asleep), {} MiB allocated ({:.1}%), largest free extent {} KiB",
             self.device,
             self.mapped_bytes >> 20,
             self.reserved_bytes >> 20,
             self.chunks,
             self.free_chunks,
             self.unknown_chunks,
+            self.sleeping_chunks,
             self.allocated_bytes >> 20,
             self.utilization * 100.0,
             self.largest_free_extent >> 10

@@ -56,6 +56,11 @@ pub struct DemoArgs {
     /// Print the summary as JSON (and no progress bar).
     #[arg(long)]
     pub json: bool,
+    /// After the writes, put the shared KV pool to sleep while the workers are attached (its device
+    /// memory goes back; the blocks' contents are kept in host memory), show the memory freed, check the
+    /// workers see their blocks asleep, wake it, and verify every byte after the wake.
+    #[arg(long)]
+    pub sleep: bool,
     /// For tests of the demo itself: worker 0 spoils one byte after writing, so verification must fail.
     #[arg(long, hide = true)]
     pub spoil_one_byte: bool,
@@ -209,6 +214,12 @@ fn worker_run(args: &WorkerArgs) -> Result<(), String> {
                 done.signal().map_err(e)?;
                 say(format!("verified {} {bad}", blocks.len() * len));
             }
+            "asleep" => {
+                // The scheduler put the pool to sleep: each of our blocks is out of reach, with a typed error.
+                let blocks = blocks_of(rest)?;
+                let asleep = blocks.iter().filter(|b| matches!(kv.ptr(b), Err(aclshm::Error::Asleep(_)))).count();
+                say(format!("asleep {asleep} {}", blocks.len()));
+            }
             "release" => {
                 let deadline = Instant::now() + Duration::from_secs(60);
                 while kv.stats().chunks > 0 {
@@ -305,7 +316,28 @@ struct DemoReport {
     bad_bytes: u64,
     phases: Vec<(String, f64)>,
     total_ms: f64,
+    /// What `--sleep` did, if asked.
+    sleep: Option<SleepSummary>,
     error: Option<String>,
+}
+
+/// What `--sleep` did.
+#[derive(Debug, Default, Serialize, Clone)]
+struct SleepSummary {
+    /// Device 0's free memory before the sleep, while asleep, and after the wake.
+    free_before: u64,
+    free_asleep: u64,
+    free_after: u64,
+    /// What the pool gave back, and kept in host memory.
+    released_bytes: u64,
+    kept_bytes: u64,
+    /// Chunks put to sleep.
+    chunks: u32,
+    /// Workers' blocks found asleep, of those they looked at.
+    blocks_asleep: u64,
+    blocks_checked: u64,
+    sleep_ms: f64,
+    wake_ms: f64,
 }
 
 /// Lines from the workers, tagged with the worker's index (None: its stdout closed).
@@ -567,6 +599,12 @@ fn drive(
     }
     timed("write", t);
 
+    if s.args.sleep {
+        let t = Instant::now();
+        report.sleep = Some(sleep_and_wake(rt, kv, s)?);
+        timed("sleep and wake", t);
+    }
+
     // verify: each worker checks the next one's blocks, pinned; meanwhile the scheduler frees them all.
     let t = Instant::now();
     s.phase("verify");
@@ -649,6 +687,52 @@ fn drive(
     Ok(())
 }
 
+/// `--sleep`: put the KV pool to sleep with the workers attached (keeping the blocks' contents), check the
+/// device memory came back and the workers see their blocks asleep, then wake it.
+fn sleep_and_wake(rt: &Runtime, kv: &KvPool, s: &mut Scheduler) -> Result<SleepSummary, String> {
+    let e = |e: aclshm::Error| e.to_string();
+    let free =
+        || rt.on_device(0, || Ok(raw::get_mem_info(rt, aclshm::sys::aclrtMemAttr::ACL_HBM_MEM)?.0 as u64)).map_err(e);
+    s.phase("sleep");
+    let mut sl = SleepSummary { free_before: free()?, ..SleepSummary::default() };
+    let mapped = kv.pool().mapped_bytes();
+    let t = Instant::now();
+    let done = kv.sleep(false).map_err(e)?;
+    sl.sleep_ms = t.elapsed().as_secs_f64() * 1e3;
+    sl.free_asleep = free()?;
+    (sl.released_bytes, sl.kept_bytes, sl.chunks) = (done.released_bytes, done.kept_bytes, done.slept_chunks);
+    if sl.free_asleep < sl.free_before + mapped {
+        return Err(format!(
+            "asleep, device 0 has {} free: less than the {} before the sleep and the pool's {} mapped",
+            bytes(sl.free_asleep),
+            bytes(sl.free_before),
+            bytes(mapped)
+        ));
+    }
+    for i in 0..s.args.workers {
+        let blocks = s.workers[i as usize].blocks.clone();
+        s.send(i, &format!("asleep {}", line(&blocks)))?;
+    }
+    for i in 0..s.args.workers {
+        let said = s.expect(i, "asleep")?;
+        let mut it = said.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+        let (asleep, checked) = (it.next().unwrap_or(0), it.next().unwrap_or(0));
+        sl.blocks_asleep += asleep;
+        sl.blocks_checked += checked;
+    }
+    if sl.blocks_asleep != sl.blocks_checked {
+        return Err(format!(
+            "workers reached {} of their blocks while the pool slept",
+            sl.blocks_checked - sl.blocks_asleep
+        ));
+    }
+    let t = Instant::now();
+    kv.wake().map_err(e)?;
+    sl.wake_ms = t.elapsed().as_secs_f64() * 1e3;
+    sl.free_after = free()?;
+    Ok(sl)
+}
+
 fn print(report: &DemoReport) -> out::Result {
     let mut t = Table::new(&[
         "worker",
@@ -695,7 +779,7 @@ fn print(report: &DemoReport) -> out::Result {
         report.chunks_trimmed
     );
     outln!(
-        "scheduler:           {} exports (one per chunk), {} whitelist calls, {} runtime calls in all",
+        "scheduler:           {} exports (one per chunk mapped, a wake's included), {} whitelist calls, {} runtime calls in all",
         report.exports,
         report.whitelist_calls,
         report.scheduler_runtime_calls
@@ -710,6 +794,19 @@ fn print(report: &DemoReport) -> out::Result {
         bytes(report.bytes_verified),
         report.bad_bytes
     );
+    if let Some(sl) = &report.sleep {
+        outln!(
+            "sleep:               {} chunks asleep, {} given back (device 0's free memory rose by {} while asleep), {} kept in host memory; workers found {} of {} blocks asleep; sleep {}, wake {}",
+            sl.chunks,
+            bytes(sl.released_bytes),
+            bytes(sl.free_asleep.saturating_sub(sl.free_before)),
+            bytes(sl.kept_bytes),
+            sl.blocks_asleep,
+            sl.blocks_checked,
+            duration(Duration::from_secs_f64(sl.sleep_ms / 1e3)),
+            duration(Duration::from_secs_f64(sl.wake_ms / 1e3))
+        );
+    }
     match &report.error {
         None => outln!("result:              ok: every byte verified"),
         Some(err) => outln!("result:              FAILED: {err}"),

@@ -94,6 +94,36 @@ fn the_demo_verifies_every_byte_across_processes_and_leaves_nothing() {
 }
 
 #[test]
+fn the_demo_sleeps_and_wakes_the_shared_pool_and_every_byte_verifies_after() {
+    let d = Dirs::new("demo-sleep");
+    let (ok, r) = d.json(&["demo", "--workers", "2", "--blocks", "32", "--sleep", "--json"]);
+    assert!(ok, "{r:#}");
+    let sl = &r["sleep"];
+    let chunks = r["chunks_grown"].as_u64().unwrap();
+    let chunk = r["chunk_bytes"].as_u64().unwrap();
+    // Every mapped chunk went to sleep; the device got their bytes back while asleep, and lent them out
+    // again at the wake.
+    assert_eq!(sl["chunks"].as_u64().unwrap(), chunks, "{sl}");
+    assert_eq!(sl["released_bytes"].as_u64().unwrap(), chunks * chunk);
+    let (before, asleep, after) =
+        (sl["free_before"].as_u64().unwrap(), sl["free_asleep"].as_u64().unwrap(), sl["free_after"].as_u64().unwrap());
+    assert_eq!(asleep - before, chunks * chunk, "{sl}");
+    assert_eq!(after, before, "{sl}");
+    assert_eq!(sl["kept_bytes"].as_u64().unwrap(), 32 * (256 << 10), "the KV contents, kept");
+    assert_eq!(sl["blocks_asleep"], sl["blocks_checked"]);
+    assert_eq!(sl["blocks_checked"].as_u64().unwrap(), 32);
+    // Every byte written before the sleep verified after the wake.
+    assert_eq!(r["bad_bytes"], 0);
+    assert_eq!(r["bytes_verified"], r["bytes_written"]);
+    // One export per chunk at the start and one per chunk at the wake; the same for each worker's imports.
+    assert_eq!(r["exports"].as_u64().unwrap(), 2 * chunks);
+    for w in r["workers"].as_array().unwrap() {
+        assert_eq!(w["runtime_imports"].as_u64().unwrap(), 2 * chunks, "{w}");
+    }
+    d.check_empty();
+}
+
+#[test]
 fn a_byte_that_does_not_verify_fails_the_demo() {
     let d = Dirs::new("spoilt");
     let (ok, r) = d.json(&["demo", "--workers", "2", "--blocks", "8", "--json", "--spoil-one-byte"]);

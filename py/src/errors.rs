@@ -33,6 +33,7 @@ const CLASSES: &[(&str, &str)] = &[
     ("NotShared", "NotSharedError"),
     ("Closed", "ClosedError"),
     ("Deferred", "DeferredError"),
+    ("Asleep", "AsleepError"),
 ];
 
 /// The variant's name (the `kind` attribute).
@@ -58,6 +59,7 @@ fn kind(e: &Error) -> &'static str {
         Error::NotShared => "NotShared",
         Error::Closed => "Closed",
         Error::Deferred(_) => "Deferred",
+        Error::Asleep(_) => "Asleep",
         // A variant added to the library later: the base class, with its message.
         _ => "Error",
     }
@@ -162,6 +164,7 @@ fn _error_for_test(kind: &str, message: String) -> PyResult<()> {
             Error::Acl { call: "aclrtUnmapMem", source: aclshm::AclError::INVALID_HANDLE },
             Error::Timeout(message),
         ]),
+        "Asleep" => Error::Asleep(message),
         other => return Err(pyo3::exceptions::PyValueError::new_err(format!("no variant {other:?}"))),
     };
     Err(err(e))

@@ -8,7 +8,7 @@
 
 use std::path::PathBuf;
 
-use aclshm::{Error, KvConfig, KvDesc, KvLayout, PoolConfig};
+use aclshm::{Error, KvConfig, KvDesc, KvLayout, PoolConfig, SleepReport};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -16,6 +16,7 @@ use crate::args::{Size, duration};
 use crate::buffer::{Region, copy_methods};
 use crate::held::{Gate, Held, context_manager};
 use crate::pool::{mirror_stats, pool_config, pool_stats, share_config};
+use crate::sleep::{Sleeping, report};
 use crate::{err, on_runtime};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -95,6 +96,9 @@ fn kv_block_bytes(layers: u32, kv_heads: u32, head_dim: u32, dtype_bytes: u32, b
 /// `KvPool(block_bytes=None, device=0, *, config=None, chunk_bytes=None, reserve_bytes=None, page=None,
 /// trim_watermark=None, validate_pids=True, share_dir=None)`: `block_bytes` (see `kv_block_bytes`) or a
 /// configuration file from `aclshm tune` with `kv_block_bytes`. A context manager; `close()` releases.
+///
+/// Sleep mode: `sleep(discard_kv=True)` gives the blocks' memory back (workers unmap it too), `wake_up()`
+/// maps new memory at the same addresses (workers' included), with the blocks' bytes when kept.
 #[pyclass(module = "aclshm", frozen)]
 pub(crate) struct KvPool {
     kv: aclshm::KvPool,
@@ -121,10 +125,17 @@ impl Region for PoolBlock<'_> {
         self.kv.kv.pool().device()
     }
 
-    /// The pool's gate held for the copy: frees, trims and the close wait for it.
+    /// The pool's gate held for the copy: frees, trims, sleeps, wakes and the close wait for it. Refused
+    /// while the pool is asleep (its memory is given back).
     fn with_addr<T>(&self, offset: u64, f: impl FnOnce(usize) -> aclshm::Result<T>) -> aclshm::Result<T> {
         let kv = &self.kv.kv;
-        self.kv.gate.read(|| f(kv.ptr(&self.block)? as usize + offset as usize))
+        self.kv.gate.read(|| {
+            let addr = kv.ptr(&self.block)? as usize;
+            if kv.pool().is_asleep() {
+                return Err(Error::Asleep("the blocks' memory is given back until wake_up()".into()));
+            }
+            f(addr + offset as usize)
+        })
     }
 }
 
@@ -140,6 +151,21 @@ impl KvPool {
         f: impl FnOnce(&aclshm::KvPool) -> aclshm::Result<T> + Send,
     ) -> PyResult<T> {
         self.gate.alone(py, || f(&self.kv))
+    }
+
+    /// Put the pool to sleep, alone under the gate (no copy under way).
+    pub(crate) fn sleep_now(&self, py: Python<'_>, discard_kv: bool) -> PyResult<SleepReport> {
+        self.exclusive(py, |kv| kv.sleep(discard_kv))
+    }
+
+    /// Wake the pool, alone under the gate.
+    pub(crate) fn wake_now(&self, py: Python<'_>) -> PyResult<()> {
+        self.exclusive(py, aclshm::KvPool::wake)
+    }
+
+    /// Whether the pool is asleep.
+    pub(crate) fn asleep(&self) -> bool {
+        self.kv.pool().is_asleep()
     }
 
     /// Run `f` beside other calls and copies, the pool open.
@@ -245,6 +271,36 @@ impl KvPool {
         self.exclusive(py, |kv| kv.trim())
     }
 
+    /// Whether the pool is asleep.
+    #[getter]
+    fn is_asleep(&self) -> bool {
+        self.asleep()
+    }
+
+    /// Put the pool to sleep (vLLM's sleep mode): the blocks' physical memory goes back to the device,
+    /// once every worker unmapped it (they do by themselves). With `discard_kv` (the default) the blocks'
+    /// bytes are dropped (undefined after the wake); without, they are kept in host memory and copied back
+    /// at the wake. Blocks, generations, pins and addresses stay valid; allocating, copies and workers'
+    /// `ptr` raise `AsleepError` until `wake_up`. Returns what it did: `slept_chunks`, `trimmed_chunks`,
+    /// `released_bytes`, `kept_bytes`.
+    #[pyo3(signature = (discard_kv=true))]
+    fn sleep<'py>(&self, py: Python<'py>, discard_kv: bool) -> PyResult<Bound<'py, PyDict>> {
+        report(py, &self.sleep_now(py, discard_kv)?)
+    }
+
+    /// Wake the pool: new physical memory at the same addresses, here and in the workers, with the blocks'
+    /// bytes if the sleep kept them. Waking a pool that is awake does nothing.
+    fn wake_up(&self, py: Python<'_>) -> PyResult<()> {
+        self.wake_now(py)
+    }
+
+    /// A context manager that puts the pool to sleep on entering (`as` gives `sleep`'s report) and wakes
+    /// it on leaving, even when the block raises.
+    #[pyo3(signature = (discard_kv=true))]
+    fn sleeping(slf: &Bound<'_, KvPool>, discard_kv: bool) -> Sleeping {
+        Sleeping::kv(slf.clone().unbind(), discard_kv)
+    }
+
     /// What the pool holds: `block_bytes`, `blocks_per_chunk`, `capacity`, `allocated`, `deferred`,
     /// `workers`, and `pool` (the pool's statistics).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
@@ -267,7 +323,13 @@ impl KvPool {
 
     fn __repr__(&self) -> String {
         let s = self.kv.stats();
-        format!("<aclshm.KvPool block_bytes={} allocated={} of {}>", s.block_bytes, s.allocated, s.capacity)
+        format!(
+            "<aclshm.KvPool block_bytes={} allocated={} of {}{}>",
+            s.block_bytes,
+            s.allocated,
+            s.capacity,
+            if s.pool.sleeping_chunks > 0 { " asleep" } else { "" }
+        )
     }
 }
 
@@ -403,6 +465,7 @@ pub(crate) struct Pinned {
 /// A pinned block, by its place in a `Pinned`.
 struct PinnedBlock<'a> {
     pinned: &'a Pinned,
+    block: aclshm::KvBlock,
     addr: usize,
 }
 
@@ -417,17 +480,26 @@ impl Region for PinnedBlock<'_> {
         self.pinned.mirror.get().device
     }
 
-    /// The pins (and the mirror) held for the copy.
+    /// The pins (and the mirror) held for the copy, the block's memory mapped (not asleep).
     fn with_addr<T>(&self, offset: u64, f: impl FnOnce(usize) -> aclshm::Result<T>) -> aclshm::Result<T> {
         let m = self.pinned.mirror.get();
-        self.pinned.held.read(|| m.mirror.with_detached(|_| f(self.addr + offset as usize)))
+        self.pinned.held.read(|| {
+            m.mirror.with_detached(|mirror| {
+                // Resolved again: `AsleepError` while the scheduler's pool sleeps (the address is the same).
+                // A block the scheduler freed since is stale for `ptr`, but kept for the pins: readable.
+                match mirror.ptr(&self.block) {
+                    Ok(_) | Err(Error::StaleBlock { .. }) => f(self.addr + offset as usize),
+                    Err(e) => Err(e),
+                }
+            })
+        })
     }
 }
 
 impl Pinned {
     fn block(&self, i: usize) -> PyResult<PinnedBlock<'_>> {
         match self.ptrs.get(i) {
-            Some(&addr) => Ok(PinnedBlock { pinned: self, addr }),
+            Some(&addr) => Ok(PinnedBlock { pinned: self, block: self.blocks[i], addr }),
             None => Err(pyo3::exceptions::PyIndexError::new_err(format!("block {i} of {} pinned", self.ptrs.len()))),
         }
     }

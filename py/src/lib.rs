@@ -20,6 +20,7 @@ mod held;
 mod kv;
 mod notify;
 mod pool;
+mod sleep;
 
 use aclshm::Runtime;
 use pyo3::prelude::*;
@@ -128,6 +129,7 @@ fn _aclshm(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     pool::register(m)?;
     kv::register(m)?;
+    sleep::register(m)?;
     notify::register(m)?;
     event::register(m)?;
     acl::register(m)?;

@@ -8,17 +8,20 @@
 //! thread holding one never waits for the interpreter: no lock-order cycle with it.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
+use aclshm::pool::{DEFAULT_TAG, GRANULE};
 use aclshm::share::MirrorStats;
 use aclshm::vmm::PageSize;
-use aclshm::{AllocDesc, Error, PoolConfig, PoolStats, ShareConfig, ShareDesc};
-use parking_lot::RwLock;
+use aclshm::{AllocDesc, Error, PoolConfig, PoolStats, ShareConfig, ShareDesc, SleepConfig, SleepReport};
+use parking_lot::{Mutex, RwLock};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::args::Size;
+use crate::args::{Size, duration};
 use crate::buffer::{Region, copy_methods};
 use crate::held::{Gate, Held, context_manager};
+use crate::sleep::{Sleeping, report, tag_list};
 use crate::{err, on_runtime};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -78,6 +81,8 @@ pub(crate) fn pool_stats<'py>(py: Python<'py>, s: &PoolStats) -> PyResult<Bound<
     d.set_item("chunks_grown", s.chunks_grown)?;
     d.set_item("chunks_trimmed", s.chunks_trimmed)?;
     d.set_item("generation", s.generation)?;
+    d.set_item("sleeping_chunks", s.sleeping_chunks)?;
+    d.set_item("host_bytes", s.host_bytes)?;
     let calls = PyDict::new(py);
     for (name, n) in &s.runtime_calls {
         calls.set_item(name, n)?;
@@ -100,10 +105,73 @@ pub(crate) fn mirror_stats<'py>(py: Python<'py>, s: &MirrorStats) -> PyResult<Bo
 /// `Pool(device=0, *, chunk_bytes=None, reserve_bytes=None, page=None, trim_watermark=None,
 /// reserve_chunks=None, config=None)`: sizes are ints or text (`"20M"`); `config` is a file as
 /// `aclshm tune` writes, the keyword arguments override it. Use it as a context manager, or `close()` it.
+///
+/// Sleep mode (vLLM's): allocations carry a tag (`alloc(size, tag="weights")`); `sleep(offload_tags)`
+/// gives the physical memory back, keeping the allocations of those tags in host memory, and
+/// `wake_up(tags=None)` maps new memory at the same addresses and copies them back.
 #[pyclass(module = "aclshm", frozen)]
 pub(crate) struct Pool {
     pool: aclshm::Pool,
+    /// Copies, allocations and frees run under it; sleeps and wakes alone (no copy is under way while the
+    /// memory goes or comes back).
     gate: Gate,
+    /// While asleep, the tags woken since the sleep (`wake_up(tags)`): copies of their allocations are
+    /// allowed (every chunk that held one is mapped again). Changed under the gate, alone.
+    awake_tags: Mutex<Vec<String>>,
+}
+
+impl Pool {
+    /// Put the pool to sleep, alone under the gate; the tags woken so far are forgotten.
+    pub(crate) fn sleep_now(
+        &self,
+        py: Python<'_>,
+        offload_tags: Vec<String>,
+        release_timeout: Option<Duration>,
+    ) -> PyResult<SleepReport> {
+        let mut c = SleepConfig { offload_tags, ..SleepConfig::default() };
+        if let Some(t) = release_timeout {
+            c.release_timeout = t;
+        }
+        self.gate.alone(py, || {
+            // Asleep already: refused, and the tags woken since stay awake.
+            let was_asleep = self.pool.is_asleep();
+            let r = self.pool.sleep(&c);
+            if !was_asleep {
+                // Whatever the outcome: what sleeps now sleeps for every tag.
+                self.awake_tags.lock().clear();
+            }
+            r
+        })
+    }
+
+    /// Wake all, or the chunks of `tags`, alone under the gate.
+    pub(crate) fn wake_now(&self, py: Python<'_>, tags: Option<Vec<String>>) -> PyResult<()> {
+        self.gate.alone(py, || {
+            let names: Option<Vec<&str>> = tags.as_ref().map(|v| v.iter().map(String::as_str).collect());
+            self.pool.wake(names.as_deref())?;
+            let mut awake = self.awake_tags.lock();
+            match tags {
+                None => awake.clear(),
+                Some(v) => awake.extend(v),
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether the pool is asleep.
+    pub(crate) fn asleep(&self) -> bool {
+        self.pool.is_asleep()
+    }
+
+    /// Refuse a copy to or from an allocation of `tag` while its memory sleeps (call under the gate).
+    fn check_awake(&self, tag: &str) -> aclshm::Result<()> {
+        if self.pool.is_asleep() && !self.awake_tags.lock().iter().any(|t| t == tag) {
+            return Err(Error::Asleep(format!(
+                "the memory of allocations tagged {tag:?} is given back until wake_up() (or wake_up([{tag:?}]))"
+            )));
+        }
+        Ok(())
+    }
 }
 
 #[pymethods]
@@ -127,7 +195,7 @@ impl Pool {
         };
         let c = pool_config(base, chunk_bytes, reserve_bytes, page, trim_watermark, reserve_chunks)?;
         let pool = on_runtime(py, |rt| aclshm::Pool::new(rt, device, c))?;
-        Ok(Pool { pool, gate: Gate::new() })
+        Ok(Pool { pool, gate: Gate::new(), awake_tags: Mutex::new(Vec::new()) })
     }
 
     /// The device.
@@ -148,16 +216,69 @@ impl Pool {
         self.gate.is_open()
     }
 
-    /// Allocate `size` bytes (aligned to 512, or to `align`, a power of two): an `Allocation`.
-    #[pyo3(signature = (size, align=None))]
-    fn alloc(slf: &Bound<'_, Pool>, size: Size, align: Option<u64>) -> PyResult<Allocation> {
+    /// Whether the pool is asleep (`sleep` was called and some of its memory is not woken yet).
+    #[getter]
+    fn is_asleep(&self) -> bool {
+        self.asleep()
+    }
+
+    /// Allocate `size` bytes (aligned to 512, or to `align`, a power of two): an `Allocation`. `tag`
+    /// (vLLM's: `"weights"`, `"kv_cache"`, ...; `"default"` when not given) says what `sleep` does with it:
+    /// kept when its tag is offloaded, else discarded. A tagged allocation is aligned to 512 at most.
+    #[pyo3(signature = (size, align=None, *, tag=None))]
+    fn alloc(slf: &Bound<'_, Pool>, size: Size, align: Option<u64>, tag: Option<String>) -> PyResult<Allocation> {
         let size = size.bytes("size")?;
         let this = slf.get();
+        let tag = tag.unwrap_or_else(|| DEFAULT_TAG.to_string());
         let a = this.gate.with(slf.py(), || match align {
-            Some(al) => this.pool.alloc_aligned(size, al),
-            None => this.pool.alloc(size),
+            _ if tag == DEFAULT_TAG => this.pool.alloc_aligned(size, align.unwrap_or(GRANULE)),
+            Some(al) if !al.is_power_of_two() || al > GRANULE => Err(Error::InvalidArgument(format!(
+                "align={al} with tag={tag:?}: tagged allocations are aligned to {GRANULE} (a power of two up to {GRANULE})"
+            ))),
+            _ => this.pool.alloc_tagged(size, &tag),
         })?;
-        Ok(Allocation { pool: slf.clone().unbind(), alloc: a, live: RwLock::new(true) })
+        Ok(Allocation { pool: slf.clone().unbind(), alloc: a, tag, live: RwLock::new(true) })
+    }
+
+    /// Put the pool to sleep (vLLM's `sleep`): allocations of `offload_tags` (a tag or a sequence of tags)
+    /// are copied to page-locked host memory, then every chunk's physical memory goes back to the device;
+    /// the other allocations read as undefined after the wake. Allocations, addresses and descriptors stay;
+    /// allocating raises `AsleepError` until `wake_up`, and so do copies of allocations still asleep. A
+    /// shared pool waits for its mirrors to unmap (`release_timeout` seconds, 30 by default: then
+    /// `TimeoutError`, the pool asleep all the same). Returns what it did: `slept_chunks`,
+    /// `trimmed_chunks` (free chunks given back for good), `released_bytes`, `kept_bytes`.
+    #[pyo3(signature = (offload_tags=None, *, release_timeout=None))]
+    fn sleep<'py>(
+        &self,
+        py: Python<'py>,
+        offload_tags: Option<&Bound<'py, PyAny>>,
+        release_timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let tags = offload_tags.map(tag_list).transpose()?.unwrap_or_default();
+        let timeout = release_timeout.map(duration).transpose()?;
+        report(py, &self.sleep_now(py, tags, timeout)?)
+    }
+
+    /// Wake the pool (vLLM's `wake_up`): all of it (`tags=None`), or the chunks that held allocations of
+    /// `tags` (a tag or a sequence). New physical memory is mapped at the same addresses and what the sleep
+    /// kept is copied back; mirrors map it again. Waking what is awake does nothing.
+    #[pyo3(signature = (tags=None))]
+    fn wake_up(&self, py: Python<'_>, tags: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let tags = tags.map(tag_list).transpose()?;
+        self.wake_now(py, tags)
+    }
+
+    /// A context manager that puts the pool to sleep on entering (`as` gives `sleep`'s report) and wakes
+    /// all of it on leaving, even when the block raises.
+    #[pyo3(signature = (offload_tags=None, *, release_timeout=None))]
+    fn sleeping(
+        slf: &Bound<'_, Pool>,
+        offload_tags: Option<&Bound<'_, PyAny>>,
+        release_timeout: Option<f64>,
+    ) -> PyResult<Sleeping> {
+        let tags = offload_tags.map(tag_list).transpose()?.unwrap_or_default();
+        let timeout = release_timeout.map(duration).transpose()?;
+        Ok(Sleeping::pool(slf.clone().unbind(), tags, timeout))
     }
 
     /// Free an allocation. Freeing it twice raises `NotAllocatedError`; an allocation of another pool,
@@ -215,10 +336,11 @@ impl Pool {
     fn __repr__(&self) -> String {
         let s = self.pool.stats();
         format!(
-            "<aclshm.Pool device={} mapped={} allocated={}{}>",
+            "<aclshm.Pool device={} mapped={} allocated={}{}{}>",
             s.device,
             s.mapped_bytes,
             s.allocated_bytes,
+            if s.sleeping_chunks > 0 { " asleep" } else { "" },
             if self.gate.is_open() { "" } else { " closed" }
         )
     }
@@ -232,6 +354,8 @@ context_manager!(Pool, close);
 pub(crate) struct Allocation {
     pool: Py<Pool>,
     alloc: aclshm::Allocation,
+    /// Its tag (`"default"` unless given to `alloc`).
+    tag: String,
     live: RwLock<bool>,
 }
 
@@ -246,7 +370,7 @@ impl Region for Allocation {
         self.pool.get().pool.device()
     }
 
-    /// The allocation live and its pool open for the copy.
+    /// The allocation live, its pool open and its memory awake for the copy.
     fn with_addr<T>(&self, offset: u64, f: impl FnOnce(usize) -> aclshm::Result<T>) -> aclshm::Result<T> {
         let pool = self.pool.get();
         let live = self.live.read();
@@ -257,7 +381,10 @@ impl Region for Allocation {
                 len: self.alloc.len(),
             });
         }
-        pool.gate.read(|| f(self.alloc.as_ptr() as usize + offset as usize))
+        pool.gate.read(|| {
+            pool.check_awake(&self.tag)?;
+            f(self.alloc.as_ptr() as usize + offset as usize)
+        })
     }
 }
 
@@ -275,10 +402,16 @@ impl Allocation {
         self.alloc.len()
     }
 
-    /// The device address.
+    /// The device address (unchanged by a sleep and a wake).
     #[getter]
     fn ptr(&self) -> usize {
         self.alloc.as_ptr() as usize
+    }
+
+    /// Its tag (`"default"` unless given to `Pool.alloc`): what `Pool.sleep` keeps or discards it by.
+    #[getter]
+    fn tag(&self) -> &str {
+        &self.tag
     }
 
     /// The pool.
@@ -309,9 +442,10 @@ impl Allocation {
 
     fn __repr__(&self) -> String {
         format!(
-            "<aclshm.Allocation offset={:#x} size={:#x}{}>",
+            "<aclshm.Allocation offset={:#x} size={:#x} tag={:?}{}>",
             self.alloc.offset(),
             self.alloc.len(),
+            self.tag,
             if *self.live.read() { "" } else { " freed" }
         )
     }

@@ -381,3 +381,46 @@ def kv_worker_errors(desc, live, freed, out):
                 r[what + "_freed"] = (type(e).__name__, e.id, e.generation)
         r["read_live"] = kv.read(live, 5)
     out.put(r)
+
+
+# ---- sleep mode: a worker while its owner's pool sleeps and wakes ----
+
+
+def sleep_worker(kind, desc, ref, n, seed, cmds, acks, out):
+    """Attach (a `Mirror` for kind "pool", ref an allocation descriptor; a `KvMirror` for "kv", ref a
+    block) on device 1 and read `pattern(n, seed)` through the local pointer with `acl.rt.memcpy`; once
+    the owner says the pool sleeps, try the pointer and a copy; once it says the pool woke, read the bytes
+    again through the same pointer, and write a reply at offset 0 with the safe API."""
+    r = {}
+    assert acl.rt.set_device(1) == 0
+    mirror = aclshm.KvMirror if kind == "kv" else aclshm.Mirror
+    with mirror(desc, 1) as m:
+        ptr = m.ptr(ref)
+        r["awake_ret"], r["awake_ok"] = check_pattern(ptr, n, seed)
+        # A KV worker also holds a pin across the sleep: its copies are refused meanwhile, not its pin.
+        pinned = m.pinned([ref]) if kind == "kv" else None
+        acks.put("attached")
+        assert cmds.get(timeout=60) == "asleep"
+        calls = [("ptr", lambda: m.ptr(ref)), ("read", lambda: m.read(ref, 16))]
+        if pinned is not None:
+            calls.append(("pinned_read", lambda: pinned.read(0, 16)))
+            calls.append(("pin", lambda: m.pinned([ref])))
+        for what, call in calls:
+            try:
+                call()
+                r[what + "_asleep"] = None
+            except aclshm.AsleepError as e:
+                r[what + "_asleep"] = (type(e).__name__, e.kind)
+        r["chunks_asleep"] = m.stats()["chunks"]
+        acks.put("checked")
+        assert cmds.get(timeout=60) == "awake"
+        r["same_ptr"] = m.ptr(ref) == ptr
+        r["woken_ret"], r["woken_ok"] = check_pattern(ptr, n, seed)
+        r["chunks_awake"] = m.stats()["chunks"]
+        if pinned is not None:
+            r["pins_kept"] = m.pins(ref)
+            r["pinned_read_woken"] = pinned.read(0) == pattern(n, seed) and pinned.ptrs == [ptr]
+            pinned.release()
+        m.write(ref, b"worker was here")
+    r["reset"] = acl.rt.reset_device(1)
+    out.put(r)

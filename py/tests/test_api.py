@@ -25,6 +25,7 @@ EXPECTED_CLASSES = {
     "BadDescriptor": "BadDescriptorError", "StaleDescriptor": "StaleDescriptorError",
     "Timeout": "TimeoutError", "StaleBlock": "StaleBlockError", "NotPinned": "NotPinnedError",
     "NotShared": "NotSharedError", "Closed": "ClosedError", "Deferred": "DeferredError",
+    "Asleep": "AsleepError",
 }
 
 

@@ -380,7 +380,10 @@ pub(crate) unsafe fn aclrtGetMemInfo(attr: aclrtMemAttr, free: *mut usize, total
     let (f, t) = if ddr {
         (0, 0)
     } else {
-        let used = s.lock()?.t().used[d as usize];
+        // What dead processes held is released first: the driver frees a process's memory when it ends.
+        let mut g = s.lock()?;
+        s.reap(&mut g);
+        let used = g.t().used[d as usize];
         (s.hbm_bytes.saturating_sub(used), s.hbm_bytes)
     };
     // SAFETY: non-null out-parameters (C API contract).

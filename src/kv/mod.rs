@@ -37,5 +37,5 @@ mod table;
 
 pub use block::{KvBlock, KvDesc, KvLayout};
 pub use mirror::{KvMirror, Pinned};
-pub use owner::{KvConfig, KvPool, KvStats};
+pub use owner::{KV_TAG, KvConfig, KvPool, KvStats};
 pub(crate) use table::NAMES as FILE_NAMES;

@@ -19,6 +19,10 @@ use crate::sync::stat::{AtomicUsize, Ordering as StatOrdering};
 use super::block::{KvBlock, KvDesc};
 use super::table::{BlockTable, Geometry, PinFile};
 
+/// The tag of KV blocks in their pool ([`Pool::alloc_tagged`](crate::Pool::alloc_tagged)): what
+/// [`KvPool::sleep`] keeps or discards.
+pub const KV_TAG: &str = "kv_cache";
+
 /// How a [`KvPool`] is made.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvConfig {
@@ -139,6 +143,7 @@ impl KvPool {
         }
         let pool = Pool::new(rt, device, config.pool)?;
         let class = pool.block_class(config.block_bytes)?;
+        pool.tag_block_class(class, KV_TAG)?;
         let per_chunk = pool.blocks_per_chunk(class)?;
         let chunk_bytes = pool.config().chunk_bytes;
         let slots = pool.stats().reserved_bytes / chunk_bytes;
@@ -413,6 +418,22 @@ impl KvPool {
     pub fn ptr(&self, b: &KvBlock) -> Result<*mut c_void> {
         let st = self.owner.lock();
         Ok(self.check(&st, b)?.as_ptr())
+    }
+
+    /// Put the pool to sleep (see [`Pool::sleep`]): its chunks' physical memory goes back to the device,
+    /// with workers following (they unmap, the memory is freed once they did). Block ids, generations and
+    /// pins stay valid; allocating is refused until [`wake`](KvPool::wake). With `discard_kv` the blocks'
+    /// contents are dropped (they read as undefined after the wake); without, they are kept in host memory
+    /// and copied back.
+    pub fn sleep(&self, discard_kv: bool) -> Result<crate::pool::SleepReport> {
+        let offload_tags = if discard_kv { Vec::new() } else { vec![KV_TAG.to_string()] };
+        self.pool.sleep(&crate::pool::SleepConfig { offload_tags, ..crate::pool::SleepConfig::default() })
+    }
+
+    /// Wake the pool: new physical memory at the same addresses (workers map it at theirs), kept contents
+    /// copied back.
+    pub fn wake(&self) -> Result<()> {
+        self.pool.wake(None)
     }
 
     /// Give fully free chunks back to the device (after reclaiming what pins no longer hold).

@@ -57,6 +57,11 @@ impl BlockClass {
         self.per_chunk
     }
 
+    /// The allocated blocks of the chunk in `slot`, by index (none if the class has no chunk there).
+    pub fn allocated_in_chunk(&self, slot: usize) -> Vec<u32> {
+        self.chunks.get(&slot).map_or_else(Vec::new, |c| c.bits.iter_ones().map(|i| i as u32).collect())
+    }
+
     /// Blocks allocated.
     pub fn allocated(&self) -> u64 {
         self.allocated

@@ -14,6 +14,8 @@ pub struct Allocation {
     pub(crate) pool: u32,
     pub(super) block: HeapBlock,
     pub(super) addr: usize,
+    /// Its tag's number in the pool (0: the default tag).
+    pub(super) tag: u8,
 }
 
 impl fmt::Debug for Allocation {

@@ -138,6 +138,16 @@ impl Heap {
         self.used[i]
     }
 
+    /// The allocated blocks that overlap `[lo, hi)`, as (offset, size), in no order. Cold: walks every
+    /// block record (for a sleep, which copies what it keeps).
+    pub fn allocated_in(&self, lo: u64, hi: u64) -> Vec<(u64, u64)> {
+        self.blocks
+            .iter()
+            .filter(|(_, b)| !b.free && b.offset < hi && b.offset + b.size > lo)
+            .map(|(_, b)| (b.offset, b.size))
+            .collect()
+    }
+
     fn link_free(&mut self, key: u32) {
         let (fl, sl) = bin_of(self.blocks[key as usize].size);
         let head = self.heads[fl][sl];

@@ -35,9 +35,13 @@
 //!   refilled first; it happens on [`Pool::trim`], when a free leaves more than the watermark in fully free
 //!   chunks, and when the device is out of memory (then the pool trims and retries once before returning
 //!   [`Error::OutOfMemory`] with its statistics).
+//! - A pool can sleep ([`Pool::sleep`]): every chunk's physical memory goes back, its place and allocations
+//!   stay, what its tags say to keep is copied to host memory; [`Pool::wake`] maps new memory at the same
+//!   places.
 //!
 //! ```text
 //!   mod.rs   Pool: the public API, grow / trim / repair / close (the runtime calls)
+//!   sleep.rs sleep and wake, tags
 //!     state.rs   State under the lock: slots, heap, classes, counters   (no runtime call)
 //!       slots.rs    a slot's states, teardown, the chunk observer
 //!       handle.rs   Allocation, Block, BlockClassId
@@ -49,6 +53,7 @@ mod blocks;
 pub(crate) mod config;
 mod handle;
 mod heap;
+mod sleep;
 mod slots;
 mod state;
 
@@ -58,6 +63,7 @@ pub(crate) use config::ConfigFile;
 pub use config::PoolConfig;
 pub use handle::{Allocation, Block, BlockClassId};
 pub use heap::GRANULE;
+pub use sleep::{DEFAULT as DEFAULT_TAG, SleepConfig, SleepReport};
 pub(crate) use slots::ChunkObserver;
 
 use crate::device::on_device;
@@ -69,7 +75,7 @@ use crate::sync::stat::{AtomicU32, Ordering as StatOrdering};
 use crate::sync::{Arc, Mutex, StdArc};
 use crate::vmm::{DropErrors, Mapping, PhysicalMem, VaRange};
 
-use slots::{Owner, Slot, finish, teardown};
+use slots::{Leftover, Owner, Slot, finish, teardown};
 use state::{Geometry, State};
 
 struct Inner {
@@ -85,6 +91,8 @@ struct Inner {
     /// exactly once whether it was mapped before the watching started or during it. (A std `Arc`: loom's
     /// cannot hold a trait object, and no model watches.)
     observer: Mutex<Option<StdArc<dyn ChunkObserver>>>,
+    /// Sleeps and wakes, one at a time (each makes runtime calls outside the state's lock).
+    sleep_wake: Mutex<()>,
 }
 
 /// A pool of device memory on one device: variable-size allocations and fixed-size blocks over one
@@ -161,6 +169,7 @@ impl Pool {
                 errors,
                 state: Mutex::new(State::new(range, slots, chunk)),
                 observer: Mutex::new(None),
+                sleep_wake: Mutex::new(()),
             }),
         };
         if config.reserve_chunks > 0 {
@@ -258,7 +267,7 @@ impl Pool {
 
     fn try_alloc(&self, size: u64, align: u64) -> Result<Option<Allocation>> {
         let mut st = self.inner.state.lock();
-        st.check_open()?;
+        st.check_allocatable()?;
         Ok(st.alloc(&self.inner.geometry, size, align))
     }
 
@@ -352,7 +361,7 @@ impl Pool {
         loop {
             let (taken, size) = {
                 let mut st = self.inner.state.lock();
-                st.check_open()?;
+                st.check_allocatable()?;
                 (st.take_block(&self.inner.geometry, class)?, st.class(class)?.size())
             };
             if let Some(b) = taken {
@@ -382,7 +391,7 @@ impl Pool {
         loop {
             let taken = {
                 let mut st = self.inner.state.lock();
-                st.check_open().and_then(|()| st.take_blocks(&self.inner.geometry, class, n, &mut out))
+                st.check_allocatable().and_then(|()| st.take_blocks(&self.inner.geometry, class, n, &mut out))
             };
             if taken.is_ok() && out.len() == n {
                 return Ok(out);
@@ -595,6 +604,7 @@ impl Pool {
                 let r = match s {
                     Slot::Mapped { mapping, .. } => teardown(mapping, None),
                     Slot::Unknown(l) => finish(l, None),
+                    Slot::Asleep { leftover: Some(p), .. } => finish(Leftover::Unmapped(p), None),
                     _ => Ok(()),
                 };
                 (i, r)

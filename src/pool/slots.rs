@@ -4,6 +4,9 @@
 //!   Empty ──claim──> Growing ──mapped + published──> Mapped{owner} ──trim takes it──> Retiring ──> Empty
 //!     ^                 └──grow failed (undone)──> Empty                                  │ unmap or free failed
 //!     └──────────────────────────── repair (released) ◄── Unknown(leftover) ◄────────────┘
+//!
+//!   Mapped{owner} ──sleep (unmapped, memory freed)──> Asleep{owner} ──wake──> Growing ──> Mapped{owner}
+//!                                                        ^                       └──wake failed (undone)──┘
 //! ```
 //!
 //! A slot is in an explicit state, never guessed: after a failed unmap or free, what the device holds is
@@ -50,6 +53,9 @@ pub(super) enum Slot {
     Retiring,
     /// An unmap or free failed: kept aside until repaired.
     Unknown(Leftover),
+    /// Put to sleep: still its owner's (its allocations stay), its physical memory given back. A free
+    /// that failed after the unmap leaves the memory here, to be freed at the wake or the close.
+    Asleep { owner: Owner, tags: u64, leftover: Option<Box<PhysicalMem>> },
 }
 
 /// Told about every chunk a pool maps or gives back, from when it starts watching until the pool closes:
@@ -62,6 +68,16 @@ pub(crate) trait ChunkObserver: Send + Sync {
     fn retired(&self, slot: usize, phys: Arc<PhysicalMem>);
     /// The pool is closing: stop watching (what was retired may be freed now).
     fn closed(&self);
+    /// The pool put the chunk of `slot` to sleep (unmapped it, keeping its place and allocations): the
+    /// observer takes its physical memory, to free once it may, and keeps the chunk's identity for the
+    /// wake.
+    fn slept(&self, slot: usize, phys: Arc<PhysicalMem>);
+    /// Chunks of sleeping slots just mapped again (new physical memory), not usable yet: an error undoes
+    /// the wake of these chunks.
+    fn woken(&self, chunks: &[(usize, &Arc<PhysicalMem>)]) -> Result<()>;
+    /// Wait until the physical memory of slept (and retired) chunks is freed, at most `timeout`: the
+    /// observer frees it once nobody else can still use it.
+    fn wait_released(&self, timeout: std::time::Duration) -> Result<()>;
     /// The observer as its concrete type, for the module that installed it.
     fn as_any(&self) -> &dyn Any;
 }

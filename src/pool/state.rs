@@ -12,6 +12,8 @@
 
 #![deny(unsafe_code)]
 
+use std::collections::BTreeMap;
+
 use crate::error::{Error, Result};
 use crate::stats::PoolStats;
 use crate::sync::Arc;
@@ -41,9 +43,24 @@ impl Geometry {
     }
 }
 
+/// The tag of allocations made without one (number 0).
+pub(crate) const DEFAULT_TAG: &str = "default";
+/// Most tags a pool knows (a sleeping chunk keeps the set of its tags as a bitmask).
+pub(super) const MAX_TAGS: usize = 64;
+
 pub(super) struct State {
     /// The pool's range; taken out only when the pool closes.
     pub range: Option<Arc<VaRange>>,
+    /// Tag names by number; 0 is [`DEFAULT_TAG`].
+    pub tags: Vec<String>,
+    /// Heap allocations with a tag other than the default: offset -> (length, tag).
+    pub tagged: BTreeMap<u64, (u64, u8)>,
+    /// Each block class's tag.
+    pub class_tags: Vec<u8>,
+    /// Asleep: nothing can be allocated (some chunks are `Asleep`, or a sleep or wake is under way).
+    pub asleep: bool,
+    /// What a sleep kept of the sleeping chunks, in page-locked host memory, until they wake.
+    pub kept: Option<super::sleep::Kept>,
     pub slots: Vec<Slot>,
     heap: Heap,
     classes: Vec<BlockClass>,
@@ -65,6 +82,11 @@ impl State {
     pub(super) fn new(range: Arc<VaRange>, slots: usize, chunk: u64) -> State {
         State {
             range: Some(range),
+            tags: vec![DEFAULT_TAG.to_string()],
+            tagged: BTreeMap::new(),
+            class_tags: Vec::new(),
+            asleep: false,
+            kept: None,
             slots: (0..slots).map(|_| Slot::Empty).collect(),
             heap: Heap::new(chunk, slots),
             classes: Vec::new(),
@@ -83,6 +105,38 @@ impl State {
     #[inline]
     pub(super) fn check_open(&self) -> Result<()> {
         if self.closed { Err(Error::Closed) } else { Ok(()) }
+    }
+
+    /// Refuse an allocation from a closed or sleeping pool.
+    #[inline]
+    pub(super) fn check_allocatable(&self) -> Result<()> {
+        self.check_open()?;
+        if self.asleep {
+            return Err(Error::Asleep("nothing can be allocated until it wakes (Pool::wake)".into()));
+        }
+        Ok(())
+    }
+
+    /// The number of tag `name`, registered if new (at most [`MAX_TAGS`]).
+    pub(super) fn tag(&mut self, name: &str) -> Result<u8> {
+        if let Some(i) = self.tags.iter().position(|t| t == name) {
+            return Ok(i as u8);
+        }
+        if self.tags.len() == MAX_TAGS {
+            return Err(Error::InvalidArgument(format!(
+                "a pool has at most {MAX_TAGS} tags; {name:?} is one too many"
+            )));
+        }
+        self.tags.push(name.to_string());
+        Ok((self.tags.len() - 1) as u8)
+    }
+
+    /// The tag of a heap allocation made with [`alloc`](State::alloc): recorded, so a sleep can keep it.
+    pub(super) fn set_tag(&mut self, a: &mut Allocation, tag: u8) {
+        if tag != 0 {
+            a.tag = tag;
+            self.tagged.insert(a.block.offset, (a.block.size, tag));
+        }
     }
 
     fn is_free_chunk(&self, slot: usize) -> bool {
@@ -109,7 +163,7 @@ impl State {
             }
         }
         self.live_allocations += 1;
-        Some(Allocation { pool: g.pool, block: b, addr: g.base + b.offset as usize })
+        Some(Allocation { pool: g.pool, block: b, addr: g.base + b.offset as usize, tag: 0 })
     }
 
     /// Free a heap allocation (checked: not allocated is [`Error::NotAllocated`], nothing changed).
@@ -121,6 +175,9 @@ impl State {
             len: a.block.size,
         })?;
         self.live_allocations -= 1;
+        if a.tag != 0 {
+            self.tagged.remove(&a.block.offset);
+        }
         let (first, last) = g.slots_of(a.block.offset, a.block.size);
         for slot in first..=last {
             if self.heap.used_in_chunk(slot) == 0 {
@@ -135,6 +192,33 @@ impl State {
         self.heap.is_allocated(b)
     }
 
+    /// The allocated heap blocks overlapping `[lo, hi)` (cold).
+    pub(super) fn heap_allocated_in(&self, lo: u64, hi: u64) -> Vec<(u64, u64)> {
+        self.heap.allocated_in(lo, hi)
+    }
+
+    /// The size of class `c`'s blocks and the indices of its allocated blocks in the chunk of `slot`.
+    pub(super) fn class_allocated_in(&self, c: u16, slot: usize) -> (u64, Vec<u32>) {
+        let class = &self.classes[c as usize];
+        (class.size(), class.allocated_in_chunk(slot))
+    }
+
+    /// Take a fully free mapped chunk out of its allocator; false if it is not free.
+    pub(super) fn remove_from_allocator(&mut self, slot: usize, owner: Owner, chunk: u64) -> bool {
+        if !self.is_free_chunk(slot) {
+            return false;
+        }
+        match owner {
+            Owner::Heap => self.heap.remove_range(slot as u64 * chunk, chunk),
+            Owner::Class(c) => self.classes[c as usize].remove_chunk(slot),
+        }
+    }
+
+    /// Record that chunks were mapped or unmapped.
+    pub(super) fn bump_generation(&mut self) {
+        self.generation += 1;
+    }
+
     // ---- block classes ----
 
     /// The class of `size`-byte blocks, registered if new.
@@ -145,6 +229,7 @@ impl State {
         let i =
             u16::try_from(self.classes.len()).map_err(|_| Error::InvalidArgument("too many block classes".into()))?;
         self.classes.push(BlockClass::new(size, chunk));
+        self.class_tags.push(0);
         Ok(BlockClassId(i))
     }
 
@@ -282,6 +367,10 @@ impl State {
     /// left (never going below `reserve` mapped chunks). Their slots are `Retiring`; the caller unmaps them.
     pub(super) fn take_free_chunks(&mut self, chunk: u64, keep: u32, reserve: u32) -> Vec<(usize, Mapping)> {
         let mut out = Vec::new();
+        if self.asleep {
+            // A sleep or a wake owns the chunks until it is done; a sleeping pool has nothing to trim.
+            return out;
+        }
         for s in (0..self.slots.len()).rev() {
             if self.free_chunks <= keep || self.mapped_chunks <= reserve {
                 break;
@@ -352,8 +441,11 @@ impl State {
     /// Take every slot out for the final teardown (refused while a grow or a trim is under way).
     pub(super) fn take_all(&mut self) -> Result<Vec<(usize, Slot)>> {
         if self.slots.iter().any(|s| matches!(s, Slot::Growing | Slot::Retiring)) {
-            return Err(Error::InvalidArgument("close while a grow or trim is under way".into()));
+            return Err(Error::InvalidArgument("close while a grow, trim, sleep or wake is under way".into()));
         }
+        // What a sleep kept goes with the pool.
+        self.kept = None;
+        self.asleep = false;
         self.mapped_chunks = 0;
         self.free_chunks = 0;
         Ok(self.slots.iter_mut().enumerate().map(|(i, s)| (i, std::mem::replace(s, Slot::Retiring))).collect())
@@ -366,6 +458,7 @@ impl State {
             *c = BlockClass::new(c.size(), chunk);
         }
         self.live_allocations = 0;
+        self.tagged.clear();
     }
 
     // ---- statistics ----
@@ -398,6 +491,8 @@ impl State {
             chunks_grown: self.chunks_grown,
             chunks_trimmed: self.chunks_trimmed,
             generation: self.generation,
+            sleeping_chunks: self.slots.iter().filter(|s| matches!(s, Slot::Asleep { .. })).count() as u32,
+            host_bytes: self.kept.as_ref().map_or(0, |k| k.bytes()),
             runtime_calls,
         }
     }

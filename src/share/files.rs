@@ -68,5 +68,5 @@ pub fn table_path(desc: &ShareDesc) -> PathBuf {
 #[doc(hidden)]
 pub fn published_handles(desc: &ShareDesc) -> Result<Vec<u64>> {
     let t = Table::open(&table_path(desc), desc.token)?;
-    Ok(t.snapshot()?.entries.iter().filter(|e| e.chunk != 0).map(|e| e.shareable).collect())
+    Ok(t.snapshot()?.entries.iter().filter(|e| e.chunk != 0 && e.shareable != 0).map(|e| e.shareable).collect())
 }

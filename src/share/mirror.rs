@@ -29,10 +29,15 @@ use super::wire::{self, Message};
 /// One chunk as the mirror has it. Dropped: unmapped, then the import released.
 struct Chunk {
     id: u64,
-    // Field order is teardown order: the mapping goes before the import it maps.
-    _mapping: Mapping,
-    _import: Imported,
+    /// The shareable handle (key) it was imported from; 0 while the chunk sleeps.
+    shareable: u64,
+    // Field order is teardown order: the mapping goes before the import it maps. None while asleep.
+    _mapped: Option<(Mapping, Imported)>,
 }
+
+/// Set in an entry of `ids` for a chunk that sleeps (its owner put the pool to sleep): the id is known,
+/// nothing is mapped.
+const ASLEEP_BIT: u64 = 1 << 63;
 
 struct Inner {
     rt: Runtime,
@@ -49,6 +54,9 @@ struct Inner {
     synced: AtomicU64,
     imports: AtomicU64,
     conn: Mutex<Option<UnixStream>>,
+    /// The generation last acknowledged to the owner: an acknowledgement goes only when it grows (a worker
+    /// asking for asleep memory in a loop syncs in a loop; the owner needs to hear each generation once).
+    acked: AtomicU64,
     /// The owner's rendezvous socket (removed with the table if the owner dies).
     socket: std::path::PathBuf,
     stop: AtomicBool,
@@ -90,7 +98,7 @@ impl fmt::Debug for Mirror {
 /// What a mirror holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MirrorStats {
-    /// Chunks mapped.
+    /// Chunks mapped (a chunk its owner put to sleep is not).
     pub chunks: u32,
     /// The table generation the mirror has synced to.
     pub generation: u64,
@@ -156,6 +164,7 @@ impl Mirror {
             synced: AtomicU64::new(0),
             imports: AtomicU64::new(0),
             conn: Mutex::new(Some(conn)),
+            acked: AtomicU64::new(0),
             socket: desc.socket.clone(),
             stop: AtomicBool::new(false),
             owner_lost: AtomicBool::new(false),
@@ -195,7 +204,7 @@ impl Mirror {
             )));
         }
         if d.generation <= i.synced.load(Ordering::Acquire)
-            && let Some(p) = self.lookup(d)
+            && let Some(p) = self.lookup(d)?
         {
             return Ok(p);
         }
@@ -208,7 +217,10 @@ impl Mirror {
                 i.synced.load(Ordering::Acquire)
             )));
         }
-        self.lookup(d).ok_or(Error::StaleDescriptor { offset: d.offset, len: d.len })
+        // Read what the sync left with no other sync half-way (the follower's may run meanwhile: it clears a
+        // slot before it maps the slot's new memory).
+        let _settled = i.chunks.lock();
+        self.lookup(d)?.ok_or(Error::StaleDescriptor { offset: d.offset, len: d.len })
     }
 
     /// The local address of `len` bytes at pool `offset`, if the chunks they lie in are mapped here as the
@@ -226,30 +238,40 @@ impl Mirror {
             return Ok((i.range.base() + offset as usize) as *mut c_void);
         }
         self.sync()?;
-        if current(&i.ids.lock()) {
+        // As in `ptr`: with no other sync half-way.
+        let _settled = i.chunks.lock();
+        let ids = i.ids.lock();
+        if current(&ids) {
             Ok((i.range.base() + offset as usize) as *mut c_void)
+        } else if (first..=last).any(|s| ids[s] & ASLEEP_BIT != 0 && ids[s] & !ASLEEP_BIT == i.table.chunk_at(s)) {
+            Err(asleep(offset, len))
         } else {
             Err(Error::StaleDescriptor { offset, len })
         }
     }
 
-    fn lookup(&self, d: &AllocDesc) -> Option<*mut c_void> {
+    /// The address of `d` if the chunks it spans are mapped here as it names them; an error if they are
+    /// those chunks but asleep.
+    fn lookup(&self, d: &AllocDesc) -> Result<Option<*mut c_void>> {
         let i = &self.inner;
         let first = (d.offset / i.chunk) as usize;
         let last = ((d.offset + d.len - 1) / i.chunk) as usize;
         let ids = i.ids.lock();
         let span = &ids[first..=last];
-        if span.contains(&0) || fingerprint(span.iter().copied()) != d.fingerprint {
-            return None;
+        if span.contains(&0) || fingerprint(span.iter().map(|&id| id & !ASLEEP_BIT)) != d.fingerprint {
+            return Ok(None);
         }
-        Some((i.range.base() + d.offset as usize) as *mut c_void)
+        if span.iter().any(|&id| id & ASLEEP_BIT != 0) {
+            return Err(asleep(d.offset, d.len));
+        }
+        Ok(Some((i.range.base() + d.offset as usize) as *mut c_void))
     }
 
     /// What the mirror holds.
     pub fn stats(&self) -> MirrorStats {
         let ids = self.inner.ids.lock();
         MirrorStats {
-            chunks: ids.iter().filter(|&&id| id != 0).count() as u32,
+            chunks: ids.iter().filter(|&&id| id != 0 && id & ASLEEP_BIT == 0).count() as u32,
             generation: self.inner.synced.load(Ordering::Acquire),
             imports: self.inner.imports.load(Ordering::Relaxed),
         }
@@ -349,21 +371,27 @@ impl Inner {
         let snap = self.table.snapshot()?;
         let mut first_error = None;
         for (slot, e) in snap.entries.iter().enumerate() {
-            let have = chunks[slot].as_ref().map_or(0, |c| c.id);
-            if have == e.chunk {
+            let have = chunks[slot].as_ref().map_or((0, 0), |c| (c.id, c.shareable));
+            if have == (e.chunk, e.shareable) {
                 continue;
             }
-            if have != 0 {
-                // Retired by the owner: unmap, release the import.
+            if have.0 != 0 {
+                // Retired, put to sleep, or woken with new memory by the owner: unmap, release the import.
                 self.ids.lock()[slot] = 0;
                 chunks[slot] = None;
             }
             if e.chunk == 0 || snap.closed {
                 continue;
             }
+            if e.shareable == 0 {
+                // Asleep: known, not mapped (its memory is given back until the owner wakes the pool).
+                chunks[slot] = Some(Chunk { id: e.chunk, shareable: 0, _mapped: None });
+                self.ids.lock()[slot] = e.chunk | ASLEEP_BIT;
+                continue;
+            }
             match self.map_chunk(slot, e.chunk, e.shareable) {
-                Ok((mapping, import)) => {
-                    chunks[slot] = Some(Chunk { id: e.chunk, _mapping: mapping, _import: import });
+                Ok(mapped) => {
+                    chunks[slot] = Some(Chunk { id: e.chunk, shareable: e.shareable, _mapped: Some(mapped) });
                     self.ids.lock()[slot] = e.chunk;
                 }
                 Err(err) => {
@@ -374,7 +402,9 @@ impl Inner {
         // Acknowledge even after a failure: the chunks we have are what we have.
         self.synced.store(snap.generation, Ordering::Release);
         drop(chunks);
-        if let Some(conn) = self.conn.lock().as_mut() {
+        if let Some(conn) = self.conn.lock().as_mut()
+            && self.acked.fetch_max(snap.generation, Ordering::AcqRel) < snap.generation
+        {
             // The owner may be gone: then there is nobody to tell.
             let _ = Message::Ack { generation: snap.generation }.send(conn);
         }
@@ -409,4 +439,11 @@ impl Inner {
         let mapping = Mapping::map(&self.range, slot * self.chunk as usize, import.phys())?;
         Ok((mapping, import))
     }
+}
+
+/// The error for memory of chunks that sleep.
+fn asleep(offset: u64, len: u64) -> Error {
+    Error::Asleep(format!(
+        "{len:#x} bytes at offset {offset:#x} lie in chunks its owner put to sleep; they map again when it wakes"
+    ))
 }

@@ -87,7 +87,15 @@ struct Retired {
     phys: Arc<PhysicalMem>,
     published: u64,
     retired: u64,
+    /// Put to sleep rather than trimmed: freed only once every mirror has seen the sleep (unmapped and
+    /// released its import), so that the device memory is really given back when the owner frees it.
+    /// A trimmed chunk may be freed as soon as every mirror imported it (the runtime's rule: the memory
+    /// lives until its last holder frees it).
+    slept: bool,
 }
+
+/// The shareable handle a chunk table entry carries for a chunk that sleeps (no handle is ever 0).
+const ASLEEP: Shareable = Shareable::Plain(0);
 
 #[derive(Default)]
 struct State {
@@ -196,22 +204,7 @@ impl Sharing {
     /// mirror never sees a chunk it cannot import). Nothing is published if any step fails.
     pub(crate) fn publish(&self, chunks: &[(usize, &Arc<PhysicalMem>)]) -> Result<()> {
         let _serial = self.publish.lock();
-        let mut shareables = Vec::with_capacity(chunks.len());
-        for (_, phys) in chunks {
-            shareables.push(phys.export_as(self.export_flags, self.fabric)?);
-        }
-        if self.export_flags == aclshm_sys::ACL_RT_VMM_EXPORT_FLAG_DEFAULT {
-            // Never more than `max_workers`, which admission keeps below a whitelist's capacity: a new
-            // chunk's whitelist (empty until now) has room for every attached worker. A failure here is the
-            // runtime's, and undoes the grow (the caller may retry).
-            let tgids: Vec<i32> = self.state.lock().mirrors.values().map(|m| m.tgid).collect();
-            // One pid per call: what every runtime accepts (MindSpore found some take only one).
-            for s in &shareables {
-                for &tgid in &tgids {
-                    s.allow(&self.rt, tgid)?;
-                }
-            }
-        }
+        let shareables = self.export_and_allow(chunks)?;
         let mut st = self.state.lock();
         let mut changes = Vec::with_capacity(chunks.len());
         let mut ids = Vec::with_capacity(chunks.len());
@@ -228,6 +221,27 @@ impl Sharing {
         Ok(())
     }
 
+    /// Export chunks (once each) and whitelist every attached worker on them; with the publication lock held.
+    fn export_and_allow(&self, chunks: &[(usize, &Arc<PhysicalMem>)]) -> Result<Vec<Shareable>> {
+        let mut shareables = Vec::with_capacity(chunks.len());
+        for (_, phys) in chunks {
+            shareables.push(phys.export_as(self.export_flags, self.fabric)?);
+        }
+        if self.export_flags == aclshm_sys::ACL_RT_VMM_EXPORT_FLAG_DEFAULT {
+            // Never more than `max_workers`, which admission keeps below a whitelist's capacity: a new
+            // chunk's whitelist (empty until now) has room for every attached worker. A failure here is the
+            // runtime's, and undoes the grow (the caller may retry).
+            let tgids: Vec<i32> = self.state.lock().mirrors.values().map(|m| m.tgid).collect();
+            // One pid per call: what every runtime accepts (MindSpore found some take only one).
+            for s in &shareables {
+                for &tgid in &tgids {
+                    s.allow(&self.rt, tgid)?;
+                }
+            }
+        }
+        Ok(shareables)
+    }
+
     /// Unpublish the chunk in `slot`, whose physical memory the pool no longer maps: its handle is kept
     /// until every attached mirror is done with it, then freed.
     pub(crate) fn retire(&self, slot: usize, phys: Arc<PhysicalMem>) {
@@ -241,9 +255,89 @@ impl Sharing {
                 return;
             };
             let retired = self.table.publish(&[(slot, None)]);
-            st.retired.push(Retired { phys, published, retired });
+            st.retired.push(Retired { phys, published, retired, slept: false });
         }
         self.release_ready();
+    }
+
+    /// Publish the chunk in `slot` as asleep (same chunk id, no handle): mirrors unmap it and release their
+    /// import, and its physical memory is freed once all of them acknowledged that.
+    fn sleep_slot(&self, slot: usize, phys: Arc<PhysicalMem>) {
+        {
+            let _serial = self.publish.lock();
+            let mut st = self.state.lock();
+            let Some(&(id, _, published)) = st.live.get(&slot) else {
+                drop(st);
+                drop(phys);
+                return;
+            };
+            let retired = self.table.publish(&[(slot, Some((id, ASLEEP)))]);
+            st.live.insert(slot, (id, ASLEEP, retired));
+            st.retired.push(Retired { phys, published, retired, slept: true });
+        }
+        self.release_ready();
+    }
+
+    /// Export the new memory of sleeping chunks, whitelist every attached worker on it, and publish it
+    /// under the chunks' ids (so descriptors made before the sleep name them still).
+    fn wake_slots(&self, chunks: &[(usize, &Arc<PhysicalMem>)]) -> Result<()> {
+        let _serial = self.publish.lock();
+        let shareables = self.export_and_allow(chunks)?;
+        let mut st = self.state.lock();
+        let mut changes = Vec::with_capacity(chunks.len());
+        for (&(slot, _), &s) in chunks.iter().zip(&shareables) {
+            let id = match st.live.get(&slot) {
+                Some(&(id, _, _)) => id,
+                None => {
+                    let id = st.next_chunk;
+                    st.next_chunk += 1;
+                    id
+                }
+            };
+            changes.push((slot, Some((id, s))));
+        }
+        let generation = self.table.publish(&changes);
+        for (slot, v) in changes {
+            if let Some((id, s)) = v {
+                st.live.insert(slot, (id, s, generation));
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until every retired or slept chunk's memory is freed (mirrors acknowledged), at most `timeout`.
+    fn wait_freed(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut nap = Duration::from_micros(50);
+        loop {
+            self.release_ready();
+            let (pending, slow) = {
+                let st = self.state.lock();
+                let oldest = st.retired.iter().map(|r| r.retired).min();
+                let slow: Vec<String> = st
+                    .mirrors
+                    .values()
+                    .filter(|m| oldest.is_some_and(|g| m.ack < g && m.attached < g))
+                    .map(|m| m.tgid.to_string())
+                    .collect();
+                (st.retired.len(), slow)
+            };
+            if pending == 0 {
+                return Ok(());
+            }
+            if self.stop.load(SyncOrdering::Acquire) {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout(format!(
+                    "{pending} chunk(s) wait for mirrors (pids {}) to let go of them; they are freed when they do",
+                    slow.join(", ")
+                )));
+            }
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(Duration::from_millis(2));
+        }
     }
 
     /// Free the retired chunks no attached mirror can still need.
@@ -251,9 +345,11 @@ impl Sharing {
         let ready: Vec<Arc<PhysicalMem>> = {
             let mut st = self.state.lock();
             let mirrors: Vec<(u64, u64)> = st.mirrors.values().map(|m| (m.ack, m.attached)).collect();
-            let (ready, waiting): (Vec<Retired>, Vec<Retired>) = std::mem::take(&mut st.retired)
-                .into_iter()
-                .partition(|r| mirrors.iter().all(|&(ack, attached)| ack >= r.published || attached >= r.retired));
+            let (ready, waiting): (Vec<Retired>, Vec<Retired>) =
+                std::mem::take(&mut st.retired).into_iter().partition(|r| {
+                    let seen = if r.slept { r.retired } else { r.published };
+                    mirrors.iter().all(|&(ack, attached)| ack >= seen || attached >= r.retired)
+                });
             st.retired = waiting;
             ready.into_iter().map(|r| r.phys).collect()
         };
@@ -391,14 +487,20 @@ impl Sharing {
             match p.conn.read(&mut chunk) {
                 Ok(0) => return false,
                 Ok(n) => p.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
             }
-            if p.buf.len() > 4 * wire::MAX_FRAME {
+            // What arrived is acted on as it comes, so a worker that says much (a stream of
+            // acknowledgements) is never mistaken for one that floods: only a frame that never ends is.
+            if !self.take_frames(p) || p.buf.len() > 4 * wire::MAX_FRAME {
                 return false;
             }
         }
+    }
+
+    /// Act on every whole message in `p`'s buffer. False when the worker is refused or broke the protocol.
+    fn take_frames(&self, p: &mut Peer) -> bool {
         loop {
             let msg = match wire::take_frame(&mut p.buf) {
                 Ok(Some(m)) => m,
@@ -452,7 +554,9 @@ impl Sharing {
         if self.export_flags == aclshm_sys::ACL_RT_VMM_EXPORT_FLAG_DEFAULT {
             let (attached, shareables) = {
                 let st = self.state.lock();
-                (st.mirrors.len() as u32, st.live.values().map(|l| l.1).collect::<Vec<Shareable>>())
+                // A sleeping chunk has no handle: the worker is whitelisted on its new one at the wake.
+                let live = st.live.values().map(|l| l.1).filter(|&s| s != ASLEEP);
+                (st.mirrors.len() as u32, live.collect::<Vec<Shareable>>())
             };
             if attached >= self.max_workers {
                 return Err(Error::NotPermitted(format!(
@@ -532,6 +636,18 @@ impl ChunkObserver for Sharing {
 
     fn closed(&self) {
         self.stop();
+    }
+
+    fn slept(&self, slot: usize, phys: Arc<PhysicalMem>) {
+        self.sleep_slot(slot, phys);
+    }
+
+    fn woken(&self, chunks: &[(usize, &Arc<PhysicalMem>)]) -> Result<()> {
+        self.wake_slots(chunks)
+    }
+
+    fn wait_released(&self, timeout: Duration) -> Result<()> {
+        self.wait_freed(timeout)
     }
 
     fn as_any(&self) -> &dyn Any {

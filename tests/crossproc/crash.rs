@@ -10,12 +10,18 @@
 //! the workers attached); any other failure fails the test.
 //!
 //! `ACLSHM_CRASH_TRIALS` sets the number of trials (200 by default).
+//!
+//! A second harness kills during sleep and wake: the owner puts its KV pool to sleep and wakes it in a
+//! loop (keeping the blocks' contents), a worker reads its blocks through its mirror whenever they are
+//! awake, and one of the two is killed at a random moment, often in the middle of a sleep or a wake. The
+//! survivor checks its data (an owner after a last wake; a worker whenever its blocks are mapped), leaves,
+//! and nothing is left. `ACLSHM_CRASH_SLEEP_TRIALS` sets its number of trials (40 by default).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use aclshm::{KvBlock, KvConfig, KvDesc, KvMirror, KvPool, PoolConfig, Runtime, ShareConfig, raw};
+use aclshm::{Error, KvBlock, KvConfig, KvDesc, KvMirror, KvPool, PoolConfig, Runtime, ShareConfig, raw};
 
 use crate::harness::*;
 use crate::test_name;
@@ -224,4 +230,147 @@ fn trials(sc: Scenario) {
     assert_eq!(verified + tally.unattached(), 2 * trials);
     assert_eq!(tally.owners_verified, trials - killed[0]);
     assert_eq!(tally.workers_verified + tally.unattached(), 2 * trials - (killed[1] + killed[2]));
+}
+
+/// The owner of the sleep-and-wake harness: blocks for the worker and its own, written once; then sleep
+/// (keeping the blocks) and wake in a loop, checking its own blocks after each wake.
+fn sleepy_owner(rt: &Runtime) {
+    raw::set_device(rt, 0).unwrap();
+    let pool = PoolConfig { chunk_bytes: 2 << 20, reserve_bytes: 32 << 20, ..PoolConfig::default() };
+    let kv = KvPool::new(rt, 0, KvConfig { block_bytes: BLOCK, pool, share: ShareConfig::default() }).unwrap();
+    let theirs = kv.alloc_many(16).unwrap();
+    let mine = kv.alloc_many(16).unwrap();
+    for b in theirs.iter().chain(&mine) {
+        fill(rt, kv.ptr(b).unwrap(), BLOCK, u64::from(b.id()) + 7);
+    }
+    say(format!("kv {} {}", kv.desc(), words(&theirs)));
+    hear_word("go");
+    let stop = stop_flag();
+    let mut rounds = 0u64;
+    while !stop.load(Ordering::SeqCst) {
+        kv.sleep(false).unwrap();
+        kv.wake().unwrap();
+        for b in &mine {
+            assert!(holds(rt, kv.ptr(b).unwrap(), BLOCK, u64::from(b.id()) + 7), "round {rounds}: block {b}");
+        }
+        rounds += 1;
+    }
+    kv.free_many(&theirs).unwrap();
+    kv.free_many(&mine).unwrap();
+    kv.close().unwrap();
+    say(format!("verified {rounds}"));
+}
+
+/// The worker of the sleep-and-wake harness: reads its blocks whenever they are mapped, and checks them.
+fn sleepy_worker(rt: &Runtime) {
+    raw::set_device(rt, 1).unwrap();
+    let line = hear_word("kv");
+    let mut parts = line.split(' ');
+    let desc: KvDesc = parts.next().unwrap().parse().unwrap();
+    let blocks: Vec<KvBlock> = parts.map(|b| b.parse().unwrap()).collect();
+    let m = KvMirror::attach(rt, &desc, 1).unwrap();
+    say("ready");
+    hear_word("go");
+    let stop = stop_flag();
+    let (mut checks, mut asleep) = (0u64, 0u64);
+    'work: while !stop.load(Ordering::SeqCst) {
+        for b in &blocks {
+            match m.ptr(b) {
+                // Mapped now; it may go to sleep before the read: then the read fails, and that is all.
+                Ok(p) => {
+                    if let Ok(ok) = try_holds(rt, p, BLOCK, u64::from(b.id()) + 7) {
+                        assert!(ok, "block {b} read back other bytes than its owner wrote");
+                        checks += 1;
+                    }
+                }
+                Err(Error::Asleep(_)) => asleep += 1,
+                Err(e) => {
+                    // Only an owner that died (killed after it published a wake, before this worker imported
+                    // the new memory) leaves a block out of reach: the exporter is gone.
+                    let gone = (0..300).any(|_| {
+                        m.mirror().owner_closed() || {
+                            std::thread::sleep(Duration::from_millis(10));
+                            false
+                        }
+                    });
+                    assert!(gone, "block {b}: {e}, with its owner alive");
+                    break 'work;
+                }
+            }
+        }
+    }
+    // The rest of the run: the owner is gone, and so are the blocks that were asleep.
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // The follower may have failed to import a wake's memory whose exporter was killed meanwhile: the
+    // runtime's "unknown handle", and only when the owner is gone.
+    let owner_gone = m.mirror().owner_closed();
+    match m.close() {
+        Ok(()) => {}
+        Err(Error::Deferred(errs))
+            if owner_gone && errs.iter().all(|e| e.acl_code() == Some(aclshm::AclError::INVALID_HANDLE)) => {}
+        Err(e) => panic!("closing the mirror: {e}"),
+    }
+    say(format!("verified {checks} {asleep}"));
+}
+
+#[test]
+fn kills_during_sleep_and_wake_keep_data_and_leave_nothing() {
+    by_role(
+        test_name!(),
+        |rt, role| match role {
+            "owner" => sleepy_owner(rt),
+            _ => sleepy_worker(rt),
+        },
+        |sc| {
+            let trials: u64 =
+                std::env::var("ACLSHM_CRASH_SLEEP_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+            let (mut owners_killed, mut owner_rounds, mut worker_checks, mut worker_asleep) = (0u64, 0u64, 0u64, 0u64);
+            for trial in 0..trials {
+                let mut rng = Rng::new(0x5EE9_5EE9 ^ (trial + 1));
+                let sc = sc.another().shared();
+                let mut owner = Some(sc.spawn("owner"));
+                let mut worker = Some(sc.spawn("worker"));
+                let kv = owner.as_mut().unwrap().expect("kv");
+                worker.as_mut().unwrap().send(format!("kv {kv}"));
+                worker.as_mut().unwrap().expect("ready");
+                owner.as_mut().unwrap().send("go");
+                worker.as_mut().unwrap().send("go");
+                std::thread::sleep(Duration::from_millis(5 + rng.below(60)));
+                let owner_dies = rng.next().is_multiple_of(2);
+                let what = format!("trial {trial}: the {} killed", if owner_dies { "owner" } else { "worker" });
+                if owner_dies {
+                    owner.take().unwrap().kill();
+                    owners_killed += 1;
+                } else {
+                    worker.take().unwrap().kill();
+                }
+                if let Some(mut o) = owner {
+                    o.send("stop");
+                    let said = o.expect("verified");
+                    owner_rounds += said.parse::<u64>().unwrap_or_else(|_| panic!("{what}: the owner said {said:?}"));
+                    o.join();
+                }
+                if let Some(mut w) = worker {
+                    w.send("stop");
+                    let said = w.expect("verified");
+                    let (c, a) = said.split_once(' ').unwrap_or_else(|| panic!("{what}: the worker said {said:?}"));
+                    worker_checks += c.parse::<u64>().unwrap();
+                    worker_asleep += a.parse::<u64>().unwrap();
+                    w.join();
+                }
+                if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| sc.finish())) {
+                    panic!("{what}: {}", e.downcast_ref::<String>().cloned().unwrap_or_default());
+                }
+            }
+            println!(
+                "crash harness: sleep and wake, {trials} trials (owner killed {owners_killed}, worker killed {}); \
+                 surviving owners slept and woke {owner_rounds} times and checked their blocks after each wake; \
+                 surviving workers checked {worker_checks} mapped blocks and found {worker_asleep} asleep; 0 leftovers",
+                trials - owners_killed
+            );
+            assert!(owner_rounds > 0 && worker_checks > 0, "the survivors did something to check");
+        },
+    );
 }

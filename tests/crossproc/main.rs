@@ -19,6 +19,7 @@ mod pool;
 mod runtime_breadth;
 mod security;
 mod share;
+mod sleep;
 mod soak;
 mod sweep;
 mod vmm;

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use aclshm::{
     AclError, AllocDesc, Context, Error, Event, IpcMemConfig, IpcMemDesc, IpcMemImport, IpcMemory, KvBlock, KvConfig,
-    KvMirror, KvPool, Mirror, Notify, Pool, PoolConfig, Runtime, ShareConfig, ShareDesc, raw,
+    KvMirror, KvPool, Mirror, Notify, Pool, PoolConfig, Runtime, ShareConfig, ShareDesc, SleepConfig, raw,
 };
 
 use crate::harness::*;
@@ -199,6 +199,17 @@ fn owner(rt: &Runtime) {
     if let Some(m) = m {
         log.step("ipc close", m.close());
     }
+    // Sleep, keeping what is allocated (the default tag), and wake; the worker follows both. A wake that
+    // fails leaves the pool asleep: it wakes again (an injected fault fires once).
+    let keep = SleepConfig { offload_tags: vec![aclshm::pool::DEFAULT_TAG.to_string()], ..SleepConfig::default() };
+    let slept = pool.as_ref().is_some_and(|p| log.step("sleep", p.sleep(&keep)).is_some());
+    say(format!("slept {}", if slept { "ok" } else { "-" }));
+    hear_word("followed sleep");
+    if let Some(p) = &pool {
+        log.close("wake", || p.wake(None));
+    }
+    say("woke");
+    hear_word("followed wake");
     // Trim what the worker mapped of b; it follows.
     if let (Some(p), Some(b)) = (&pool, b) {
         log.step("free b", p.free(b));
@@ -289,6 +300,21 @@ fn worker(rt: &Runtime) {
         log.step("ipc close", i.close());
     }
     say("ipc read");
+    let slept = hear_word("slept");
+    if let Some(m) = &m {
+        log.step("sync to the sleep", m.sync().map(|_| ()));
+        if slept == "ok" && da != "-" {
+            let d = AllocDesc::from_hex(&da).unwrap();
+            log.check("asleep memory is a typed error", matches!(m.ptr(&d), Err(Error::Asleep(_))));
+        }
+    }
+    say("followed sleep");
+    hear_word("woke");
+    if let Some(m) = &m {
+        log.step("sync to the wake", m.sync().map(|_| ()));
+        check(&mut log, m, &da, 1, "read a after the wake");
+    }
+    say("followed wake");
     hear_word("trimmed");
     if let Some(m) = &m {
         log.step("sync", m.sync().map(|_| ()));
@@ -518,7 +544,7 @@ const CASES: [Case; 2] = [
         owner: "owner",
         worker: "worker",
         script: "> share, > a, < tgid, < attached, > b, < read b, > notify, < signalled, > event, < recorded, \
-                 > ipc, < ipc read, > trimmed, < synced",
+                 > ipc, < ipc read, > slept, < followed sleep, > woke, < followed wake, > trimmed, < synced",
     },
     Case {
         owner: "kv owner",

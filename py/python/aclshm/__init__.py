@@ -8,7 +8,8 @@ Two levels:
 * The safe API below: :class:`Pool` (shared with :meth:`Pool.share`), :class:`Mirror` (another process's
   pool, attached through the owner's rendezvous), :class:`KvPool` / :class:`KvMirror` (KV-cache blocks with
   pins), :class:`Notify`, :class:`Event` and :class:`Stream`, errors raised as the exceptions of
-  :mod:`aclshm.errors`.
+  :mod:`aclshm.errors`. Pools sleep and wake as vLLM's do (``Pool.sleep(offload_tags)``,
+  ``Pool.wake_up(tags)``, ``KvPool.sleep(discard_kv)``).
 
 Everything runs on the runtime the library selects once per process: CANN's ``libascendcl.so`` when an
 NPU is there, else the embedded simulator (``ACLSHM_BACKEND=acl|sim|auto`` and ``ACLSHM_ACL_LIB`` choose).
@@ -27,6 +28,7 @@ from ._aclshm import (
     Notify,
     Pinned,
     Pool,
+    Sleeping,
     Stream,
     __version__,
     backend,
@@ -51,6 +53,7 @@ __all__ = [
     "Notify",
     "Pinned",
     "Pool",
+    "Sleeping",
     "Stream",
     "__version__",
     "backend",

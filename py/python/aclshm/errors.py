@@ -39,6 +39,7 @@ __all__ = [
     "NotSharedError",
     "ClosedError",
     "DeferredError",
+    "AsleepError",
 ]
 
 
@@ -130,6 +131,12 @@ class DeferredError(Error):
     """Earlier releases failed (reported by the next call): ``errors`` lists them."""
 
     errors: List[Error] = []
+
+
+class AsleepError(Error):
+    """The pool is asleep (``Pool.sleep``, ``KvPool.sleep``): nothing can be allocated from it, and its
+    sleeping memory cannot be reached (copies, a mirror's ``ptr``) until ``wake_up``. Addresses,
+    allocations, blocks and descriptors stay valid."""
 
 
 class IoError(Error, OSError):
