@@ -16,7 +16,7 @@ use crate::args::{Size, duration};
 use crate::buffer::{Region, copy_methods};
 use crate::held::{Gate, Held, context_manager};
 use crate::pool::{mirror_stats, pool_config, pool_stats, share_config};
-use crate::sleep::{Sleeping, report};
+use crate::sleep::{Sleeper, Sleeping, py_bool, report};
 use crate::{err, on_runtime};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -298,7 +298,7 @@ impl KvPool {
     /// it on leaving, even when the block raises.
     #[pyo3(signature = (discard_kv=true))]
     fn sleeping(slf: &Bound<'_, KvPool>, discard_kv: bool) -> Sleeping {
-        Sleeping::kv(slf.clone().unbind(), discard_kv)
+        Sleeping::new(KvSleeper { kv: slf.clone().unbind(), discard_kv })
     }
 
     /// What the pool holds: `block_bytes`, `blocks_per_chunk`, `capacity`, `allocated`, `deferred`,
@@ -550,5 +550,29 @@ impl Drop for Pinned {
         {
             let _ = m.unpin(&self.blocks);
         }
+    }
+}
+
+/// What `KvPool.sleeping` puts to sleep.
+struct KvSleeper {
+    kv: Py<KvPool>,
+    discard_kv: bool,
+}
+
+impl Sleeper for KvSleeper {
+    fn is_asleep(&self) -> bool {
+        self.kv.get().asleep()
+    }
+
+    fn sleep(&self, py: Python<'_>) -> PyResult<aclshm::SleepReport> {
+        self.kv.get().sleep_now(py, self.discard_kv)
+    }
+
+    fn wake(&self, py: Python<'_>) -> PyResult<()> {
+        self.kv.get().wake_now(py)
+    }
+
+    fn describe(&self) -> String {
+        format!("KvPool discard_kv={}", py_bool(self.discard_kv))
     }
 }

@@ -21,7 +21,7 @@ use pyo3::types::PyDict;
 use crate::args::{Size, duration};
 use crate::buffer::{Region, copy_methods};
 use crate::held::{Gate, Held, context_manager};
-use crate::sleep::{Sleeping, report, tag_list};
+use crate::sleep::{Sleeper, Sleeping, report, tag_list};
 use crate::{err, on_runtime};
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -278,7 +278,7 @@ impl Pool {
     ) -> PyResult<Sleeping> {
         let tags = offload_tags.map(tag_list).transpose()?.unwrap_or_default();
         let timeout = release_timeout.map(duration).transpose()?;
-        Ok(Sleeping::pool(slf.clone().unbind(), tags, timeout))
+        Ok(Sleeping::new(PoolSleeper { pool: slf.clone().unbind(), offload_tags: tags, release_timeout: timeout }))
     }
 
     /// Free an allocation. Freeing it twice raises `NotAllocatedError`; an allocation of another pool,
@@ -541,3 +541,28 @@ impl Mirror {
 
 context_manager!(Mirror, close);
 copy_methods!(Mirror, "the allocation `desc` names", |m, desc: &str| &m.region(desc)?);
+
+/// What `Pool.sleeping` puts to sleep, and how.
+struct PoolSleeper {
+    pool: Py<Pool>,
+    offload_tags: Vec<String>,
+    release_timeout: Option<std::time::Duration>,
+}
+
+impl Sleeper for PoolSleeper {
+    fn is_asleep(&self) -> bool {
+        self.pool.get().asleep()
+    }
+
+    fn sleep(&self, py: Python<'_>) -> PyResult<aclshm::SleepReport> {
+        self.pool.get().sleep_now(py, self.offload_tags.clone(), self.release_timeout)
+    }
+
+    fn wake(&self, py: Python<'_>) -> PyResult<()> {
+        self.pool.get().wake_now(py, None)
+    }
+
+    fn describe(&self) -> String {
+        format!("Pool offload_tags={:?}", self.offload_tags)
+    }
+}

@@ -2,14 +2,9 @@
 //! `Sleeping`, the context manager of `Pool.sleeping` / `KvPool.sleeping` (asleep inside the block,
 //! woken when it ends, even by an exception).
 
-use std::time::Duration;
-
 use aclshm::SleepReport;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
-
-use crate::kv::KvPool;
-use crate::pool::Pool;
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Sleeping>()?;
@@ -34,10 +29,17 @@ pub(crate) fn report<'py>(py: Python<'py>, r: &SleepReport) -> PyResult<Bound<'p
     Ok(d)
 }
 
-/// What a `Sleeping` puts to sleep, and how.
-enum Target {
-    Pool { pool: Py<Pool>, offload_tags: Vec<String>, release_timeout: Option<Duration> },
-    Kv { kv: Py<KvPool>, discard_kv: bool },
+/// What a `Sleeping` puts to sleep, and how: a pool or a KV pool with the arguments of its sleep (the
+/// classes implement it, so this module names neither).
+pub(crate) trait Sleeper: Send + Sync {
+    /// Whether it is asleep now.
+    fn is_asleep(&self) -> bool;
+    /// Put it to sleep with the arguments given.
+    fn sleep(&self, py: Python<'_>) -> PyResult<SleepReport>;
+    /// Wake all of it.
+    fn wake(&self, py: Python<'_>) -> PyResult<()>;
+    /// What it is, for `repr`.
+    fn describe(&self) -> String;
 }
 
 /// The context manager of `Pool.sleeping(offload_tags)` and `KvPool.sleeping(discard_kv)`: entering puts
@@ -46,49 +48,25 @@ enum Target {
 /// it put to sleep, then raises (a pool asleep already raises `AsleepError` and stays asleep).
 #[pyclass(module = "aclshm", frozen)]
 pub(crate) struct Sleeping {
-    target: Target,
+    target: Box<dyn Sleeper>,
 }
 
 impl Sleeping {
-    pub(crate) fn pool(pool: Py<Pool>, offload_tags: Vec<String>, release_timeout: Option<Duration>) -> Sleeping {
-        Sleeping { target: Target::Pool { pool, offload_tags, release_timeout } }
-    }
-
-    pub(crate) fn kv(kv: Py<KvPool>, discard_kv: bool) -> Sleeping {
-        Sleeping { target: Target::Kv { kv, discard_kv } }
-    }
-
-    fn is_asleep(&self) -> bool {
-        match &self.target {
-            Target::Pool { pool, .. } => pool.get().asleep(),
-            Target::Kv { kv, .. } => kv.get().asleep(),
-        }
-    }
-
-    fn wake(&self, py: Python<'_>) -> PyResult<()> {
-        match &self.target {
-            Target::Pool { pool, .. } => pool.get().wake_now(py, None),
-            Target::Kv { kv, .. } => kv.get().wake_now(py),
-        }
+    pub(crate) fn new(target: impl Sleeper + 'static) -> Sleeping {
+        Sleeping { target: Box::new(target) }
     }
 }
 
 #[pymethods]
 impl Sleeping {
     fn __enter__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let was_asleep = self.is_asleep();
-        let r = match &self.target {
-            Target::Pool { pool, offload_tags, release_timeout } => {
-                pool.get().sleep_now(py, offload_tags.clone(), *release_timeout)
-            }
-            Target::Kv { kv, discard_kv } => kv.get().sleep_now(py, *discard_kv),
-        };
-        match r {
+        let was_asleep = self.target.is_asleep();
+        match self.target.sleep(py) {
             Ok(r) => report(py, &r),
             Err(e) => {
                 // The block will not run, nor `__exit__`: leave the pool as it was (awake), as far as it goes.
-                if !was_asleep && self.is_asleep() {
-                    let _ = self.wake(py);
+                if !was_asleep && self.target.is_asleep() {
+                    let _ = self.target.wake(py);
                 }
                 Err(e)
             }
@@ -97,18 +75,16 @@ impl Sleeping {
 
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> PyResult<bool> {
-        self.wake(py)?;
+        self.target.wake(py)?;
         Ok(false)
     }
 
     fn __repr__(&self) -> String {
-        match &self.target {
-            Target::Pool { offload_tags, .. } => format!("<aclshm.Sleeping Pool offload_tags={offload_tags:?}>"),
-            Target::Kv { discard_kv, .. } => format!("<aclshm.Sleeping KvPool discard_kv={}>", py_bool(*discard_kv)),
-        }
+        format!("<aclshm.Sleeping {}>", self.target.describe())
     }
 }
 
-fn py_bool(b: bool) -> &'static str {
+/// Python's spelling of a bool, for `repr`.
+pub(crate) fn py_bool(b: bool) -> &'static str {
     if b { "True" } else { "False" }
 }

@@ -41,7 +41,9 @@
 //!
 //! ```text
 //!   mod.rs   Pool: the public API, grow / trim / repair / close (the runtime calls)
-//!   sleep.rs sleep and wake, tags
+//!   sleep.rs   sleep and wake (the runtime calls), the kept bytes' copies
+//!     inner.rs   a pool's parts (below both: neither needs the other)
+//!     kept.rs    what a sleep keeps: pieces and the host buffer
 //!     state.rs   State under the lock: slots, heap, classes, counters   (no runtime call)
 //!       slots.rs    a slot's states, teardown, the chunk observer
 //!       handle.rs   Allocation, Block, BlockClassId
@@ -53,6 +55,8 @@ mod blocks;
 pub(crate) mod config;
 mod handle;
 mod heap;
+mod inner;
+mod kept;
 mod sleep;
 mod slots;
 mod state;
@@ -75,25 +79,9 @@ use crate::sync::stat::{AtomicU32, Ordering as StatOrdering};
 use crate::sync::{Arc, Mutex, StdArc};
 use crate::vmm::{DropErrors, Mapping, PhysicalMem, VaRange};
 
+use inner::Inner;
 use slots::{Leftover, Owner, Slot, finish, teardown};
 use state::{Geometry, State};
-
-struct Inner {
-    rt: Runtime,
-    device: i32,
-    config: PoolConfig,
-    geometry: Geometry,
-    reserved: u64,
-    errors: Arc<DropErrors>,
-    state: Mutex<State>,
-    /// Who watches the pool's chunks (its sharing), once someone does. Its lock is taken before the
-    /// state's (never after) and held across a grow's publication and commit, so a chunk is published
-    /// exactly once whether it was mapped before the watching started or during it. (A std `Arc`: loom's
-    /// cannot hold a trait object, and no model watches.)
-    observer: Mutex<Option<StdArc<dyn ChunkObserver>>>,
-    /// Sleeps and wakes, one at a time (each makes runtime calls outside the state's lock).
-    sleep_wake: Mutex<()>,
-}
 
 /// A pool of device memory on one device: variable-size allocations and fixed-size blocks over one
 /// reserved range that grows and shrinks by physical chunks. `Send + Sync`: share it by reference or `Arc`.
@@ -529,6 +517,50 @@ impl Pool {
     /// The observer watching the pool's chunks, if any.
     pub(crate) fn observer(&self) -> Option<StdArc<dyn ChunkObserver>> {
         self.inner.observer.lock().clone()
+    }
+
+    /// Allocate `size` bytes tagged `tag` (vLLM's tags: "weights", "kv_cache", ...), for
+    /// [`sleep`](Pool::sleep) to keep or discard by tag. [`alloc`](Pool::alloc) tags `default`.
+    pub fn alloc_tagged(&self, size: u64, tag: &str) -> Result<Allocation> {
+        let t = self.inner.state.lock().tag(tag)?;
+        let mut a = self.alloc(size)?;
+        let mut st = self.inner.state.lock();
+        if st.is_allocated(&a.block) {
+            st.set_tag(&mut a, t);
+        }
+        Ok(a)
+    }
+
+    /// Tag every block of `class` (a KV pool tags its blocks `kv_cache`), for [`sleep`](Pool::sleep).
+    pub fn tag_block_class(&self, class: BlockClassId, tag: &str) -> Result<()> {
+        let mut st = self.inner.state.lock();
+        st.check_open()?;
+        st.class(class)?;
+        let t = st.tag(tag)?;
+        st.class_tags[class.0 as usize] = t;
+        Ok(())
+    }
+
+    /// Whether the pool is asleep (some chunk sleeps, or a sleep or wake is under way).
+    pub fn is_asleep(&self) -> bool {
+        self.inner.state.lock().asleep
+    }
+
+    /// Put the pool to sleep: copy what `config` keeps to page-locked host memory, then give back the
+    /// physical memory of every chunk, keeping the reserved range, every allocation and block, and (in a
+    /// shared pool) every mirror's addresses and every descriptor. Allocating is refused
+    /// ([`Error::Asleep`]) until [`wake`](Pool::wake). In a shared pool, mirrors unmap the chunks and
+    /// acknowledge before the memory is freed; the sleep waits for that (`config.release_timeout`).
+    pub fn sleep(&self, config: &SleepConfig) -> Result<SleepReport> {
+        sleep::sleep(&self.inner, config)
+    }
+
+    /// Wake the pool: map new physical memory at the places of the sleeping chunks (all of them, or with
+    /// `tags` those that held allocations of these tags), copy back what the sleep kept, and (in a shared
+    /// pool) publish them so mirrors map them at their unchanged addresses. The pool can allocate again
+    /// once no chunk sleeps. Waking a pool that is awake does nothing.
+    pub fn wake(&self, tags: Option<&[&str]>) -> Result<()> {
+        sleep::wake(&self.inner, tags)
     }
 
     /// Give back every fully free chunk beyond the reserve. Returns how many chunks were given back.

@@ -30,9 +30,10 @@ use std::time::Duration;
 
 use aclshm_sys::{aclrtMemLocation, aclrtMemLocationType, aclrtMemcpyBatchAttr, aclrtMemcpyKind};
 
+use super::inner::Inner;
+use super::kept::{HostBuffer, Kept, Piece};
 use super::slots::{ChunkObserver, Leftover, Owner, Slot};
 use super::state::{DEFAULT_TAG, State};
-use super::{Allocation, BlockClassId, Pool};
 use crate::device::on_device;
 use crate::error::{AclError, Error, Result};
 use crate::raw::{self, BatchCopy};
@@ -68,56 +69,6 @@ pub struct SleepReport {
     pub released_bytes: u64,
     /// Bytes copied to host memory (what was kept).
     pub kept_bytes: u64,
-}
-
-/// Part of a kept allocation: its place in one chunk and in the host buffer.
-#[derive(Debug, Clone, Copy)]
-struct Piece {
-    slot: usize,
-    offset: u64,
-    len: u64,
-    host: u64,
-}
-
-/// Page-locked host memory from the runtime, freed when dropped.
-struct HostBuffer {
-    rt: Runtime,
-    ptr: NonNull<c_void>,
-    len: u64,
-    errors: Arc<DropErrors>,
-}
-
-// SAFETY: host memory of the runtime, usable from any thread; only its address is shared.
-unsafe impl Send for HostBuffer {}
-// SAFETY: as above.
-unsafe impl Sync for HostBuffer {}
-
-impl Drop for HostBuffer {
-    fn drop(&mut self) {
-        // SAFETY: our allocation from aclrtMallocHost; no copy of it is under way (they are synchronous).
-        if let Err(e) = unsafe { raw::free_host(&self.rt, self.ptr.as_ptr()) } {
-            self.errors.record(e);
-        }
-    }
-}
-
-/// What a sleep kept, until the wake copies it back.
-pub(crate) struct Kept {
-    buf: Option<HostBuffer>,
-    pieces: Vec<Piece>,
-}
-
-impl Kept {
-    /// Bytes of host memory held.
-    pub(crate) fn bytes(&self) -> u64 {
-        self.buf.as_ref().map_or(0, |b| b.len)
-    }
-}
-
-impl std::fmt::Debug for Kept {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Kept").field("bytes", &self.bytes()).field("pieces", &self.pieces.len()).finish()
-    }
 }
 
 /// Which way a batch of copies goes.
@@ -250,201 +201,164 @@ impl State {
     }
 }
 
-impl Pool {
-    /// Allocate `size` bytes tagged `tag` (vLLM's tags: "weights", "kv_cache", ...), for
-    /// [`sleep`](Pool::sleep) to keep or discard by tag. [`alloc`](Pool::alloc) tags `default`.
-    pub fn alloc_tagged(&self, size: u64, tag: &str) -> Result<Allocation> {
-        let t = self.inner.state.lock().tag(tag)?;
-        let mut a = self.alloc(size)?;
-        let mut st = self.inner.state.lock();
-        if st.is_allocated(&a.block) {
-            st.set_tag(&mut a, t);
-        }
-        Ok(a)
-    }
-
-    /// Tag every block of `class` (a KV pool tags its blocks `kv_cache`), for [`sleep`](Pool::sleep).
-    pub fn tag_block_class(&self, class: BlockClassId, tag: &str) -> Result<()> {
-        let mut st = self.inner.state.lock();
+/// See [`Pool::sleep`](super::Pool::sleep).
+pub(super) fn sleep(inner: &Inner, config: &SleepConfig) -> Result<SleepReport> {
+    let _one = inner.sleep_wake.lock();
+    let chunk = inner.geometry.chunk;
+    // Plan under the lock, and stop allocations: from here nothing new lands in the chunks.
+    let (sleepers, pieces) = {
+        let mut st = inner.state.lock();
         st.check_open()?;
-        st.class(class)?;
-        let t = st.tag(tag)?;
-        st.class_tags[class.0 as usize] = t;
-        Ok(())
-    }
-
-    /// Whether the pool is asleep (some chunk sleeps, or a sleep or wake is under way).
-    pub fn is_asleep(&self) -> bool {
-        self.inner.state.lock().asleep
-    }
-
-    /// Put the pool to sleep: copy what `config` keeps to page-locked host memory, then give back the
-    /// physical memory of every chunk, keeping the reserved range, every allocation and block, and (in a
-    /// shared pool) every mirror's addresses and every descriptor. Allocating is refused
-    /// ([`Error::Asleep`]) until [`wake`](Pool::wake). In a shared pool, mirrors unmap the chunks and
-    /// acknowledge before the memory is freed; the sleep waits for that (`config.release_timeout`).
-    pub fn sleep(&self, config: &SleepConfig) -> Result<SleepReport> {
-        let _one = self.inner.sleep_wake.lock();
-        let chunk = self.inner.geometry.chunk;
-        // Plan under the lock, and stop allocations: from here nothing new lands in the chunks.
-        let (sleepers, pieces) = {
-            let mut st = self.inner.state.lock();
-            st.check_open()?;
-            if st.asleep {
-                return Err(Error::Asleep("it is asleep already (wake it first)".into()));
+        if st.asleep {
+            return Err(Error::Asleep("it is asleep already (wake it first)".into()));
+        }
+        let mut keep = 0u64;
+        for t in &config.offload_tags {
+            if let Some(i) = st.tags.iter().position(|x| x == t) {
+                keep |= 1 << i;
             }
-            let mut keep = 0u64;
-            for t in &config.offload_tags {
-                if let Some(i) = st.tags.iter().position(|x| x == t) {
-                    keep |= 1 << i;
+        }
+        let plan = st.plan_sleep(chunk, keep);
+        st.asleep = true;
+        plan
+    };
+    // Keep what is kept: copied while every chunk is still mapped. A failure changes nothing.
+    let kept = match keep(inner, &pieces) {
+        Ok(k) => k,
+        Err(e) => {
+            inner.state.lock().asleep = false;
+            return Err(e);
+        }
+    };
+    let kept_bytes = kept.bytes();
+    // Take the chunks out (unmapped outside the lock).
+    let taken: Vec<(Sleeper, Mapping)> = {
+        let mut st = inner.state.lock();
+        st.kept = Some(kept);
+        sleepers
+            .into_iter()
+            .filter_map(|sl| {
+                if sl.free && !st.remove_from_allocator(sl.slot, sl.owner, chunk) {
+                    // It is not free after all (or not wholly in the heap's hands): leave it be.
+                    return None;
+                }
+                let Slot::Mapped { mapping, .. } = std::mem::replace(&mut st.slots[sl.slot], Slot::Retiring) else {
+                    unreachable!("planned from a mapped slot, under the lock held since")
+                };
+                st.mapped_chunks -= 1;
+                if sl.free {
+                    st.free_chunks -= 1;
+                }
+                Some((sl, mapping))
+            })
+            .collect()
+    };
+    let observer = inner.observer.lock().clone();
+    let mut report = SleepReport { kept_bytes, ..SleepReport::default() };
+    let mut errors = Vec::new();
+    let mut settled = Vec::new();
+    for (sl, m) in taken {
+        let slot = sl.slot;
+        let state = if sl.free {
+            // Given back for good, as a trim does.
+            match super::slots::teardown(m, observer.as_deref().map(|o| (o, slot))) {
+                Ok(()) => {
+                    report.trimmed_chunks += 1;
+                    report.released_bytes += chunk;
+                    Slot::Empty
+                }
+                Err((e, left)) => {
+                    errors.push(e);
+                    Slot::Unknown(left)
                 }
             }
-            let plan = st.plan_sleep(chunk, keep);
-            st.asleep = true;
-            plan
+        } else {
+            match sleep_chunk(m, observer.as_deref(), slot, &inner.errors) {
+                Ok(leftover) => {
+                    report.slept_chunks += 1;
+                    report.released_bytes += chunk;
+                    Slot::Asleep { owner: sl.owner, tags: sl.tags, leftover }
+                }
+                Err((e, m)) => {
+                    // Still mapped: it stays awake (and its kept pieces are not needed).
+                    errors.push(e);
+                    Slot::Mapped { owner: sl.owner, mapping: m }
+                }
+            }
         };
-        // Keep what is kept: copied while every chunk is still mapped. A failure changes nothing.
-        let kept = match self.keep(&pieces) {
-            Ok(k) => k,
-            Err(e) => {
-                self.inner.state.lock().asleep = false;
-                return Err(e);
-            }
-        };
-        let kept_bytes = kept.bytes();
-        // Take the chunks out (unmapped outside the lock).
-        let taken: Vec<(Sleeper, Mapping)> = {
-            let mut st = self.inner.state.lock();
-            st.kept = Some(kept);
-            sleepers
-                .into_iter()
-                .filter_map(|sl| {
-                    if sl.free && !st.remove_from_allocator(sl.slot, sl.owner, chunk) {
-                        // It is not free after all (or not wholly in the heap's hands): leave it be.
-                        return None;
-                    }
-                    let Slot::Mapped { mapping, .. } = std::mem::replace(&mut st.slots[sl.slot], Slot::Retiring) else {
-                        unreachable!("planned from a mapped slot, under the lock held since")
-                    };
-                    st.mapped_chunks -= 1;
-                    if sl.free {
-                        st.free_chunks -= 1;
-                    }
-                    Some((sl, mapping))
-                })
-                .collect()
-        };
-        let observer = self.observer();
-        let mut report = SleepReport { kept_bytes, ..SleepReport::default() };
-        let mut errors = Vec::new();
-        let mut settled = Vec::new();
-        for (sl, m) in taken {
-            let slot = sl.slot;
-            let state = if sl.free {
-                // Given back for good, as a trim does.
-                match super::slots::teardown(m, observer.as_deref().map(|o| (o, slot))) {
-                    Ok(()) => {
-                        report.trimmed_chunks += 1;
-                        report.released_bytes += chunk;
-                        Slot::Empty
-                    }
-                    Err((e, left)) => {
-                        errors.push(e);
-                        Slot::Unknown(left)
-                    }
-                }
-            } else {
-                match sleep_chunk(m, observer.as_deref(), slot, &self.inner.errors) {
-                    Ok(leftover) => {
-                        report.slept_chunks += 1;
-                        report.released_bytes += chunk;
-                        Slot::Asleep { owner: sl.owner, tags: sl.tags, leftover }
-                    }
-                    Err((e, m)) => {
-                        // Still mapped: it stays awake (and its kept pieces are not needed).
-                        errors.push(e);
-                        Slot::Mapped { owner: sl.owner, mapping: m }
-                    }
-                }
-            };
-            settled.push((slot, state));
-        }
-        {
-            let mut st = self.inner.state.lock();
-            for (slot, state) in settled {
-                if matches!(state, Slot::Mapped { .. }) {
-                    st.mapped_chunks += 1;
-                    if let Some(k) = st.kept.as_mut() {
-                        k.pieces.retain(|p| p.slot != slot);
-                    }
-                }
-                st.slots[slot] = state;
-            }
-            if report.trimmed_chunks > 0 {
-                st.trimmed(report.trimmed_chunks);
-            }
-            st.bump_generation();
-        }
-        if let (Some(o), None) = (observer.as_deref(), errors.first()) {
-            o.wait_released(config.release_timeout)?;
-        }
-        match errors.into_iter().next() {
-            Some(e) => Err(e),
-            None => Ok(report),
-        }
+        settled.push((slot, state));
     }
+    {
+        let mut st = inner.state.lock();
+        for (slot, state) in settled {
+            if matches!(state, Slot::Mapped { .. }) {
+                st.mapped_chunks += 1;
+                if let Some(k) = st.kept.as_mut() {
+                    k.pieces.retain(|p| p.slot != slot);
+                }
+            }
+            st.slots[slot] = state;
+        }
+        if report.trimmed_chunks > 0 {
+            st.trimmed(report.trimmed_chunks);
+        }
+        st.bump_generation();
+    }
+    if let (Some(o), None) = (observer.as_deref(), errors.first()) {
+        o.wait_released(config.release_timeout)?;
+    }
+    match errors.into_iter().next() {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}
 
-    /// Copy the kept pieces to a new host buffer (none for nothing kept).
-    fn keep(&self, pieces: &[Piece]) -> Result<Kept> {
-        let total: u64 = pieces.iter().map(|p| p.len).sum();
-        if total == 0 {
-            return Ok(Kept { buf: None, pieces: Vec::new() });
-        }
-        let rt = &self.inner.rt;
-        let ptr = on_device(rt, self.inner.device, || raw::malloc_host(rt, total as usize))?;
-        let ptr = NonNull::new(ptr).ok_or_else(|| Error::InvalidArgument("aclrtMallocHost returned NULL".into()))?;
-        let buf = HostBuffer { rt: rt.clone(), ptr, len: total, errors: Arc::clone(&self.inner.errors) };
-        copy(rt, self.inner.device, self.inner.geometry.base, &buf, pieces, Direction::ToHost)?;
-        Ok(Kept { buf: Some(buf), pieces: pieces.to_vec() })
+/// Copy the kept pieces to a new host buffer (none for nothing kept).
+fn keep(inner: &Inner, pieces: &[Piece]) -> Result<Kept> {
+    let total: u64 = pieces.iter().map(|p| p.len).sum();
+    if total == 0 {
+        return Ok(Kept { buf: None, pieces: Vec::new() });
     }
+    let rt = &inner.rt;
+    let ptr = on_device(rt, inner.device, || raw::malloc_host(rt, total as usize))?;
+    let ptr = NonNull::new(ptr).ok_or_else(|| Error::InvalidArgument("aclrtMallocHost returned NULL".into()))?;
+    let buf = HostBuffer { rt: rt.clone(), ptr, len: total, errors: Arc::clone(&inner.errors) };
+    copy(rt, inner.device, inner.geometry.base, &buf, pieces, Direction::ToHost)?;
+    Ok(Kept { buf: Some(buf), pieces: pieces.to_vec() })
+}
 
-    /// Wake the pool: map new physical memory at the places of the sleeping chunks (all of them, or with
-    /// `tags` those that held allocations of these tags), copy back what the sleep kept, and (in a shared
-    /// pool) publish them so mirrors map them at their unchanged addresses. The pool can allocate again
-    /// once no chunk sleeps. Waking a pool that is awake does nothing.
-    pub fn wake(&self, tags: Option<&[&str]>) -> Result<()> {
-        let _one = self.inner.sleep_wake.lock();
-        let chunk = self.inner.geometry.chunk;
-        let picked: Vec<(usize, Owner, u64, Option<Box<PhysicalMem>>)> = {
-            let mut st = self.inner.state.lock();
-            st.check_open()?;
-            let want = match tags {
-                None => u64::MAX,
-                Some(names) => {
-                    names.iter().filter_map(|n| st.tags.iter().position(|t| t == n)).fold(0u64, |m, i| m | 1 << i)
-                }
-            };
-            let mut picked = Vec::new();
-            for s in 0..st.slots.len() {
-                if let Slot::Asleep { tags, .. } = st.slots[s]
-                    && tags & want != 0
-                {
-                    let Slot::Asleep { owner, tags, leftover } = std::mem::replace(&mut st.slots[s], Slot::Growing)
-                    else {
-                        unreachable!("matched above")
-                    };
-                    picked.push((s, owner, tags, leftover));
-                }
+/// See [`Pool::wake`](super::Pool::wake).
+pub(super) fn wake(inner: &Inner, tags: Option<&[&str]>) -> Result<()> {
+    let _one = inner.sleep_wake.lock();
+    let chunk = inner.geometry.chunk;
+    let picked: Vec<(usize, Owner, u64, Option<Box<PhysicalMem>>)> = {
+        let mut st = inner.state.lock();
+        st.check_open()?;
+        let want = match tags {
+            None => u64::MAX,
+            Some(names) => {
+                names.iter().filter_map(|n| st.tags.iter().position(|t| t == n)).fold(0u64, |m, i| m | 1 << i)
             }
-            if picked.is_empty() {
-                st.asleep = st.slots.iter().any(|s| matches!(s, Slot::Asleep { .. }));
-                return Ok(());
-            }
-            picked
         };
-        let mut wake = Wake { pool: self, picked, mapped: Vec::new(), kept: None, done: false };
-        wake.run(chunk)
-    }
+        let mut picked = Vec::new();
+        for s in 0..st.slots.len() {
+            if let Slot::Asleep { tags, .. } = st.slots[s]
+                && tags & want != 0
+            {
+                let Slot::Asleep { owner, tags, leftover } = std::mem::replace(&mut st.slots[s], Slot::Growing) else {
+                    unreachable!("matched above")
+                };
+                picked.push((s, owner, tags, leftover));
+            }
+        }
+        if picked.is_empty() {
+            st.asleep = st.slots.iter().any(|s| matches!(s, Slot::Asleep { .. }));
+            return Ok(());
+        }
+        picked
+    };
+    let mut wake = Wake { inner, picked, mapped: Vec::new(), kept: None, done: false };
+    wake.run(chunk)
 }
 
 /// Unmap a chunk going to sleep; hand its memory to the observer, or free it. On an unmap failure, the
@@ -477,7 +391,7 @@ fn sleep_chunk(
 /// A wake in progress: the slots it took (now `Growing`), the chunks mapped so far. Dropped without
 /// finishing, it undoes itself: what it mapped is unmapped and freed, and the slots sleep again.
 struct Wake<'a> {
-    pool: &'a Pool,
+    inner: &'a Inner,
     picked: Vec<(usize, Owner, u64, Option<Box<PhysicalMem>>)>,
     mapped: Vec<(usize, Mapping)>,
     /// What the sleep kept, taken out of the state while the wake copies it back (put back either way).
@@ -487,7 +401,7 @@ struct Wake<'a> {
 
 impl Wake<'_> {
     fn run(&mut self, chunk: u64) -> Result<()> {
-        let inner = &self.pool.inner;
+        let inner = self.inner;
         let range = inner.state.lock().range.clone().ok_or(Error::Closed)?;
         // Memory a failed free left behind goes first: its slot is about to get new memory.
         for (_, _, _, leftover) in &mut self.picked {
@@ -551,7 +465,7 @@ impl Drop for Wake<'_> {
         if self.done {
             return;
         }
-        let inner = &self.pool.inner;
+        let inner = self.inner;
         let results: Vec<_> = self.mapped.drain(..).map(|(s, m)| (s, super::slots::teardown(m, None))).collect();
         let mut st = inner.state.lock();
         if let Some(k) = self.kept.take() {

@@ -60,7 +60,7 @@ pub(super) struct State {
     /// Asleep: nothing can be allocated (some chunks are `Asleep`, or a sleep or wake is under way).
     pub asleep: bool,
     /// What a sleep kept of the sleeping chunks, in page-locked host memory, until they wake.
-    pub kept: Option<super::sleep::Kept>,
+    pub kept: Option<super::kept::Kept>,
     pub slots: Vec<Slot>,
     heap: Heap,
     classes: Vec<BlockClass>,

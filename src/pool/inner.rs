@@ -1,0 +1,28 @@
+//! What a pool is made of: its runtime, configuration and geometry, its state under one lock, its chunk
+//! observer, and the lock that makes sleeps and wakes one at a time. Below the modules that work on it
+//! (`mod.rs`, `sleep`), so that neither needs the other.
+
+use super::config::PoolConfig;
+use super::slots::ChunkObserver;
+use super::state::{Geometry, State};
+use crate::runtime::Runtime;
+use crate::sync::{Arc, Mutex, StdArc};
+use crate::vmm::DropErrors;
+
+/// A pool's parts.
+pub(super) struct Inner {
+    pub(super) rt: Runtime,
+    pub(super) device: i32,
+    pub(super) config: PoolConfig,
+    pub(super) geometry: Geometry,
+    pub(super) reserved: u64,
+    pub(super) errors: Arc<DropErrors>,
+    pub(super) state: Mutex<State>,
+    /// Who watches the pool's chunks (its sharing), once someone does. Its lock is taken before the
+    /// state's (never after) and held across a grow's publication and commit, so a chunk is published
+    /// exactly once whether it was mapped before the watching started or during it. (A std `Arc`: loom's
+    /// cannot hold a trait object, and no model watches.)
+    pub(super) observer: Mutex<Option<StdArc<dyn ChunkObserver>>>,
+    /// Sleeps and wakes, one at a time (each makes runtime calls outside the state's lock).
+    pub(super) sleep_wake: Mutex<()>,
+}
