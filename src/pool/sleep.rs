@@ -493,5 +493,5 @@ impl Drop for Wake<'_> {
     }
 }
 
-/// The default tag's name (the tag of [`Pool::alloc`]).
+/// The default tag's name (the tag of [`Pool::alloc`](super::Pool::alloc)).
 pub const DEFAULT: &str = DEFAULT_TAG;
