@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::args::{Size, duration};
-use crate::buffer::{Region, copy_methods};
+use crate::buffer::{HostBuffer, Region, copy_methods};
 use crate::held::{Gate, Held, context_manager};
 use crate::pool::{mirror_stats, pool_config, pool_stats, share_config};
 use crate::sleep::{Sleeper, Sleeping, py_bool, report};
@@ -264,6 +264,37 @@ impl KvPool {
     /// The scheduler's device address of block `b`.
     fn ptr(&self, py: Python<'_>, b: &KvBlock) -> PyResult<usize> {
         self.shared(py, |kv| kv.ptr(&b.0).map(|p| p as usize))
+    }
+
+    /// Copy `blocks`, in order, into `buf` (a writable buffer of exactly their size: block after block),
+    /// one copy per run of blocks side by side in the pool: how a transfer stages blocks through host
+    /// memory (see `aclshm.mooncake`). Returns the bytes copied.
+    fn readinto_blocks(&self, py: Python<'_>, blocks_: &Bound<'_, PyAny>, buf: &Bound<'_, PyAny>) -> PyResult<usize> {
+        let bs = blocks(blocks_)?;
+        let dst = HostBuffer::writable(buf)?;
+        let (addr, n) = (dst.addr(), dst.len());
+        self.shared(py, move |kv| {
+            // SAFETY: `dst` (held, writable, `n` bytes) stays exported until this call returns.
+            let out = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, n) };
+            kv.read_blocks(&bs, out)
+        })?;
+        drop(dst);
+        Ok(n)
+    }
+
+    /// Copy `data` (a buffer of exactly their size, block after block) into `blocks`, in order: the other
+    /// way of `readinto_blocks`.
+    fn write_blocks(&self, py: Python<'_>, blocks_: &Bound<'_, PyAny>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let bs = blocks(blocks_)?;
+        let src = HostBuffer::readable(data)?;
+        let (addr, n) = (src.addr(), src.len());
+        self.shared(py, move |kv| {
+            // SAFETY: `src` (held, `n` bytes) stays exported until this call returns.
+            let data = unsafe { std::slice::from_raw_parts(addr as *const u8, n) };
+            kv.write_blocks(&bs, data)
+        })?;
+        drop(src);
+        Ok(())
     }
 
     /// Give fully free chunks back to the device; returns how many.

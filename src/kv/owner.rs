@@ -420,6 +420,79 @@ impl KvPool {
         Ok(self.check(&st, b)?.as_ptr())
     }
 
+    /// Copy `blocks`, in order, into `out` (block after block: `blocks.len()` times the block size), with
+    /// one copy per run of blocks that lie side by side in the pool (a batch of blocks allocated together
+    /// is usually one run): how a transfer stages blocks through host memory.
+    pub fn read_blocks(&self, blocks: &[KvBlock], out: &mut [u8]) -> Result<()> {
+        let runs = self.runs(blocks, out.len())?;
+        let rt = self.pool.runtime();
+        crate::device::on_device(rt, self.pool.device(), || {
+            for (dev, host, len) in runs {
+                // SAFETY: `dev` is `len` bytes of live blocks of this pool (checked by `runs`), `host` the
+                // part of `out` laid out for them.
+                unsafe {
+                    crate::raw::memcpy(
+                        rt,
+                        out.as_mut_ptr().add(host).cast(),
+                        len,
+                        dev as *const c_void,
+                        len,
+                        aclshm_sys::aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
+                    )?
+                };
+            }
+            Ok(())
+        })
+    }
+
+    /// Copy `data` (block after block) into `blocks`, in order: [`read_blocks`](KvPool::read_blocks) the
+    /// other way.
+    pub fn write_blocks(&self, blocks: &[KvBlock], data: &[u8]) -> Result<()> {
+        let runs = self.runs(blocks, data.len())?;
+        let rt = self.pool.runtime();
+        crate::device::on_device(rt, self.pool.device(), || {
+            for (dev, host, len) in runs {
+                // SAFETY: as in `read_blocks`, the other way.
+                unsafe {
+                    crate::raw::memcpy(
+                        rt,
+                        dev as *mut c_void,
+                        len,
+                        data.as_ptr().add(host).cast(),
+                        len,
+                        aclshm_sys::aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
+                    )?
+                };
+            }
+            Ok(())
+        })
+    }
+
+    /// The device runs of `blocks` (address, offset in the host buffer, length), every block checked live,
+    /// for a host buffer of `host_len` bytes that must be exactly their size.
+    fn runs(&self, blocks: &[KvBlock], host_len: usize) -> Result<Vec<(usize, usize, usize)>> {
+        let size = self.geometry.block_bytes as usize;
+        if blocks.len().checked_mul(size) != Some(host_len) {
+            return Err(Error::InvalidArgument(format!(
+                "{} blocks of {size} bytes need a host buffer of that many bytes, not {host_len}",
+                blocks.len()
+            )));
+        }
+        if self.pool.is_asleep() {
+            return Err(Error::Asleep("the KV pool sleeps: its blocks' memory is given back until it wakes".into()));
+        }
+        let st = self.owner.lock();
+        let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+        for (i, b) in blocks.iter().enumerate() {
+            let dev = self.check(&st, b)?.as_ptr() as usize;
+            match runs.last_mut() {
+                Some((d, _, len)) if *d + *len == dev => *len += size,
+                _ => runs.push((dev, i * size, size)),
+            }
+        }
+        Ok(runs)
+    }
+
     /// Put the pool to sleep (see [`Pool::sleep`]): its chunks' physical memory goes back to the device,
     /// with workers following (they unmap, the memory is freed once they did). Block ids, generations and
     /// pins stay valid; allocating is refused until [`wake`](KvPool::wake). With `discard_kv` the blocks'

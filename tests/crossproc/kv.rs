@@ -238,3 +238,43 @@ fn block_references_of_other_pools_out_of_range_or_stale_are_refused() {
         },
     );
 }
+
+/// `read_blocks` / `write_blocks`: many blocks to and from one host buffer, one copy per run of blocks side
+/// by side (counted), in the order given; a buffer of the wrong size, a stale block and a sleeping pool are
+/// typed errors before any copy.
+#[test]
+fn blocks_move_to_and_from_one_host_buffer_one_copy_per_run() {
+    solo(test_name!(), |rt| {
+        let kv = kv_pool(rt);
+        let blocks = kv.alloc_many(24).unwrap();
+        let bytes = (24 * BLOCK) as usize;
+        let data = pattern(9, bytes);
+        let copies = sim_count(rt, "aclrtMemcpy");
+        kv.write_blocks(&blocks, &data).unwrap();
+        assert_eq!(sim_count(rt, "aclrtMemcpy") - copies, 1, "24 blocks allocated together: one run, one copy");
+        for (i, b) in blocks.iter().enumerate() {
+            let at = i * BLOCK as usize;
+            assert!(read_dev(rt, kv.ptr(b).unwrap(), BLOCK as usize).unwrap() == data[at..at + BLOCK as usize]);
+        }
+        // Out of order: each block is its own run, and lands where its place in the list says.
+        let mut shuffled = blocks.clone();
+        shuffled.reverse();
+        let mut out = vec![0u8; bytes];
+        let copies = sim_count(rt, "aclrtMemcpy");
+        kv.read_blocks(&shuffled, &mut out).unwrap();
+        assert_eq!(sim_count(rt, "aclrtMemcpy") - copies, 24);
+        for (i, _) in shuffled.iter().enumerate() {
+            let (at, from) = (i * BLOCK as usize, (23 - i) * BLOCK as usize);
+            assert!(out[at..at + BLOCK as usize] == data[from..from + BLOCK as usize], "block {i}");
+        }
+        assert!(matches!(kv.read_blocks(&blocks, &mut out[..bytes - 1]), Err(Error::InvalidArgument(_))));
+        let stale = blocks[0];
+        kv.free(stale).unwrap();
+        assert!(matches!(kv.write_blocks(&blocks, &data), Err(Error::StaleBlock { .. })));
+        kv.sleep(true).unwrap();
+        assert!(matches!(kv.read_blocks(&blocks[1..], &mut out[..bytes - BLOCK as usize]), Err(Error::Asleep(_))));
+        kv.wake().unwrap();
+        kv.free_many(&blocks[1..]).unwrap();
+        kv.close().unwrap();
+    });
+}
