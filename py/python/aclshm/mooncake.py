@@ -162,6 +162,8 @@ class KvTransfer:
         for start in range(0, len(blocks), n):
             part = list(blocks[start : start + n])
             rem = list(remote[start : start + n])
+            for blk in part:
+                self.kv.ptr(blk)  # a stale block or one of another pool: aclshm's error, before any transfer
             size = self._staging.block
             step = max(1, -(-len(part) // max(1, pipeline)))
             groups = [(g, min(g + step, len(part))) for g in range(0, len(part), step)]
@@ -170,16 +172,21 @@ class KvTransfer:
                 local = [self._staging.addr(i) for i in range(lo, hi)]
                 bid = self.engine.batch_transfer_async_read(peer, local, rem[lo:hi], [size] * (hi - lo))
                 batches.append(bid)
-            failed = None
+            failed, error = None, None
             for (lo, hi), bid in zip(groups, batches):
                 # Every submitted batch is waited for (a failed one too): none may land in the buffer later.
                 st = self.engine.get_batch_transfer_status([bid]) if bid > 0 else -1
                 if st != 0:
                     failed = failed or (hi - lo, st)
                     continue
-                if failed is None:
-                    self.kv.write_blocks(part[lo:hi], self._staging.view[lo * size : hi * size])
-                    self.bytes_moved += (hi - lo) * size
+                if failed is None and error is None:
+                    try:
+                        self.kv.write_blocks(part[lo:hi], self._staging.view[lo * size : hi * size])
+                        self.bytes_moved += (hi - lo) * size
+                    except Exception as e:  # noqa: BLE001 - raised once every batch is in
+                        error = e
+            if error is not None:
+                raise error
             if failed is not None:
                 raise TransferError(f"reading {failed[0]} blocks from {peer} failed: status {failed[1]}")
 
