@@ -9,7 +9,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -86,39 +85,18 @@ def test_kv_blocks_move_between_two_simulated_nodes_both_ways():
 
 
 def test_kv_blocks_round_trip_through_the_mooncake_store():
-    import mooncake
+    from aclshm.multinode import mooncake_master
 
-    master_bin = os.path.join(os.path.dirname(mooncake.__file__), "mooncake_master")
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    master = subprocess.Popen(
-        [master_bin, f"--rpc_port={port}", "--rpc_address=127.0.0.1"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "mooncake_master did not start"
-                time.sleep(0.1)
+    with mooncake_master() as master:
         n = 16
         put, get = Node("put", n), Node("get", n)
-        put.send(master=f"127.0.0.1:{port}")
+        put.send(master=master)
         assert put.recv()["put"] == n
-        get.send(master=f"127.0.0.1:{port}")
+        get.send(master=master)
         assert get.recv()["ok"], "every byte got from the store verifies"
         put.send(done=True)
         put.finish()
         get.finish()
-    finally:
-        master.terminate()
-        master.wait(timeout=30)
 
 
 def test_a_peer_killed_mid_transfer_is_a_typed_error_and_leaves_nothing():

@@ -425,44 +425,40 @@ impl KvPool {
     /// is usually one run): how a transfer stages blocks through host memory.
     pub fn read_blocks(&self, blocks: &[KvBlock], out: &mut [u8]) -> Result<()> {
         let runs = self.runs(blocks, out.len())?;
-        let rt = self.pool.runtime();
-        crate::device::on_device(rt, self.pool.device(), || {
-            for (dev, host, len) in runs {
-                // SAFETY: `dev` is `len` bytes of live blocks of this pool (checked by `runs`), `host` the
-                // part of `out` laid out for them.
-                unsafe {
-                    crate::raw::memcpy(
-                        rt,
-                        out.as_mut_ptr().add(host).cast(),
-                        len,
-                        dev as *const c_void,
-                        len,
-                        aclshm_sys::aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST,
-                    )?
-                };
-            }
-            Ok(())
-        })
+        // SAFETY: `out` is ours, writable, exactly as long as the runs lay out.
+        unsafe { self.copy_runs(&runs, out.as_mut_ptr(), aclshm_sys::aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST) }
     }
 
     /// Copy `data` (block after block) into `blocks`, in order: [`read_blocks`](KvPool::read_blocks) the
     /// other way.
     pub fn write_blocks(&self, blocks: &[KvBlock], data: &[u8]) -> Result<()> {
         let runs = self.runs(blocks, data.len())?;
+        // SAFETY: `data` is exactly as long as the runs lay out, and only read (HOST_TO_DEVICE).
+        unsafe {
+            self.copy_runs(&runs, data.as_ptr().cast_mut(), aclshm_sys::aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE)
+        }
+    }
+
+    /// One `aclrtMemcpy` per run, between the device and `host` (+ each run's offset), `kind`'s way.
+    ///
+    /// # Safety
+    /// 1. `host` is valid for the runs' bytes: written for DEVICE_TO_HOST, read for HOST_TO_DEVICE.
+    unsafe fn copy_runs(
+        &self,
+        runs: &[(usize, usize, usize)],
+        host: *mut u8,
+        kind: aclshm_sys::aclrtMemcpyKind,
+    ) -> Result<()> {
         let rt = self.pool.runtime();
+        let to_host = kind == aclshm_sys::aclrtMemcpyKind::ACL_MEMCPY_DEVICE_TO_HOST;
         crate::device::on_device(rt, self.pool.device(), || {
-            for (dev, host, len) in runs {
-                // SAFETY: as in `read_blocks`, the other way.
-                unsafe {
-                    crate::raw::memcpy(
-                        rt,
-                        dev as *mut c_void,
-                        len,
-                        data.as_ptr().add(host).cast(),
-                        len,
-                        aclshm_sys::aclrtMemcpyKind::ACL_MEMCPY_HOST_TO_DEVICE,
-                    )?
-                };
+            for &(dev, at, len) in runs {
+                // SAFETY: `dev` is `len` bytes of live blocks of this pool (checked by `runs`); `host + at`
+                // the part of the caller's buffer laid out for them (precondition 1).
+                let h = unsafe { host.add(at) }.cast::<c_void>();
+                let (dst, src) = if to_host { (h, dev as *const c_void) } else { (dev as *mut c_void, h.cast_const()) };
+                // SAFETY: as above.
+                unsafe { crate::raw::memcpy(rt, dst, len, src, len, kind)? };
             }
             Ok(())
         })

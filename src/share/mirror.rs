@@ -204,11 +204,12 @@ impl Mirror {
             )));
         }
         if d.generation <= i.synced.load(Ordering::Acquire)
-            && let Some(p) = self.lookup(d)?
+            && let Ok(Some(p)) = self.lookup(d)
         {
             return Ok(p);
         }
-        // Newer than us, or not mapped yet: sync, and try again.
+        // Newer than us, not mapped yet, or asleep as far as we know (the owner may have woken it since, and
+        // the follower not caught up yet): sync, and try again.
         self.sync()?;
         if d.generation > i.synced.load(Ordering::Acquire) {
             return Err(Error::BadDescriptor(format!(

@@ -14,6 +14,7 @@ is measured against), and, with ``--store``, the blocks make a round trip throug
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import json
 import os
@@ -178,6 +179,32 @@ class _Node:
         return left
 
 
+@contextlib.contextmanager
+def mooncake_master():
+    """A ``mooncake_master`` (the one in Mooncake's wheel) on a free port of 127.0.0.1, for as long as the
+    block runs; yields its address (``host:port``)."""
+    import mooncake
+
+    port = _free_port()
+    binary = os.path.join(os.path.dirname(mooncake.__file__), "mooncake_master")
+    master = subprocess.Popen([binary, f"--rpc_port={port}", "--rpc_address=127.0.0.1"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.time() > deadline or master.poll() is not None:
+                    raise RuntimeError("mooncake_master did not start")
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        master.terminate()
+        master.wait(timeout=30)
+
+
 def _free_port() -> int:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -211,31 +238,15 @@ def run(blocks_n: int, block: int, store: bool) -> dict:
     report["staged_s"] = staged
     report["overhead_ratio"] = staged / report["bare_pull_s"] if report["bare_pull_s"] > 0 else None
     if store:
-        port = _free_port()
-        master_bin = os.path.join(os.path.dirname(mooncake.__file__), "mooncake_master")
-        master = subprocess.Popen([master_bin, f"--rpc_port={port}", "--rpc_address=127.0.0.1"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            deadline = time.time() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    if time.time() > deadline:
-                        raise RuntimeError("mooncake_master did not start")
-                    time.sleep(0.1)
+        with mooncake_master() as master:
             put, get = _Node("put", blocks_n, block), _Node("get", blocks_n, block)
-            put.send(master=f"127.0.0.1:{port}")
+            put.send(master=master)
             report["store_put_s"] = put.recv()["put_s"]
-            get.send(master=f"127.0.0.1:{port}")
+            get.send(master=master)
             g = get.recv()
             report.update(store_get_s=g["get_s"], store_bad_blocks=g["bad_blocks"])
             put.send(done=True)
             left.update(put=put.finish(), get=get.finish())
-        finally:
-            master.terminate()
-            master.wait(timeout=30)
     report["left"] = {k: v for k, v in left.items() if v}
     report["total_s"] = time.perf_counter() - t_all
     report["ok"] = report["bad_blocks"] == 0 and report.get("store_bad_blocks", 0) == 0 and not report["left"]
