@@ -3,6 +3,8 @@ pool, and one role, talking to the test on stdin/stdout one JSON line at a time.
 
 import json
 import sys
+import threading
+import time
 
 import aclshm
 from aclshm.mooncake import KvStore, KvTransfer, TransferError
@@ -55,6 +57,15 @@ def main(role, n):
                     t.pull(peer["session"], peer["addrs"][:1], [stale])
                 except aclshm.errors.StaleBlockError:
                     errors["stale_block"] = "StaleBlockError"
+                other = aclshm.KvPool(BLOCK, 0, chunk_bytes=2 << 20, reserve_bytes=8 << 20)
+                theirs = other.alloc()
+                try:
+                    t.pull(peer["session"], peer["addrs"][:1], [theirs])
+                except aclshm.errors.BadDescriptorError:
+                    errors["other_pool_block"] = "BadDescriptorError"
+                finally:
+                    other.free([theirs])
+                    other.close()
                 t.pull(peer["session"], peer["addrs"], blocks)
                 ok = all(kv.read(b) == pattern(i) for i, b in enumerate(blocks))
                 say(ok=ok, bytes=t.bytes_moved, registrations=t.registrations, errors=errors)
@@ -81,6 +92,46 @@ def main(role, n):
             usable = kv.read(extra) == pattern(3)
             kv.free([extra])
             say(pulls=pulls, error=error, usable=usable)
+        elif role == "decode-trim":
+            # Pulls in one thread while another allocates, frees and trims the same pool: every pull
+            # verifies, chunks come and go meanwhile, and the registered buffer is never touched by a trim.
+            peer = hear()
+            with KvTransfer(kv, staging_blocks=8) as t:
+                stop, pulls, bad = threading.Event(), [0], [0]
+
+                def puller():
+                    while not stop.is_set() and pulls[0] < 200:
+                        t.pull(peer["session"], peer["addrs"], blocks)
+                        bad[0] += sum(kv.read(b) != pattern(i) for i, b in enumerate(blocks))
+                        pulls[0] += 1
+
+                th = threading.Thread(target=puller)
+                th.start()
+                trims = trimmed = 0
+                while th.is_alive() and trims < 60:
+                    extra = kv.alloc_many(64)
+                    kv.write(extra[0], pattern(5))
+                    kv.free(extra)
+                    trimmed += kv.trim()
+                    trims += 1
+                stop.set()
+                th.join()
+                say(pulls=pulls[0], bad=bad[0], trims=trims, trimmed=trimmed, registrations=t.registrations)
+        elif role == "bad-start":
+            # Engines and stores that cannot start: each a TransferError at once, nothing left behind.
+            refused = {}
+            for name, make in (
+                ("protocol", lambda: KvTransfer(kv, protocol="carrier-pigeon")),
+                ("hostname", lambda: KvTransfer(kv, hostname="no-such-host.invalid")),
+                ("no_master", lambda: KvStore(kv, "127.0.0.1:1")),
+                ("bad_master", lambda: KvStore(kv, "nowhere")),
+            ):
+                t0 = time.monotonic()
+                try:
+                    make().close()
+                except TransferError:
+                    refused[name] = round(time.monotonic() - t0, 3)
+            say(refused=refused)
         elif role in ("put", "get"):
             master = hear()["master"]
             keys = [f"prompt/{i}" for i in range(n)]

@@ -74,7 +74,11 @@ def test_kv_blocks_move_between_two_simulated_nodes_both_ways():
     assert got["ok"], "every byte pulled verifies"
     assert got["bytes"] == n * (256 << 10)
     assert got["registrations"] == 1, "one registered buffer, not one per block"
-    assert got["errors"] == {"unknown_peer": "TransferError", "stale_block": "StaleBlockError"}, got
+    assert got["errors"] == {
+        "unknown_peer": "TransferError",
+        "stale_block": "StaleBlockError",
+        "other_pool_block": "BadDescriptorError",
+    }, got
     prefill.send(pulled=True)
     decode.send(**prefill.recv())
     assert decode.recv()["pushed"]
@@ -82,6 +86,32 @@ def test_kv_blocks_move_between_two_simulated_nodes_both_ways():
     assert prefill.recv()["ok"], "every byte pushed verifies"
     prefill.finish()
     decode.finish()
+
+
+def test_trimming_the_pool_during_transfers_never_touches_them():
+    n = 32
+    prefill, decode = Node("prefill", n), Node("decode-trim", n)
+    decode.send(**prefill.recv())
+    got = decode.recv()
+    assert got["pulls"] >= 1 and got["bad"] == 0, got
+    assert got["trims"] >= 1 and got["trimmed"] >= 1, "chunks were given back while transfers ran"
+    assert got["registrations"] == 1, got
+    decode.finish()
+    # The prefill node's second half (taking a push) has nothing coming: walk it through to a clean end.
+    prefill.send(pulled=True)
+    prefill.recv()
+    prefill.send(pushed=True)
+    prefill.recv()
+    prefill.finish()
+
+
+def test_an_engine_or_store_that_cannot_start_is_a_typed_error_at_once():
+    node = Node("bad-start", 4)
+    refused = node.recv()["refused"]
+    assert set(refused) == {"protocol", "hostname", "no_master", "bad_master"}, refused
+    # No hang: Mooncake's own client would retry an absent master for about 90 seconds.
+    assert all(s < 10 for s in refused.values()), refused
+    node.finish()
 
 
 def test_kv_blocks_round_trip_through_the_mooncake_store():

@@ -32,6 +32,7 @@ Needs ``pip install mooncake-transfer-engine-non-cuda`` (``-npu`` on Ascend) and
 from __future__ import annotations
 
 import ctypes
+import socket
 from typing import List, Optional, Sequence
 
 from . import acl
@@ -55,6 +56,34 @@ def _engine_class():
             f"(and apt-get install libibverbs1): {e}"
         ) from e
     return TransferEngine
+
+
+#: Mooncake protocols this module stages through host memory (``"ascend"`` registers device memory directly
+#: and is handled apart). Mooncake itself accepts any name and fails only at the first transfer; checking
+#: here makes a misspelt protocol an error at start.
+STAGED_PROTOCOLS = ("tcp", "rdma")
+
+
+def _check_host(hostname: str) -> None:
+    """Refuse a host name that does not resolve: the engine would start, advertise it, and no peer could
+    ever reach it."""
+    host = hostname.rsplit(":", 1)[0] if hostname.count(":") == 1 else hostname
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError as e:
+        raise TransferError(f"the transfer engine cannot serve on {hostname!r}: the name does not resolve ({e})")
+
+
+def _check_master(master: str, timeout: float = 5.0) -> None:
+    """Refuse a store master nobody answers at: Mooncake's client retries for about 90 seconds before it
+    gives up, which to a caller is a hang."""
+    host, sep, port = master.rpartition(":")
+    if not sep or not port.isdigit():
+        raise TransferError(f"the store master must be host:port, not {master!r}")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise TransferError(f"no mooncake_master answers at {master}: {e}") from e
 
 
 class _Staging:
@@ -121,6 +150,9 @@ class KvTransfer:
                 "direct registration of the pool's chunks (protocol 'ascend') is not built yet: it needs an NPU "
                 "node to test; use 'tcp' or 'rdma' (staged)"
             )
+        if self.protocol not in STAGED_PROTOCOLS:
+            raise TransferError(f"unknown Mooncake protocol {self.protocol!r}: use one of {STAGED_PROTOCOLS} or 'ascend'")
+        _check_host(hostname)
         self.mode = "staged"
         self.engine = _engine_class()()
         ret = self.engine.initialize(hostname, "P2PHANDSHAKE", self.protocol, device_name)
@@ -253,6 +285,10 @@ class KvStore:
             from mooncake.store import MooncakeDistributedStore
         except ImportError as e:  # pragma: no cover - depends on the installation
             raise TransferError(f"Mooncake Store is not installed: {e}") from e
+        if protocol not in STAGED_PROTOCOLS:
+            raise TransferError(f"unknown Mooncake protocol {protocol!r}: the store stages through {STAGED_PROTOCOLS}")
+        _check_host(hostname)
+        _check_master(master)
         self.kv = kv
         self.store = MooncakeDistributedStore()
         ret = self.store.setup(hostname, metadata, segment_bytes, 16 << 20, protocol, "", master)
