@@ -429,12 +429,11 @@ impl Pool {
                 Owner::Heap => (0, need),
                 Owner::Class(_) => (1, 0),
             };
-            let claimed = self
-                .inner
-                .state
-                .lock()
-                .claim(|st| st.pick_run(chunk, count, tail_need))
-                .ok_or_else(|| self.out_of_memory(need));
+            // The claim's guard must be gone before `out_of_memory` takes the lock for the stats: bound in
+            // one statement with the `ok_or_else`, the temporary guard would live through it (a deadlock
+            // whenever the range had no room left).
+            let claim = self.inner.state.lock().claim(|st| st.pick_run(chunk, count, tail_need));
+            let claimed = claim.ok_or_else(|| self.out_of_memory(need));
             match claimed.and_then(|slots| self.map_claimed(slots, owner)) {
                 Ok(()) => return Ok(()),
                 Err(e) if is_full(&e) && !trimmed => {

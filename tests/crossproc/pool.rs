@@ -216,6 +216,39 @@ fn out_of_memory_at_the_device_capacity_and_still_usable() {
     });
 }
 
+/// The reserved range full (the device has room): an allocation that needs another chunk is OutOfMemory,
+/// also with free but scattered chunks, and the pool stays usable. (The out-of-memory error once took the
+/// pool's lock for its statistics while the claim still held it: a deadlock.)
+#[test]
+fn a_full_range_is_out_of_memory_not_a_hang() {
+    solo(test_name!(), |rt| {
+        raw::set_device(rt, 0).unwrap();
+        let pool =
+            Pool::new(rt, 0, PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 8 * MIB, ..PoolConfig::default() })
+                .unwrap();
+        let mut live: Vec<_> = (0..4).map(|_| pool.alloc(2 * MIB).unwrap()).collect();
+        match pool.alloc(MIB) {
+            Err(Error::OutOfMemory { requested, stats }) => {
+                assert_eq!(requested, MIB);
+                assert_eq!((stats.reserved_bytes, stats.mapped_bytes), (8 * MIB, 8 * MIB));
+            }
+            other => panic!("expected OutOfMemory, got {other:?}"),
+        }
+        // Chunks 0 and 2 free again: 4 MiB free, but no two chunks side by side.
+        let third = live.remove(2);
+        let first = live.remove(0);
+        pool.free(first).unwrap();
+        pool.free(third).unwrap();
+        assert!(matches!(pool.alloc(4 * MIB), Err(Error::OutOfMemory { .. })));
+        // Still usable.
+        live.push(pool.alloc(2 * MIB).unwrap());
+        for a in live {
+            pool.free(a).unwrap();
+        }
+        close_clean(rt, &pool);
+    });
+}
+
 #[test]
 fn a_fault_at_any_call_of_grow_trim_close_or_drop_leaks_nothing() {
     solo(test_name!(), |rt| {
