@@ -24,6 +24,8 @@
 
 use slab::Slab;
 
+use super::divide::Divisor;
+
 /// Allocation granularity and default alignment: every size and offset is a multiple of it.
 pub const GRANULE: u64 = 512;
 const GRANULE_SHIFT: u32 = 9;
@@ -75,6 +77,9 @@ pub struct Heap {
     heads: [[u32; SL]; FL],
     next_generation: u32,
     chunk: u64,
+    per_chunk: Divisor,
+    /// Chunks with something allocated in them (`used` not 0).
+    in_use_chunks: u32,
     /// Bytes allocated in each chunk of the range (indexed by offset / chunk).
     used: Vec<u64>,
     free_bytes: u64,
@@ -116,6 +121,8 @@ impl Heap {
             heads: [[NIL; SL]; FL],
             next_generation: 0,
             chunk,
+            per_chunk: Divisor::new(chunk),
+            in_use_chunks: 0,
             used: vec![0; chunks],
             free_bytes: 0,
             allocated_bytes: 0,
@@ -133,6 +140,12 @@ impl Heap {
         self.free_bytes
     }
 
+    /// Chunks with something allocated in them.
+    #[inline]
+    pub fn in_use_chunks(&self) -> u32 {
+        self.in_use_chunks
+    }
+
     /// Bytes allocated in chunk `i`.
     pub fn used_in_chunk(&self, i: usize) -> u64 {
         self.used[i]
@@ -148,6 +161,7 @@ impl Heap {
             .collect()
     }
 
+    #[inline]
     fn link_free(&mut self, key: u32) {
         let (fl, sl) = bin_of(self.blocks[key as usize].size);
         let head = self.heads[fl][sl];
@@ -165,6 +179,7 @@ impl Heap {
         self.sl_bitmap[fl] |= 1 << sl;
     }
 
+    #[inline]
     fn unlink_free(&mut self, key: u32) {
         let (prev, next, size) = {
             let b = &self.blocks[key as usize];
@@ -270,22 +285,26 @@ impl Heap {
         }
     }
 
+    #[inline]
     fn account(&mut self, offset: u64, size: u64, add: bool) {
         let mut at = offset;
         let end = offset + size;
         while at < end {
-            let i = (at / self.chunk) as usize;
+            let i = self.per_chunk.div(at) as usize;
             let stop = ((i as u64 + 1) * self.chunk).min(end);
             if add {
+                self.in_use_chunks += u32::from(self.used[i] == 0);
                 self.used[i] += stop - at;
             } else {
                 self.used[i] -= stop - at;
+                self.in_use_chunks -= u32::from(self.used[i] == 0);
             }
             at = stop;
         }
     }
 
     /// Allocate `size` bytes aligned to `align` (a power of two; below [`GRANULE`] means [`GRANULE`]).
+    #[inline]
     pub fn alloc(&mut self, size: u64, align: u64) -> Option<HeapBlock> {
         let size = size.max(1).checked_next_multiple_of(GRANULE)?;
         let align = align.max(GRANULE);
@@ -319,6 +338,7 @@ impl Heap {
     }
 
     /// Free an allocated block.
+    #[inline]
     pub fn free(&mut self, blk: HeapBlock) -> Result<(), FreeError> {
         match self.blocks.get(blk.key as usize) {
             Some(b) if !b.free && b.generation == blk.generation && b.offset == blk.offset && b.size == blk.size => {}
@@ -473,6 +493,7 @@ impl Heap {
         assert_eq!(free_total, self.free_bytes);
         assert_eq!(alloc_total, self.allocated_bytes);
         assert_eq!(self.used.iter().sum::<u64>(), self.allocated_bytes);
+        assert_eq!(self.used.iter().filter(|&&u| u != 0).count(), self.in_use_chunks as usize);
         for fl in 0..FL {
             for sl in 0..SL {
                 let nonempty = self.heads[fl][sl] != NIL;

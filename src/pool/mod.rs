@@ -53,6 +53,7 @@
 
 mod blocks;
 pub(crate) mod config;
+mod divide;
 mod handle;
 mod heap;
 mod inner;
@@ -214,6 +215,7 @@ impl Pool {
     }
 
     /// Allocate `size` bytes (aligned to [`GRANULE`]).
+    #[inline]
     pub fn alloc(&self, size: u64) -> Result<Allocation> {
         self.alloc_aligned(size, GRANULE)
     }
@@ -253,6 +255,7 @@ impl Pool {
         }
     }
 
+    #[inline(always)]
     fn try_alloc(&self, size: u64, align: u64) -> Result<Option<Allocation>> {
         let mut st = self.inner.state.lock();
         st.check_allocatable()?;
@@ -271,7 +274,7 @@ impl Pool {
         let over_watermark = {
             let mut st = self.inner.state.lock();
             st.check_open()?;
-            st.free(&self.inner.geometry, &a)?;
+            st.free(&a)?;
             self.over_watermark(&st)
         };
         if over_watermark {

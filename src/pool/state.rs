@@ -35,14 +35,6 @@ pub(super) struct Geometry {
     pub chunk: u64,
 }
 
-impl Geometry {
-    /// The slots `[first, last]` that `len` bytes at `offset` lie in.
-    #[inline]
-    pub(super) fn slots_of(&self, offset: u64, len: u64) -> (usize, usize) {
-        ((offset / self.chunk) as usize, ((offset + len - 1) / self.chunk) as usize)
-    }
-}
-
 /// The tag of allocations made without one (number 0).
 pub(crate) const DEFAULT_TAG: &str = "default";
 /// Most tags a pool knows (a sleeping chunk keeps the set of its tags as a bitmask).
@@ -152,37 +144,28 @@ impl State {
     /// Allocate `size` bytes aligned to `align` from the mapped heap chunks, if they have room.
     #[inline]
     pub(super) fn alloc(&mut self, g: &Geometry, size: u64, align: u64) -> Option<Allocation> {
+        // Chunks the allocation is the first to use were free: the heap counts them as it accounts.
+        let in_use = self.heap.in_use_chunks();
         let b = self.heap.alloc(size, align)?;
-        let (first, last) = g.slots_of(b.offset, b.size);
-        for slot in first..=last {
-            let lo = (slot as u64 * g.chunk).max(b.offset);
-            let hi = ((slot as u64 + 1) * g.chunk).min(b.offset + b.size);
-            // The allocation took the whole of what the chunk has in use: it was free before.
-            if self.heap.used_in_chunk(slot) == hi - lo {
-                self.free_chunks -= 1;
-            }
-        }
+        self.free_chunks -= self.heap.in_use_chunks() - in_use;
         self.live_allocations += 1;
         Some(Allocation { pool: g.pool, block: b, addr: g.base + b.offset as usize, tag: 0 })
     }
 
     /// Free a heap allocation (checked: not allocated is [`Error::NotAllocated`], nothing changed).
     #[inline]
-    pub(super) fn free(&mut self, g: &Geometry, a: &Allocation) -> Result<()> {
+    pub(super) fn free(&mut self, a: &Allocation) -> Result<()> {
+        let in_use = self.heap.in_use_chunks();
         self.heap.free(a.block).map_err(|FreeError::NotAllocated| Error::NotAllocated {
             pool: a.pool,
             offset: a.block.offset,
             len: a.block.size,
         })?;
+        // Chunks the free left with nothing allocated are free.
+        self.free_chunks += in_use - self.heap.in_use_chunks();
         self.live_allocations -= 1;
         if a.tag != 0 {
             self.tagged.remove(&a.block.offset);
-        }
-        let (first, last) = g.slots_of(a.block.offset, a.block.size);
-        for slot in first..=last {
-            if self.heap.used_in_chunk(slot) == 0 {
-                self.free_chunks += 1;
-            }
         }
         Ok(())
     }
