@@ -12,6 +12,9 @@
 //!   utilisation at peak: the bytes live at peak divided by the highest byte any allocation reached (how
 //!   much memory a growing pool would have to map).
 //!
+//! For the traces of one size (uniform, KV), the pool's fixed-size blocks (`Pool::block_class`, a bitmap
+//! per chunk, what `KvPool` is built on) are timed too: they are what a pool user takes for such sizes.
+//!
 //! The traces: `uniform` (64 KiB allocations, random churn with up to 2048 live), `serving` and `kv` (the
 //! built-in traces of `aclshm tune`; the KV trace as the 16-token blocks a paged KV cache allocates, each
 //! request holding its blocks until it ends).
@@ -137,6 +140,16 @@ impl Replay {
         Replay::new("uniform", steps)
     }
 
+    /// The size of every allocation, if they are all the same.
+    fn one_size(&self) -> Option<u64> {
+        let mut sizes = self.steps.iter().filter_map(|s| match s {
+            Step::Alloc { bytes, .. } => Some(*bytes),
+            Step::Free { .. } => None,
+        });
+        let first = sizes.next()?;
+        sizes.all(|b| b == first).then_some(first)
+    }
+
     fn ops(&self) -> u64 {
         self.steps.len() as u64
     }
@@ -213,6 +226,33 @@ impl Sub for PoolSub<'_> {
     }
     fn free_bytes(&self) -> u64 {
         self.arena - self.pool.stats().allocated_bytes
+    }
+}
+
+/// The pool's fixed-size blocks (a block class: a bitmap per chunk), for traces of one size: what a user
+/// of the pool takes for uniform allocations such as KV blocks.
+struct PoolBlocksSub<'a> {
+    pool: &'a Pool,
+    class: aclshm::BlockClassId,
+    size: u64,
+}
+
+impl Sub for PoolBlocksSub<'_> {
+    type A = aclshm::Block;
+    fn alloc(&mut self, bytes: u64) -> Option<Self::A> {
+        if bytes > self.size {
+            return None;
+        }
+        self.pool.alloc_block(self.class).ok()
+    }
+    fn free(&mut self, b: Self::A) {
+        self.pool.free_block(b).unwrap()
+    }
+    fn end(&self, b: &Self::A) -> u64 {
+        b.offset() + self.size
+    }
+    fn free_bytes(&self) -> u64 {
+        unreachable!("fixed-size blocks are not probed for fragmentation")
     }
 }
 
@@ -414,7 +454,7 @@ fn one_trace(c: &mut Criterion, rt: &Runtime, r: &Replay, chunk: u64, report: &m
         trim_watermark: None,
         ..PoolConfig::default()
     };
-    let pool = Pool::new(rt, 0, cfg).unwrap();
+    let pool = Pool::new(rt, 0, cfg.clone()).unwrap();
     let mut ps = PoolSub { pool: &pool, arena };
     let units = u32::try_from(arena / UNIT).expect("an arena under 2 TiB");
     let mut os = OffsetSub { a: offset_allocator::Allocator::with_max_allocs(units, 1 << 20) };
@@ -462,6 +502,21 @@ fn one_trace(c: &mut Criterion, rt: &Runtime, r: &Replay, chunk: u64, report: &m
     });
     let mut held = Vec::new();
     g.bench_function(BenchmarkId::from_parameter("rlsf"), |b| b.iter_custom(|n| timed(&mut ts, r, &mut held, n)));
+    // A trace of one size: also the pool's block classes, in a pool of their own with every chunk the
+    // trace needs mapped by a first replay (never trimmed).
+    if let Some(size) = r.one_size() {
+        let blocks = Pool::new(rt, 0, PoolConfig { reserve_chunks: 0, ..cfg.clone() }).unwrap();
+        let class = blocks.block_class(size.next_multiple_of(UNIT)).unwrap();
+        let mut bs = PoolBlocksSub { pool: &blocks, class, size: size.next_multiple_of(UNIT) };
+        assert_eq!(replay(&mut bs, r, &mut Vec::new(), None), 0, "the block pool holds the trace");
+        let blocks_before = calls(&blocks);
+        let mut held = Vec::new();
+        g.bench_function(BenchmarkId::from_parameter("pool_blocks"), |b| {
+            b.iter_custom(|n| timed(&mut bs, r, &mut held, n))
+        });
+        assert_eq!(blocks_before, calls(&blocks), "the block pool made runtime calls while replaying");
+        blocks.close().unwrap();
+    }
     g.finish();
     assert_eq!(before, calls(&pool), "the pool made runtime calls while replaying inside its mapped arena");
     pool.close().unwrap();

@@ -268,13 +268,20 @@ impl State {
     /// Free blocks, all or none: every one is checked first (unknown class, not allocated, listed twice).
     #[inline]
     pub(super) fn free_blocks(&mut self, blocks: &[Block]) -> Result<()> {
-        let mut seen = std::collections::HashSet::with_capacity(if blocks.len() > 1 { blocks.len() } else { 0 });
-        for b in blocks {
-            let c = self.class(BlockClassId(b.class))?;
-            // A block listed twice is a double free too.
-            let twice = blocks.len() > 1 && !seen.insert((b.class, b.slot, b.index));
-            if twice || !c.is_allocated(b.slot as usize, b.chunk, b.index) {
-                return Err(Error::NotAllocated { pool: b.pool, offset: b.offset, len: b.size });
+        let not_allocated = |b: &Block| Error::NotAllocated { pool: b.pool, offset: b.offset, len: b.size };
+        if let [b] = blocks {
+            // One block (the common case): no duplicate to look for.
+            if !self.class(BlockClassId(b.class))?.is_allocated(b.slot as usize, b.chunk, b.index) {
+                return Err(not_allocated(b));
+            }
+        } else {
+            let mut seen = std::collections::HashSet::with_capacity(blocks.len());
+            for b in blocks {
+                let c = self.class(BlockClassId(b.class))?;
+                // A block listed twice is a double free too.
+                if !seen.insert((b.class, b.slot, b.index)) || !c.is_allocated(b.slot as usize, b.chunk, b.index) {
+                    return Err(not_allocated(b));
+                }
             }
         }
         for b in blocks {
