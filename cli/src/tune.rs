@@ -18,6 +18,7 @@ use serde::Serialize;
 use crate::demo::parse_size;
 use crate::out::{self, errln, outln};
 use crate::report::{Table, bytes};
+use crate::svg::{Axis, Mark, Plot, Scale, Series};
 
 /// Options of `aclshm tune`.
 #[derive(Args, Debug, Clone)]
@@ -119,57 +120,42 @@ fn to_json(o: &Outcome) -> OutcomeJson {
     }
 }
 
-/// A scatter plot: average mapped MiB (x) against runtime calls (y, log scale); the recommendation in red.
+/// A scatter plot: average mapped MiB (x) against runtime calls (y, log scale); the recommendation in red,
+/// the other candidates within the tolerance in blue, the rest in grey.
 fn svg(outcomes: &[Outcome], title: &str) -> String {
-    let (w, h, m) = (720.0, 480.0, 60.0);
-    let xs: Vec<f64> = outcomes.iter().map(|o| o.avg_mapped / (1u64 << 20) as f64).collect();
-    let ys: Vec<f64> = outcomes.iter().map(|o| (o.runtime_calls.max(1) as f64).log10()).collect();
-    let (x0, x1) = (xs.iter().cloned().fold(f64::INFINITY, f64::min), xs.iter().cloned().fold(0.0, f64::max));
-    let (y0, y1) =
-        (ys.iter().cloned().fold(f64::INFINITY, f64::min).floor(), ys.iter().cloned().fold(0.0, f64::max).ceil());
-    let sx = |x: f64| m + (x - x0) / (x1 - x0).max(1e-9) * (w - 2.0 * m);
-    let sy = |y: f64| h - m - (y - y0) / (y1 - y0).max(1e-9) * (h - 2.0 * m);
-    let esc = |s: &str| s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
-    let mut out = format!(
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
-         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
-         <text x=\"{}\" y=\"24\" text-anchor=\"middle\" font-size=\"14\">{}</text>\n\
-         <line x1=\"{m}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <line x1=\"{m}\" y1=\"{m}\" x2=\"{m}\" y2=\"{}\" stroke=\"black\"/>\n\
-         <text x=\"{}\" y=\"{}\" text-anchor=\"middle\">average mapped memory (MiB): {x0:.0} .. {x1:.0}</text>\n\
-         <text x=\"16\" y=\"{}\" transform=\"rotate(-90 16 {})\" text-anchor=\"middle\">runtime calls (log10): {y0} .. {y1}</text>\n",
-        w / 2.0,
-        esc(title),
-        h - m,
-        w - m,
-        h - m,
-        h - m,
-        w / 2.0,
-        h - 20.0,
-        h / 2.0,
-        h / 2.0
-    );
-    for (i, o) in outcomes.iter().enumerate().rev() {
-        let color = if o.rank == 1 {
-            "red"
-        } else if o.within_tolerance {
-            "#1f77b4"
-        } else {
-            "#aaaaaa"
-        };
-        let r = if o.rank == 1 { 6 } else { 4 };
-        out.push_str(&format!(
-            "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"{r}\" fill=\"{color}\"><title>#{} {}: {} calls, {:.0} MiB average</title></circle>\n",
-            sx(xs[i]),
-            sy(ys[i]),
-            o.rank,
-            esc(&o.candidate.label()),
-            o.runtime_calls,
-            xs[i]
-        ));
+    let group = |name: &str, color, radius, keep: &dyn Fn(&Outcome) -> bool| {
+        let shown: Vec<&Outcome> = outcomes.iter().filter(|o| keep(o)).collect();
+        Series {
+            name: name.to_string(),
+            color,
+            mark: Mark::Dots(radius),
+            points: shown.iter().map(|o| (o.avg_mapped / (1u64 << 20) as f64, o.runtime_calls.max(1) as f64)).collect(),
+            tips: shown
+                .iter()
+                .map(|o| {
+                    format!(
+                        "#{} {}: {} calls, {:.0} MiB average",
+                        o.rank,
+                        o.candidate.label(),
+                        o.runtime_calls,
+                        o.avg_mapped / (1u64 << 20) as f64
+                    )
+                })
+                .collect(),
+        }
+    };
+    Plot {
+        title: title.to_string(),
+        subtitle: String::new(),
+        x: Axis { label: "average mapped memory (MiB)".into(), scale: Scale::Linear, from_zero: false },
+        y: Axis { label: "runtime calls".into(), scale: Scale::Log, from_zero: false },
+        series: vec![
+            group("beyond the tolerance", "#aaaaaa", 4.0, &|o| o.rank != 1 && !o.within_tolerance),
+            group("within the tolerance", "#1f77b4", 4.0, &|o| o.rank != 1 && o.within_tolerance),
+            group("recommended", "red", 6.0, &|o| o.rank == 1),
+        ],
     }
-    out.push_str("</svg>\n");
-    out
+    .render()
 }
 
 fn write(path: &PathBuf, text: &str) -> aclshm::Result<()> {

@@ -152,6 +152,243 @@ fn bad_options_are_refused_with_a_message() {
     d.check_empty();
 }
 
+/// Every ACL function `aclshm bench` times, and the library's figures.
+const BENCH_CALLS: [&str; 23] = [
+    "aclrtReserveMemAddress",
+    "aclrtMallocPhysical",
+    "aclrtMapMem",
+    "aclrtUnmapMem",
+    "aclrtFreePhysical",
+    "aclrtReleaseMemAddress",
+    "aclrtMemExportToShareableHandle",
+    "aclrtMemSetPidToShareableHandle",
+    "aclrtMemImportFromShareableHandle",
+    "aclrtMalloc",
+    "aclrtIpcMemGetExportKey",
+    "aclrtIpcMemSetImportPid",
+    "aclrtIpcMemImportByKey",
+    "aclrtIpcMemClose",
+    "aclrtFree",
+    "aclrtCreateNotify",
+    "aclrtNotifyGetExportKey",
+    "aclrtNotifySetImportPid",
+    "aclrtNotifyImportByKey",
+    "aclrtDestroyNotify",
+    "aclrtRecordNotify",
+    "aclrtWaitAndResetNotify",
+    "aclrtSynchronizeStream",
+];
+const BENCH_FIGURES: [&str; 10] = [
+    "Pool alloc + free",
+    "KvPool alloc + free",
+    "bare VMM allocation (6 calls)",
+    "Pool grow + trim, one chunk",
+    "bare grow + trim (4 calls)",
+    "Mirror attach + close, 8 chunks",
+    "Mirror attach + close, 8 chunks, pid-validated",
+    "bare attach + detach, 8 chunks",
+    "IPC notify round trip",
+    "pipe round trip",
+];
+
+#[test]
+fn bench_times_every_call_imports_in_its_peer_and_leaves_nothing() {
+    let d = Dirs::new("bench");
+    // The files go next to the directories, not in them (they must end empty).
+    let out_dir = PathBuf::from(format!("{}.out", d.sim.display()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let (ok, r) = d.json(&["bench", "--quick", "--json", "--out", out_dir.to_str().unwrap()]);
+    assert!(ok, "{r:#}");
+    assert_eq!(r["quick"], true);
+    assert_eq!(r["runtime"]["kind"], "simulator");
+    assert_eq!(r["runtime"]["simulator_dir"].as_str().unwrap(), d.sim.to_str().unwrap());
+    assert!(r["machine"]["cores"].as_u64().unwrap() > 0 && !r["machine"]["cpu"].as_str().unwrap().is_empty());
+    let rows: Vec<&Value> =
+        r["sections"].as_array().unwrap().iter().flat_map(|s| s["measurements"].as_array().unwrap()).collect();
+    let of = |name: &str| rows.iter().filter(|m| m["name"] == name).copied().collect::<Vec<_>>();
+    for name in BENCH_CALLS.iter().chain(&BENCH_FIGURES) {
+        let found = of(name);
+        assert!(!found.is_empty(), "{name} was not measured");
+        for m in found {
+            assert!(m["count"].as_u64().unwrap() > 0, "{m}");
+            assert!(m["median_us"].as_f64().unwrap() > 0.0, "{m}");
+            assert!(m["p10_us"].as_f64().unwrap() <= m["p90_us"].as_f64().unwrap(), "{m}");
+        }
+    }
+    let listed: Vec<&str> = r["calls"].as_array().unwrap().iter().map(|c| c.as_str().unwrap()).collect();
+    assert!(BENCH_CALLS.iter().all(|c| listed.contains(c)), "{listed:?}");
+    // Sized calls at every size; imports in the other process, never in the exporting one.
+    for name in ["aclrtMallocPhysical", "aclrtMapMem", "aclrtMemImportFromShareableHandle", "aclrtIpcMemImportByKey"] {
+        let mut sizes: Vec<u64> = of(name).iter().map(|m| m["bytes"].as_u64().unwrap()).collect();
+        sizes.sort_unstable();
+        assert_eq!(sizes, [2 << 20, 20 << 20, 1 << 30], "{name}");
+    }
+    for name in ["aclrtMemImportFromShareableHandle", "aclrtIpcMemImportByKey", "aclrtNotifyImportByKey"] {
+        assert!(of(name).iter().all(|m| m["process"] == "peer"), "{name}");
+    }
+    for name in ["Mirror attach + close, 8 chunks", "Mirror attach + close, 8 chunks, pid-validated"] {
+        assert!(of(name).iter().all(|m| m["process"] == "peer"), "{name}");
+    }
+    // The library's figures are given against the bare calls.
+    for name in
+        ["Pool alloc + free", "KvPool alloc + free", "Pool grow + trim, one chunk", "Mirror attach + close, 8 chunks"]
+    {
+        assert!(of(name).iter().all(|m| m["ratio"].as_f64().is_some_and(|x| x > 0.0)), "{name}");
+    }
+    // --out: the same report, and its Markdown with one table per section.
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("bench.json")).unwrap()).unwrap();
+    assert_eq!(written["calls"], r["calls"]);
+    let md = std::fs::read_to_string(out_dir.join("bench.md")).unwrap();
+    for s in r["sections"].as_array().unwrap() {
+        assert!(md.contains(&format!("## {}\n", s["title"].as_str().unwrap())), "{md}");
+    }
+    assert!(md.contains("| `aclrtMemImportFromShareableHandle` | peer | 1.0 GiB |"), "{md}");
+    std::fs::remove_dir_all(&out_dir).unwrap();
+    d.check_empty();
+}
+
+#[test]
+fn a_call_that_fails_in_the_bench_or_its_peer_ends_it_with_one_message_and_nothing_left() {
+    // Each process counts its own calls: imports happen only in the peer; the 16th import is in the first
+    // mirror attach (after the 14 of `--quick`'s sharing step and the ones of the first attach).
+    let faults = [
+        ("aclrtMapMem@2=207001", "VMM, 2.0 MiB: aclrtMapMem failed"),
+        ("aclrtUnmapMem@3=507899", "aclrtUnmapMem failed"),
+        ("aclrtFreePhysical@5=507899", "aclrtFreePhysical failed"),
+        ("aclrtMemImportFromShareableHandle@3=207001", "the peer process: aclrtMemImportFromShareableHandle"),
+        ("aclrtMemImportFromShareableHandle@16=207001", "mirror: the peer process: aclrtMemImportFromShareableHandle"),
+        ("aclrtIpcMemImportByKey@2=207001", "the peer process: aclrtIpcMemImportByKey failed"),
+        ("aclrtIpcMemClose@1=507899", "aclrtIpcMemClose failed"),
+        ("aclrtNotifyImportByKey@2=207001", "the peer process: aclrtNotifyImportByKey failed"),
+        ("aclrtCreateNotify@1=207001", "notify: aclrtCreateNotify failed"),
+        ("aclrtRecordNotify@3=507899", "round trip"),
+    ];
+    let mut failures = Vec::new();
+    for (i, (fault, says)) in faults.iter().enumerate() {
+        let d = Dirs::new(&format!("benchfault{i}"));
+        let mut cmd = d.command(&["bench", "--quick", "--json", "--timeout", "5"]);
+        cmd.env("ACLSHM_SIM_FAULTS", fault);
+        let r = bounded(cmd, None, HANG);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        if r.status.and_then(|s| s.code()) != Some(1)
+            || lines.len() != 1
+            || !lines[0].starts_with("aclshm bench: ")
+            || !lines[0].contains(says)
+            || !r.stdout.is_empty()
+        {
+            failures.push(format!("{fault}: {:?}, stdout {:?}, stderr {:?}", r.status, r.stdout, r.stderr));
+        }
+        d.check_empty();
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// The curves of `aclshm bench --scaling --quick`, and the x of their points.
+const SCALING: [(&str, &[f64]); 4] = [
+    ("attach", &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+    ("growth", &[0.0, 1.0, 2.0, 4.0]),
+    ("kv", &[10.0, 50.0, 90.0, 99.0]),
+    ("demo", &[1.0, 2.0, 4.0]),
+];
+
+#[test]
+fn bench_scaling_measures_every_curve_against_its_ideal_plots_them_and_leaves_nothing() {
+    let d = Dirs::new("scaling");
+    // The files go next to the directories, not in them (they must end empty).
+    let out_dir = PathBuf::from(format!("{}.out", d.sim.display()));
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let (ok, r) = d.json(&["bench", "--scaling", "--quick", "--json", "--out", out_dir.to_str().unwrap()]);
+    assert!(ok, "{r:#}");
+    assert_eq!(r["quick"], true);
+    assert_eq!(r["runtime"]["kind"], "simulator");
+    assert!(r["machine"]["cores"].as_u64().unwrap() > 0 && !r["machine"]["cpu"].as_str().unwrap().is_empty());
+    // The per-call times the ideals are made of, each timed.
+    let calls = r["calls"].as_array().unwrap();
+    for name in ["aclrtMemImportFromShareableHandle", "aclrtMapMem", "aclrtUnmapMem", "aclrtMemSetPidToShareableHandle"]
+    {
+        let c = calls.iter().find(|c| c["name"] == name).unwrap_or_else(|| panic!("{name} was not timed"));
+        assert!(c["count"].as_u64().unwrap() > 0 && c["median_us"].as_f64().unwrap() > 0.0, "{c}");
+    }
+    let curves = r["curves"].as_array().unwrap();
+    let ids: Vec<&str> = curves.iter().map(|c| c["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, SCALING.map(|c| c.0));
+    for (c, (id, xs)) in curves.iter().zip(SCALING) {
+        assert!(!c["verdict"].as_str().unwrap().is_empty() && !c["ideal"].as_str().unwrap().is_empty(), "{id}");
+        let series = c["series"].as_array().unwrap();
+        assert!(!series.is_empty(), "{id}");
+        for s in series {
+            let points = s["points"].as_array().unwrap();
+            let got: Vec<f64> = points.iter().map(|p| p["x"].as_f64().unwrap()).collect();
+            assert_eq!(got, xs, "{id} {}", s["name"]);
+            for p in points {
+                // A measured value, an ideal, and the ideal is the sum of its parts.
+                assert!(p["y"].as_f64().unwrap() > 0.0 && p["count"].as_u64().unwrap() > 0, "{id}: {p}");
+                let ideal = p["ideal"].as_f64().unwrap();
+                assert!(ideal > 0.0 && p["ratio"].as_f64().unwrap() > 0.0, "{id}: {p}");
+                let sum: f64 = p["parts"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|q| q["count"].as_f64().unwrap() * q["each"].as_f64().unwrap())
+                    .sum();
+                assert!((sum - ideal).abs() <= 1e-9 * ideal, "{id}: {p}");
+            }
+            assert!(!s["verdict"].as_str().unwrap().is_empty(), "{id}");
+        }
+        // The SVG: one document, a line per series and one for the ideal.
+        let svg = std::fs::read_to_string(out_dir.join(format!("scaling-{id}.svg"))).unwrap();
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"), "{id}: {svg}");
+        assert!(svg.matches("<polyline").count() > series.len(), "{id}: {svg}");
+        assert_eq!(svg.matches("<svg").count(), svg.matches("</svg>").count(), "{id}");
+    }
+    // The demo's points carry its own count of runtime calls, more with more workers.
+    let demo: Vec<u64> = curves[3]["series"][0]["points"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["runtime_calls"].as_u64().unwrap())
+        .collect();
+    assert!(demo.windows(2).all(|w| w[0] < w[1]), "{demo:?}");
+    // --out: the same report.
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("scaling.json")).unwrap()).unwrap();
+    assert_eq!(written["calls"], r["calls"]);
+    assert_eq!(written["curves"], r["curves"]);
+    std::fs::remove_dir_all(&out_dir).unwrap();
+    d.check_empty();
+}
+
+#[test]
+fn a_call_that_fails_in_a_scaling_curve_ends_the_run_with_one_message_and_nothing_left() {
+    // Each process counts its own calls. The bench process alone allocates physical memory until the
+    // demo runs: 64 chunks for the attach curve, then two per growth (the pool's and the bare calls'),
+    // 48 in all, then the KV pool's 128. (A pool takes ACL_ERROR_RT_MEMORY_ALLOCATION for a full device,
+    // trims and tries again: the KV pool's fault is another code.)
+    let faults = [
+        ("aclrtMemImportFromShareableHandle@2=207001", "attach: the peer process: aclrtMemImportFromShareableHandle"),
+        ("aclrtMallocPhysical@70=207001", "growth: aclrtMallocPhysical failed"),
+        ("aclrtMallocPhysical@150=507899", "KV blocks: aclrtMallocPhysical failed"),
+        ("aclrtMemcpy@1=207001", "demo: `aclshm demo --workers 1 --blocks 32`: "),
+    ];
+    let mut failures = Vec::new();
+    for (i, (fault, says)) in faults.iter().enumerate() {
+        let d = Dirs::new(&format!("scalingfault{i}"));
+        let mut cmd = d.command(&["bench", "--scaling", "--quick", "--json", "--timeout", "5"]);
+        cmd.env("ACLSHM_SIM_FAULTS", fault);
+        let r = bounded(cmd, None, HANG);
+        let lines: Vec<&str> = r.stderr.lines().collect();
+        if r.status.and_then(|s| s.code()) != Some(1)
+            || lines.len() != 1
+            || !lines[0].starts_with("aclshm bench: ")
+            || !lines[0].contains(says)
+            || !r.stdout.is_empty()
+        {
+            failures.push(format!("{fault}: {:?}, stdout {:?}, stderr {:?}", r.status, r.stdout, r.stderr));
+        }
+        d.check_empty();
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 #[test]
 fn info_describes_the_simulator() {
     let d = Dirs::new("info");
@@ -547,6 +784,13 @@ fn extreme_sizes_and_counts_through_every_entry_point_are_clear_errors() {
             trace: None,
             expect: Expect::Runs,
         },
+        // bench
+        error(&["bench", "--device", "9"], "--device 9: the runtime has 2"),
+        error(&["bench", "--peer-device=-1"], "--peer-device -1"),
+        error(&["bench", "--timeout", "0"], "--timeout"),
+        error(&["bench", "--scaling", "--device", "9"], "--device 9: the runtime has 2"),
+        error(&["bench", "--scaling", "--quick", "--peer-device", "2"], "--peer-device 2"),
+        error(&["bench", "--backend", "acl", "--acl-lib", "/nonexistent/libascendcl.so"], "no ACL runtime"),
         // info and sim: a runtime that is not there
         error(&["info", "--backend", "acl", "--acl-lib", "/nonexistent/libascendcl.so"], "no ACL runtime"),
         error(&["sim", "status", "--backend", "acl", "--acl-lib", "/dev/zero"], "no ACL runtime"),
@@ -575,7 +819,7 @@ fn closed_pipe() -> Stdio {
 fn a_full_or_closed_stdout_ends_every_command_cleanly_never_in_a_panic() {
     let tune = &["tune", "--chunk-sizes", "64M", "--watermarks", "none", "--reserve-chunks", "0"];
     let tune_json = &["tune", "--chunk-sizes", "64M", "--watermarks", "none", "--reserve-chunks", "0", "--json"];
-    let commands: [&[&str]; 13] = [
+    let commands: [&[&str]; 16] = [
         &["info"],
         &["info", "--json"],
         &["sim", "status"],
@@ -586,6 +830,9 @@ fn a_full_or_closed_stdout_ends_every_command_cleanly_never_in_a_panic() {
         tune_json,
         &["demo", "--workers", "1", "--blocks", "1"],
         &["demo", "--workers", "1", "--blocks", "1", "--json"],
+        &["bench", "--quick"],
+        &["bench", "--quick", "--json"],
+        &["bench", "--scaling", "--quick"],
         &["--help"],
         &["--version"],
         &["tune", "--help"],
