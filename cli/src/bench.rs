@@ -35,7 +35,7 @@
 use std::ffi::c_void;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{Child, ChildStdin, ExitCode, Stdio};
 use std::ptr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -511,17 +511,12 @@ pub(crate) struct Peer {
 
 impl Peer {
     pub(crate) fn spawn(rt: &Runtime, device: i32, timeout: Duration) -> Result<Peer, String> {
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this program to start the peer: {e}"))?;
-        let mut cmd = Command::new(exe);
+        // The peer uses this process's runtime.
+        let mut cmd = crate::child::this_program(rt)?;
         cmd.args(["bench-peer", "--device", &device.to_string(), "--timeout", &timeout.as_secs().to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // The peer uses this process's runtime.
-        match rt.backend() {
-            Backend::Library { path, .. } => cmd.env("ACLSHM_BACKEND", "acl").env("ACLSHM_ACL_LIB", path),
-            _ => cmd.env("ACLSHM_BACKEND", "sim"),
-        };
         let mut child = cmd.spawn().map_err(|e| format!("cannot start the peer process: {e}"))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().ok_or("the peer process has no stdout")?;

@@ -20,11 +20,11 @@
 //! blocks must fit in device 0's memory, in whole chunks.
 
 use std::io::{BufRead, BufReader, IsTerminal, Write};
-use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
+use std::process::{Child, ChildStdin, ExitCode, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, channel};
 use std::time::{Duration, Instant};
 
-use aclshm::{Backend, KvBlock, KvConfig, KvDesc, KvMirror, KvPool, Notify, PoolConfig, Runtime, ShareConfig, raw};
+use aclshm::{KvBlock, KvConfig, KvDesc, KvMirror, KvPool, Notify, PoolConfig, Runtime, ShareConfig, raw};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
@@ -402,19 +402,14 @@ impl Scheduler {
     }
 
     fn spawn(&mut self, index: u32, device: i32, desc: &KvDesc, rt: &Runtime) -> Result<(), String> {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let mut cmd = Command::new(exe);
+        // The workers use the scheduler's runtime.
+        let mut cmd = crate::child::this_program(rt)?;
         cmd.args(["demo-worker", "--index", &index.to_string(), "--device", &device.to_string(), "--kv"])
             .arg(desc.to_string())
             .args((self.args.spoil_one_byte && index == 0).then_some("--spoil-one-byte"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // The workers use the scheduler's runtime.
-        match rt.backend() {
-            Backend::Library { path, .. } => cmd.env("ACLSHM_BACKEND", "acl").env("ACLSHM_ACL_LIB", path),
-            _ => cmd.env("ACLSHM_BACKEND", "sim"),
-        };
         let mut child = cmd.spawn().map_err(|e| format!("start worker {index}: {e}"))?;
         let stdin = child.stdin.take().ok_or("no stdin")?;
         let stdout = child.stdout.take().ok_or("no stdout")?;

@@ -1,6 +1,7 @@
 //! `aclshm`: the command-line face of the library.
 
 mod bench;
+mod child;
 mod demo;
 mod out;
 mod report;

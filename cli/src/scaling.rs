@@ -31,7 +31,7 @@
 use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::ptr;
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use aclshm::share::published_handles;
 use aclshm::sys::{ACL_RT_VMM_EXPORT_FLAG_DEFAULT, aclrtMemAttr, aclrtMemHandleType};
 use aclshm::vmm::{PageSize, device_prop};
-use aclshm::{Backend, KvBlock, KvConfig, KvPool, Pool, PoolConfig, Runtime, RuntimeInfo, ShareConfig, ShareDesc, raw};
+use aclshm::{KvBlock, KvConfig, KvPool, Pool, PoolConfig, Runtime, RuntimeInfo, ShareConfig, ShareDesc, raw};
 use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::Value;
@@ -1037,18 +1037,13 @@ fn run_demo(
     blocks: Option<u32>,
     timeout: Duration,
 ) -> Result<(Duration, DemoCounts), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program to run the demo: {e}"))?;
-    let mut cmd = Command::new(exe);
+    // The demo uses this process's runtime.
+    let mut cmd = crate::child::this_program(rt)?;
     cmd.args(["demo", "--workers", &workers.to_string(), "--json", "--timeout", &timeout.as_secs().to_string()])
         .args(blocks.map(|b| format!("--blocks={b}")))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // The demo uses this process's runtime.
-    match rt.backend() {
-        Backend::Library { path, .. } => cmd.env("ACLSHM_BACKEND", "acl").env("ACLSHM_ACL_LIB", path),
-        _ => cmd.env("ACLSHM_BACKEND", "sim"),
-    };
     let what =
         format!("`aclshm demo --workers {workers}{}`", blocks.map_or(String::new(), |b| format!(" --blocks {b}")));
     let t = Instant::now();

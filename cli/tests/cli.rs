@@ -263,24 +263,7 @@ fn a_call_that_fails_in_the_bench_or_its_peer_ends_it_with_one_message_and_nothi
         ("aclrtCreateNotify@1=207001", "notify: aclrtCreateNotify failed"),
         ("aclrtRecordNotify@3=507899", "round trip"),
     ];
-    let mut failures = Vec::new();
-    for (i, (fault, says)) in faults.iter().enumerate() {
-        let d = Dirs::new(&format!("benchfault{i}"));
-        let mut cmd = d.command(&["bench", "--quick", "--json", "--timeout", "5"]);
-        cmd.env("ACLSHM_SIM_FAULTS", fault);
-        let r = bounded(cmd, None, HANG);
-        let lines: Vec<&str> = r.stderr.lines().collect();
-        if r.status.and_then(|s| s.code()) != Some(1)
-            || lines.len() != 1
-            || !lines[0].starts_with("aclshm bench: ")
-            || !lines[0].contains(says)
-            || !r.stdout.is_empty()
-        {
-            failures.push(format!("{fault}: {:?}, stdout {:?}, stderr {:?}", r.status, r.stdout, r.stderr));
-        }
-        d.check_empty();
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    bench_faults_fail_cleanly("benchfault", &["bench", "--quick", "--json", "--timeout", "5"], &faults);
 }
 
 /// The curves of `aclshm bench --scaling --quick`, and the x of their points.
@@ -369,10 +352,16 @@ fn a_call_that_fails_in_a_scaling_curve_ends_the_run_with_one_message_and_nothin
         ("aclrtMallocPhysical@150=507899", "KV blocks: aclrtMallocPhysical failed"),
         ("aclrtMemcpy@1=207001", "demo: `aclshm demo --workers 1 --blocks 32`: "),
     ];
+    bench_faults_fail_cleanly("scalingfault", &["bench", "--scaling", "--quick", "--json", "--timeout", "5"], &faults);
+}
+
+/// Run `args` once per injected fault: each run must end with status 1, one line on stderr from `aclshm
+/// bench` that contains what the fault's entry says, nothing on stdout, and nothing left behind.
+fn bench_faults_fail_cleanly(name: &str, args: &[&str], faults: &[(&str, &str)]) {
     let mut failures = Vec::new();
     for (i, (fault, says)) in faults.iter().enumerate() {
-        let d = Dirs::new(&format!("scalingfault{i}"));
-        let mut cmd = d.command(&["bench", "--scaling", "--quick", "--json", "--timeout", "5"]);
+        let d = Dirs::new(&format!("{name}{i}"));
+        let mut cmd = d.command(args);
         cmd.env("ACLSHM_SIM_FAULTS", fault);
         let r = bounded(cmd, None, HANG);
         let lines: Vec<&str> = r.stderr.lines().collect();
