@@ -152,7 +152,8 @@ pub(crate) unsafe fn aclrtIpcMemImportByKey(dev_ptr: *mut *mut c_void, key: *con
     let drv = |why: String| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, why);
     let (key_slot, phys, serial, size, obj_size, page) = {
         let mut g = s.lock()?;
-        s.reap(&mut g);
+        let exporter = g.t().find_key(&k).map(|i| g.t().keys[i].exporter);
+        s.reap_if_dead(&mut g, exporter);
         let me = s.me;
         let t = g.t();
         let i = t.find_key(&k).ok_or_else(|| drv("the key is unknown".to_string()))?;

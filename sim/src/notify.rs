@@ -222,7 +222,14 @@ pub(crate) unsafe fn aclrtNotifyImportByKey(notify: *mut aclrtNotify, key: *cons
     let drv = |why: String| fail(ACL_ERROR_RT_DRV_INTERNAL_ERROR, why);
     let (slot, serial) = {
         let mut g = s.lock()?;
-        s.reap(&mut g);
+        let creator = {
+            let t = g.t();
+            t.notify_live
+                .iter()
+                .find(|&i| t.notifies[i].exported == 1 && registry::key_str(&t.notifies[i].key) == k.as_slice())
+                .map(|i| t.notifies[i].creator)
+        };
+        s.reap_if_dead(&mut g, creator);
         let me = s.me;
         let t = g.t();
         let i = t

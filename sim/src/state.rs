@@ -481,8 +481,9 @@ impl Sim {
     }
 
     /// With the registry locked, release what dead processes held, as the driver does when a process
-    /// exits. Called wherever another process's liveness matters: attaching, a full device, imports,
-    /// statistics. Costs one read of /proc per attached process.
+    /// exits. Called wherever any process's liveness matters: attaching, a full device, statistics (an
+    /// import needs only its exporter's: [`reap_if_dead`](Sim::reap_if_dead)). Costs one read of /proc per
+    /// attached process.
     pub(crate) fn reap(&self, g: &mut registry::Guard<'_>) -> u32 {
         let dead = g.t().dead_procs(false);
         if dead.is_empty() && !g.owner_died {
@@ -496,6 +497,20 @@ impl Sim {
         registry::unlink_objects(self.reg.dir(), &destroyed);
         self.sweep(g);
         dead.len() as u32
+    }
+
+    /// With the registry locked, [`reap`](Sim::reap) if process slot `p` (the exporter or creator of what
+    /// is being imported) died: one read of /proc rather than one per attached process, so an import costs
+    /// the same however many processes share the simulator. An import only needs its exporter's liveness
+    /// (the driver frees a dead process's handles); whatever else died is reaped by the next full look.
+    pub(crate) fn reap_if_dead(&self, g: &mut registry::Guard<'_>, p: Option<u32>) {
+        let dead = p.is_some_and(|p| {
+            let t = g.t();
+            t.proc_live.get(p as usize) && !aclshm_os::alive(t.procs[p as usize].pid, t.procs[p as usize].start)
+        });
+        if dead || g.owner_died {
+            self.reap(g);
+        }
     }
 
     /// With the registry locked, remove objects nobody holds any more and unlink their files (under the

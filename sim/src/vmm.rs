@@ -486,7 +486,8 @@ fn import(s: &Sim, shareable_handle: u64, d: u32, server: Option<usize>) -> R<ac
     let (phys, serial, size, page) = {
         let mut g = reg.lock().map_err(|e| fail(ACL_ERROR_RT_INTERNAL_ERROR, e))?;
         if foreign.is_none() {
-            s.reap(&mut g);
+            let exporter = token_slot(&mut g, shareable_handle).map(|slot| g.t().phys[slot].owner);
+            s.reap_if_dead(&mut g, exporter);
         }
         let slot = token_slot(&mut g, shareable_handle).ok_or_else(unknown)?;
         let me = s.me;
