@@ -1480,10 +1480,8 @@ fn iso8601(secs: u64) -> String {
 // ---- the command ----
 
 /// `aclshm bench`. A failure is one line on stderr (and status 1), after everything was released.
+/// (`--scaling` is `scaling::run`, which builds on this module; `main` chooses.)
 pub fn run(rt: &Runtime, args: &BenchArgs) -> out::Result {
-    if args.scaling {
-        return crate::scaling::run(rt, args);
-    }
     let report = match measure(rt, args) {
         Ok(r) => r,
         Err(msg) => {

@@ -262,6 +262,7 @@ fn main() -> ExitCode {
     out::exit(match &cli.command {
         Command::Demo(args) => demo::demo(&rt, args),
         Command::DemoWorker(_) | Command::BenchPeer(_) => unreachable!("handled above"),
+        Command::Bench(args) if args.scaling => scaling::run(&rt, args),
         Command::Bench(args) => bench::run(&rt, args),
         Command::Info { json } => info(&rt, *json),
         Command::Tune(args) => tune::run(&rt, args),
