@@ -76,7 +76,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub json: bool,
     /// Also write the report to DIR/bench.json and DIR/bench.md (with --scaling: DIR/scaling.json and
-    /// DIR/scaling-<curve>.svg); DIR is created if need be.
+    /// `DIR/scaling-<curve>.svg`); DIR is created if need be.
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Few repetitions (10 at 2 MiB and of the calls without a size, 3 at 20 MiB, 1 at 1 GiB): checks

@@ -230,7 +230,7 @@ struct CallJson {
 /// One curve: its series against their ideals.
 #[derive(Debug, Serialize)]
 struct Curve {
-    /// `attach`, `growth`, `kv`, `demo`: the SVG is scaling-<id>.svg.
+    /// `attach`, `growth`, `kv`, `demo`: the SVG is `scaling-<id>.svg`.
     id: &'static str,
     title: &'static str,
     /// What is measured, and how.
