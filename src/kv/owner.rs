@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result, close_on_drop};
-use crate::pool::{Block, BlockClassId, Pool, PoolConfig, PoolStats};
+use crate::pool::{Block, BlockClassId, Divisor, Pool, PoolConfig, PoolStats};
 use crate::runtime::Runtime;
 use crate::share::ShareConfig;
 use crate::sync::Mutex;
-use crate::sync::shm::{Ordering, fence};
-use crate::sync::stat::{AtomicUsize, Ordering as StatOrdering};
+use crate::sync::shm::Ordering;
+use crate::sync::stat::{AtomicU32, AtomicU64, AtomicUsize, Ordering as StatOrdering};
 
 use super::block::{KvBlock, KvDesc};
 use super::table::{BlockTable, Geometry, PinFile};
@@ -87,9 +87,9 @@ impl Hasher for IdHasher {
 
 type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 
+/// What the KV pool changes under its lock: what workers pin (allocation and free do not need it while no
+/// worker is attached).
 struct Owner {
-    /// Allocated blocks by id.
-    live: IdMap<Block>,
     /// Blocks freed while some worker pinned them.
     deferred: IdMap<Block>,
     /// Workers' pin files.
@@ -106,9 +106,18 @@ pub struct KvPool {
     desc: KvDesc,
     dir: PathBuf,
     geometry: Geometry,
+    /// Block id to (chunk slot, index in the chunk).
+    per_chunk: Divisor,
+    /// Per chunk slot, the id of the chunk its blocks were handed out from (a chunk with a live block is
+    /// not given back, so this holds for every live block): what makes a block's handle from its id.
+    chunks: Box<[AtomicU32]>,
     owner: Mutex<Owner>,
     /// Blocks kept for pins (a copy of `deferred.len()`, read without the lock).
     deferred: AtomicUsize,
+    /// `epoch + 1` when the owner last looked and found no pin file at that epoch of the block table, 0
+    /// otherwise. While the table's epoch is still that one, no worker can hold a pin (a worker adds its
+    /// pin file, then bumps the epoch, then pins), so a free need not take the lock to look for pins.
+    unwatched: AtomicU64,
 }
 
 impl fmt::Debug for KvPool {
@@ -160,14 +169,16 @@ impl KvPool {
             desc: KvDesc { share },
             dir,
             geometry,
+            per_chunk: Divisor::new(u64::from(per_chunk)),
+            chunks: (0..slots).map(|_| AtomicU32::new(0)).collect(),
             owner: Mutex::new(Owner {
-                live: IdMap::default(),
                 deferred: IdMap::default(),
                 workers: Vec::new(),
                 epoch_seen: None,
                 unpins_seen: 0,
             }),
             deferred: AtomicUsize::new(0),
+            unwatched: AtomicU64::new(0),
         })
     }
 
@@ -196,8 +207,7 @@ impl KvPool {
             }
             r => r?,
         };
-        let mut st = self.owner.lock();
-        Ok(self.register(&mut st, b))
+        Ok(self.register(b))
     }
 
     /// Reclaim blocks kept for pins if a worker let go of some since the last look.
@@ -213,14 +223,25 @@ impl KvPool {
         Ok(())
     }
 
-    /// A block the pool just handed out becomes allocated: its generation goes odd.
-    fn register(&self, st: &mut Owner, b: Block) -> KvBlock {
+    /// A block the pool just handed out becomes allocated: its generation goes odd. The pool hands a block
+    /// to one caller, so no lock is needed.
+    fn register(&self, b: Block) -> KvBlock {
         let id = b.slot() * self.geometry.per_chunk + b.index();
+        self.chunks[b.slot() as usize].store(b.chunk(), StatOrdering::Relaxed);
         let generation = self.table.generation(id).wrapping_add(1);
         debug_assert!(generation % 2 == 1, "block {id} was free");
+        // Publishes the chunk id above to whoever frees the block (it reads the generation first).
         self.table.set_generation(id, generation);
-        st.live.insert(id, b);
         KvBlock { pool: self.geometry.token, id, generation }
+    }
+
+    /// The pool's handle of block `id`, allocated (its chunk is the one `register` noted).
+    #[inline]
+    fn handle(&self, id: u32) -> Block {
+        let slot = self.per_chunk.div(u64::from(id)) as u32;
+        let index = id - slot * self.geometry.per_chunk;
+        let chunk = self.chunks[slot as usize].load(StatOrdering::Relaxed);
+        self.pool.block_handle(self.class, self.geometry.block_bytes, slot, chunk, index)
     }
 
     /// Allocate `n` blocks: all or none. Blocks freed while pinned are reused once their pins are gone;
@@ -235,46 +256,76 @@ impl KvPool {
             }
             r => r?,
         };
-        let mut st = self.owner.lock();
-        Ok(blocks.into_iter().map(|b| self.register(&mut st, b)).collect())
+        Ok(blocks.into_iter().map(|b| self.register(b)).collect())
     }
 
-    /// Check `b` names a live block of this pool.
-    fn check(&self, st: &Owner, b: &KvBlock) -> Result<Block> {
+    /// Check `b` names a block of this pool (not whether it is allocated).
+    #[inline]
+    fn check_ref(&self, b: &KvBlock) -> Result<()> {
         if b.pool != self.geometry.token {
             return Err(Error::BadDescriptor(format!("block {b} is of another pool")));
         }
         if b.id >= self.geometry.blocks {
             return Err(Error::BadDescriptor(format!("block {b}: the pool has {} blocks", self.geometry.blocks)));
         }
-        match st.live.get(&b.id) {
-            Some(blk) if self.table.generation(b.id) == b.generation => Ok(*blk),
-            _ => Err(Error::StaleBlock { id: b.id, generation: b.generation }),
+        Ok(())
+    }
+
+    /// Check `b` names a live block of this pool: its generation in the table, odd, is the reference's.
+    #[inline]
+    fn check_live(&self, b: &KvBlock) -> Result<()> {
+        self.check_ref(b)?;
+        if b.generation % 2 == 1 && self.table.generation(b.id) == b.generation {
+            Ok(())
+        } else {
+            Err(Error::StaleBlock { id: b.id, generation: b.generation })
         }
+    }
+
+    /// [`check_live`](KvPool::check_live), and the pool's handle of the block.
+    fn check(&self, b: &KvBlock) -> Result<Block> {
+        self.check_live(b).map(|()| self.handle(b.id))
+    }
+
+    /// Whether no worker can hold a pin now (see `unwatched`). Called after retiring blocks: the epoch's
+    /// read is sequentially consistent, after the retire in their total order.
+    #[inline]
+    fn unwatched(&self) -> bool {
+        let seen = self.unwatched.load(StatOrdering::Relaxed);
+        seen != 0 && u64::from(self.table.epoch()) + 1 == seen
     }
 
     /// Free one block (see [`free_many`](KvPool::free_many)).
     pub fn free(&self, b: KvBlock) -> Result<()> {
+        self.check_ref(&b)?;
+        // The generation goes even: from then on no worker can pin the block, and a second free of the
+        // same reference (here or in another thread) is stale.
+        if !self.table.retire(b.id, b.generation) {
+            return Err(Error::StaleBlock { id: b.id, generation: b.generation });
+        }
+        // The retire pairs with the workers' pin-then-check (see `BlockTable::retire`): either they see the
+        // new generation, or the look for pins below (`unwatched`, or the pin counts) sees their pin.
+        if self.unwatched() {
+            // The handle is made where the pool reads it (moving it about cost more than the rest here).
+            return self.pool.free_blocks(std::slice::from_ref(&self.handle(b.id)));
+        }
+        self.free_watched(b.id)
+    }
+
+    /// The rest of [`free`](KvPool::free) when a worker may pin the block (out of line: it is the path of
+    /// a pool with workers, but not one to inline into the path without).
+    #[inline(never)]
+    fn free_watched(&self, id: u32) -> Result<()> {
         let back = {
             let mut st = self.owner.lock();
-            let blk = self.check(&st, &b)?;
-            self.retire_locked(&mut st, &b);
-            // Pairs with the workers' pin-then-check: either they see the new generation, or we see their pin.
-            fence(Ordering::SeqCst);
             self.refresh_workers(&mut st);
-            self.settle_locked(&mut st, b.id, blk)
+            self.settle_locked(&mut st, id, self.handle(id))
         };
-        back.map_or(Ok(()), |blk| self.pool.free_block(blk))
+        back.map_or(Ok(()), |blk| self.pool.free_blocks(std::slice::from_ref(&blk)))
     }
 
-    /// Free `b` (checked) in the table: its generation goes even; from then on no worker can pin it.
-    fn retire_locked(&self, st: &mut Owner, b: &KvBlock) {
-        st.live.remove(&b.id);
-        self.table.set_generation(b.id, b.generation.wrapping_add(1));
-    }
-
-    /// After [`retire_locked`](KvPool::retire_locked) and a fence: `blk` for the pool to take back, unless a
-    /// worker pins it; then it is kept until its pins are gone.
+    /// After the table retired block `id`: `blk` for the pool to take back, unless a worker
+    /// pins it; then it is kept until its pins are gone.
     fn settle_locked(&self, st: &mut Owner, id: u32, blk: Block) -> Option<Block> {
         if self.pins_locked(st, id) == 0 {
             Some(blk)
@@ -288,25 +339,40 @@ impl KvPool {
     /// Free blocks. Every reference is checked first (another pool, out of range, stale, listed twice: an
     /// error, and nothing is freed). A block a worker pins is not reused until every pin on it is gone.
     pub fn free_many(&self, blocks: &[KvBlock]) -> Result<()> {
+        for b in blocks {
+            self.check_live(b)?;
+        }
+        // Made after the checks, straight into place (a handle moved about costs as much as the checks).
+        let handles: Vec<Block> = blocks.iter().map(|b| self.handle(b.id)).collect();
+        // Listed twice: the second is a double free. Found before anything is retired, so that workers
+        // never see a block freed and then not. Blocks allocated together come in increasing order, which
+        // has no repeat; only other lists are sorted to look.
+        if !blocks.windows(2).all(|w| w[0].id < w[1].id) {
+            let mut ids: Vec<u32> = blocks.iter().map(|b| b.id).collect();
+            ids.sort_unstable();
+            if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+                let b = blocks.iter().find(|b| b.id == w[0]).expect("listed");
+                return Err(Error::StaleBlock { id: b.id, generation: b.generation });
+            }
+        }
+        for (i, b) in blocks.iter().enumerate() {
+            if !self.table.retire(b.id, b.generation) {
+                // Freed by another thread since the check: undo ours, all or nothing.
+                for done in &blocks[..i] {
+                    self.table.unretire(done.id, done.generation);
+                }
+                return Err(Error::StaleBlock { id: b.id, generation: b.generation });
+            }
+        }
+        // The retires pair with the workers' pin-then-check, as in `free`.
+        if self.unwatched() {
+            return self.pool.free_blocks(&handles);
+        }
         let to_pool = {
             let mut st = self.owner.lock();
-            let mut checked = Vec::with_capacity(blocks.len());
-            let mut seen = std::collections::HashSet::with_capacity(if blocks.len() > 1 { blocks.len() } else { 0 });
-            for b in blocks {
-                let blk = self.check(&st, b)?;
-                // Listed twice: the second is a double free.
-                if blocks.len() > 1 && !seen.insert(b.id) {
-                    return Err(Error::StaleBlock { id: b.id, generation: b.generation });
-                }
-                checked.push((b.id, blk));
-            }
-            for b in blocks {
-                self.retire_locked(&mut st, b);
-            }
-            // Pairs with the workers' pin-then-check, as in `free`.
-            fence(Ordering::SeqCst);
             self.refresh_workers(&mut st);
-            checked.into_iter().filter_map(|(id, blk)| self.settle_locked(&mut st, id, blk)).collect::<Vec<_>>()
+            let settled = blocks.iter().zip(handles).filter_map(|(b, blk)| self.settle_locked(&mut st, b.id, blk));
+            settled.collect::<Vec<_>>()
         };
         self.pool.free_blocks(&to_pool)
     }
@@ -349,6 +415,8 @@ impl KvPool {
             return;
         }
         st.epoch_seen = Some(epoch);
+        // Until the list below is made, a free takes the lock.
+        self.unwatched.store(0, StatOrdering::Relaxed);
         let now = PinFile::list(&self.dir, self.geometry.token);
         st.workers.retain(|w| now.iter().any(|p| p == w.path()));
         for p in now {
@@ -357,6 +425,9 @@ impl KvPool {
             {
                 st.workers.push(f);
             }
+        }
+        if st.workers.is_empty() {
+            self.unwatched.store(u64::from(epoch) + 1, StatOrdering::Relaxed);
         }
     }
 
@@ -416,8 +487,7 @@ impl KvPool {
 
     /// The scheduler's own address of block `b`.
     pub fn ptr(&self, b: &KvBlock) -> Result<*mut c_void> {
-        let st = self.owner.lock();
-        Ok(self.check(&st, b)?.as_ptr())
+        Ok(self.check(b)?.as_ptr())
     }
 
     /// Copy `blocks`, in order, into `out` (block after block: `blocks.len()` times the block size), with
@@ -477,10 +547,9 @@ impl KvPool {
         if self.pool.is_asleep() {
             return Err(Error::Asleep("the KV pool sleeps: its blocks' memory is given back until it wakes".into()));
         }
-        let st = self.owner.lock();
         let mut runs: Vec<(usize, usize, usize)> = Vec::new();
         for (i, b) in blocks.iter().enumerate() {
-            let dev = self.check(&st, b)?.as_ptr() as usize;
+            let dev = self.check(b)?.as_ptr() as usize;
             match runs.last_mut() {
                 Some((d, _, len)) if *d + *len == dev => *len += size,
                 _ => runs.push((dev, i * size, size)),
@@ -515,11 +584,13 @@ impl KvPool {
     pub fn stats(&self) -> KvStats {
         let mut st = self.owner.lock();
         self.refresh_workers(&mut st);
+        // Blocks kept for pins are still the pool's; those being freed now count until they are back.
+        let in_pool = self.pool.blocks_allocated(self.class).unwrap_or(0);
         KvStats {
             block_bytes: self.geometry.block_bytes,
             blocks_per_chunk: self.geometry.per_chunk,
             capacity: self.geometry.blocks,
-            allocated: st.live.len() as u32,
+            allocated: in_pool.saturating_sub(st.deferred.len() as u64) as u32,
             deferred: st.deferred.len() as u32,
             workers: st.workers.len() as u32,
             pool: self.pool.stats(),

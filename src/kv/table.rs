@@ -146,10 +146,42 @@ impl BlockTable {
         self.file.items()[id as usize].load(Ordering::SeqCst)
     }
 
-    /// Set block `id`'s generation (the owner, under its lock).
+    /// Set block `id`'s generation (the owner, for a block the pool just handed it: no other thread
+    /// can be freeing it, since its generation is even and frees expect an odd one). A release store: it
+    /// publishes what the owner noted of the block to whoever frees it; no pin needs more (a pin checks
+    /// for equality with the generation it was given, which a block being allocated never has).
     pub(crate) fn set_generation(&self, id: u32, generation: u32) {
         debug_assert!(self.owner);
-        self.file.items()[id as usize].store(generation, Ordering::SeqCst);
+        self.file.items()[id as usize].store(generation, Ordering::Release);
+    }
+
+    /// Free block `id` in the table if its generation is `generation` and odd (allocated): it goes one up
+    /// (even) at once, so of two threads freeing the same block, one wins and the other is told. False
+    /// when it was not (a stale reference, or a free that lost the race). Owner only.
+    ///
+    /// Sequentially consistent, as the owner's reads of pin counts and of the epoch after it are: with the
+    /// workers' pin (a sequentially consistent increment, a fence, a read of the generation), either the
+    /// owner sees the pin or the worker sees the new generation (all of them are in the one total order of
+    /// sequentially consistent operations, so no fence is needed on this side).
+    #[inline]
+    pub(crate) fn retire(&self, id: u32, generation: u32) -> bool {
+        debug_assert!(self.owner);
+        generation % 2 == 1
+            && self.file.items()[id as usize]
+                .compare_exchange(generation, generation.wrapping_add(1), Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    }
+
+    /// Undo [`retire`](BlockTable::retire) of a block that is not to be freed after all (a batch that
+    /// failed halfway). Owner only.
+    pub(crate) fn unretire(&self, id: u32, generation: u32) {
+        debug_assert!(self.owner);
+        let _ = self.file.items()[id as usize].compare_exchange(
+            generation.wrapping_add(1),
+            generation,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
     }
 
     pub(crate) fn epoch(&self) -> u32 {

@@ -81,6 +81,11 @@ impl Block {
         self.index
     }
 
+    /// The id of the chunk it was handed out from.
+    pub(crate) fn chunk(&self) -> u32 {
+        self.chunk
+    }
+
     /// The device address.
     pub fn as_ptr(&self) -> *mut std::ffi::c_void {
         self.addr as *mut std::ffi::c_void

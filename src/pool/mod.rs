@@ -66,6 +66,7 @@ use std::fmt;
 
 pub(crate) use config::ConfigFile;
 pub use config::PoolConfig;
+pub(crate) use divide::Divisor;
 pub use handle::{Allocation, Block, BlockClassId};
 pub use heap::GRANULE;
 pub use sleep::{DEFAULT as DEFAULT_TAG, SleepConfig, SleepReport};
@@ -341,14 +342,43 @@ impl Pool {
         Ok(self.inner.state.lock().class(class)?.per_chunk())
     }
 
+    /// How many blocks of `class` are allocated now.
+    pub fn blocks_allocated(&self, class: BlockClassId) -> Result<u64> {
+        Ok(self.inner.state.lock().class(class)?.allocated())
+    }
+
     /// How many blocks of `class` the pool's range holds at most.
     pub fn block_capacity(&self, class: BlockClassId) -> Result<u64> {
         Ok(self.slot_count() as u64 * u64::from(self.blocks_per_chunk(class)?))
     }
 
+    /// The handle [`alloc_block`](Pool::alloc_block) gave for block `index` of `class` (blocks of `size`
+    /// bytes) in the chunk `chunk` at `slot`: how a caller that keeps its blocks by number (the KV pool)
+    /// makes one to free. Nothing is checked here; freeing it checks it is allocated.
+    #[inline]
+    pub(crate) fn block_handle(&self, class: BlockClassId, size: u64, slot: u32, chunk: u32, index: u32) -> Block {
+        self.inner.geometry.block(class, size, slot, chunk, index)
+    }
+
     /// Allocate a block of class `class`.
+    #[inline]
     pub fn alloc_block(&self, class: BlockClassId) -> Result<Block> {
         self.inner.errors.check()?;
+        // The hot path, small enough to inline into callers (the KV pool): a block from a mapped chunk.
+        {
+            let mut st = self.inner.state.lock();
+            st.check_allocatable()?;
+            if let Some(b) = st.take_block(&self.inner.geometry, class)? {
+                return Ok(b);
+            }
+        }
+        self.alloc_block_growing(class)
+    }
+
+    /// [`alloc_block`](Pool::alloc_block) when no mapped chunk has a free block: grow, take, again.
+    #[cold]
+    #[inline(never)]
+    fn alloc_block_growing(&self, class: BlockClassId) -> Result<Block> {
         loop {
             let (taken, size) = {
                 let mut st = self.inner.state.lock();
@@ -400,6 +430,7 @@ impl Pool {
 
     /// Free many blocks of this pool under one lock. Every block is checked first: if any is foreign or not
     /// allocated, nothing is freed.
+    #[inline]
     pub fn free_blocks(&self, blocks: &[Block]) -> Result<()> {
         if let Some(b) = blocks.iter().find(|b| b.pool != self.inner.geometry.pool) {
             return Err(Error::WrongPool { expected: self.inner.geometry.pool, found: b.pool });

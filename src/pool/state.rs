@@ -35,6 +35,15 @@ pub(super) struct Geometry {
     pub chunk: u64,
 }
 
+impl Geometry {
+    /// The handle of block `index` of a `size`-byte class in the chunk `chunk` at `slot`.
+    #[inline]
+    pub(super) fn block(&self, class: BlockClassId, size: u64, slot: u32, chunk: u32, index: u32) -> Block {
+        let offset = u64::from(slot) * self.chunk + u64::from(index) * size;
+        Block { pool: self.pool, class: class.0, slot, chunk, index, offset, addr: self.base + offset as usize, size }
+    }
+}
+
 /// The tag of allocations made without one (number 0).
 pub(crate) const DEFAULT_TAG: &str = "default";
 /// Most tags a pool knows (a sleeping chunk keeps the set of its tags as a bitmask).
@@ -231,18 +240,7 @@ impl State {
         if c.free_in_chunk(slot) == c.per_chunk() - 1 {
             self.free_chunks -= 1;
         }
-        let size = c.size();
-        let offset = slot as u64 * g.chunk + u64::from(index) * size;
-        Ok(Some(Block {
-            pool: g.pool,
-            class: class.0,
-            slot: slot as u32,
-            chunk,
-            index,
-            offset,
-            addr: g.base + offset as usize,
-            size,
-        }))
+        Ok(Some(g.block(class, c.size(), slot as u32, chunk, index)))
     }
 
     /// Take up to `n - out.len()` blocks of `class` from its mapped chunks into `out`.
@@ -275,11 +273,19 @@ impl State {
                 return Err(not_allocated(b));
             }
         } else {
-            let mut seen = std::collections::HashSet::with_capacity(blocks.len());
             for b in blocks {
-                let c = self.class(BlockClassId(b.class))?;
-                // A block listed twice is a double free too.
-                if !seen.insert((b.class, b.slot, b.index)) || !c.is_allocated(b.slot as usize, b.chunk, b.index) {
+                if !self.class(BlockClassId(b.class))?.is_allocated(b.slot as usize, b.chunk, b.index) {
+                    return Err(not_allocated(b));
+                }
+            }
+            // A block listed twice is a double free too. Blocks allocated together come in increasing
+            // order, which has no repeat; only other lists are sorted to look.
+            let place = |b: &Block| (b.class, b.slot, b.index);
+            if !blocks.windows(2).all(|w| place(&w[0]) < place(&w[1])) {
+                let mut places: Vec<(u16, u32, u32)> = blocks.iter().map(place).collect();
+                places.sort_unstable();
+                if let Some(w) = places.windows(2).find(|w| w[0] == w[1]) {
+                    let b = blocks.iter().find(|b| place(b) == w[0]).expect("listed");
                     return Err(not_allocated(b));
                 }
             }

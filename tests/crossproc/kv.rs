@@ -46,6 +46,16 @@ fn kv_test(
     );
 }
 
+/// A worker's start in the pin tests: attach on `device` (`kv <desc>`), pin the blocks it is sent
+/// (`pin <blocks>`), say `pinned`.
+fn attach_and_pin(rt: &Runtime, device: i32) -> (KvMirror, Vec<KvBlock>) {
+    let m = attach_as(rt, "kv", device, KvMirror::attach);
+    let held = hear_list::<KvBlock>("pin");
+    m.pin(&held).unwrap();
+    say("pinned");
+    (m, held)
+}
+
 /// A block's pattern seed: its id and generation.
 fn seed(b: &KvBlock) -> u64 {
     (u64::from(b.id()) << 32) | u64::from(b.generation())
@@ -176,10 +186,7 @@ fn a_killed_workers_pins_are_released() {
             kv.close().unwrap();
         },
         |rt, _| {
-            let m = attach_as(rt, "kv", 0, KvMirror::attach);
-            let held = hear_list::<KvBlock>("pin");
-            m.pin(&held).unwrap();
-            say("pinned");
+            let _held = attach_and_pin(rt, 0);
             hear_word("never");
         },
         |mut crew| {
@@ -190,6 +197,98 @@ fn a_killed_workers_pins_are_released() {
             crew.finish();
         },
     );
+}
+
+/// A free takes no lock while no worker is attached (the block table's epoch has not moved since the
+/// scheduler saw no pin file); a worker that attaches after such frees must still hold off reuse.
+#[test]
+fn a_worker_attaching_after_lock_free_frees_still_holds_off_reuse() {
+    by_crew(
+        test_name!(),
+        "scheduler",
+        &["worker"],
+        |rt| {
+            let kv = kv_pool(rt);
+            // Frees with no worker: the first looks for pin files, the next ones know there are none.
+            for _ in 0..3 {
+                let b = kv.alloc_many(2).unwrap();
+                kv.free(b[0]).unwrap();
+                kv.free_many(&b[1..]).unwrap();
+            }
+            let held = kv.alloc_many(4).unwrap();
+            say(format!("kv {}", kv.desc()));
+            say(format!("pin {}", words(&held)));
+            hear_word("pinned");
+            // One by one and as a batch: both kept for the worker's pins.
+            kv.free(held[0]).unwrap();
+            kv.free_many(&held[1..]).unwrap();
+            let st = kv.stats();
+            assert_eq!((st.allocated, st.deferred, st.workers), (0, 4, 1));
+            let others = kv.alloc_many(8).unwrap();
+            assert!(others.iter().all(|o| held.iter().all(|h| h.id() != o.id())), "a pinned block was reused");
+            say("freed");
+            hear_word("unpinned");
+            assert!(kv.wait_unpinned(TIMEOUT).unwrap());
+            kv.free_many(&others).unwrap();
+            let st = kv.stats();
+            assert_eq!((st.allocated, st.deferred), (0, 0));
+            kv.close().unwrap();
+        },
+        |rt, _| {
+            let (m, held) = attach_and_pin(rt, 1);
+            hear_word("freed");
+            assert!(matches!(m.pin(&held[..1]), Err(Error::StaleBlock { .. })));
+            m.unpin(&held).unwrap();
+            say("unpinned");
+            when_done(|| m.close().unwrap());
+        },
+        |crew| crew.run("> kv, > pin, < pinned, > freed, < unpinned"),
+    );
+}
+
+/// Two threads freeing the same blocks at once (one by one, and as batches in the same order): each block
+/// is freed exactly once, the other thread is told it is stale, and the pool's accounting holds.
+#[test]
+fn two_threads_freeing_the_same_blocks_at_once_free_each_once() {
+    solo(test_name!(), |rt| {
+        let kv = kv_pool(rt);
+        let capacity = kv.stats().capacity as usize;
+        let barrier = std::sync::Barrier::new(2);
+        for round in 0..20 {
+            let blocks = kv.alloc_many(capacity).unwrap();
+            let batch = if round % 2 == 0 { 1 } else { 8 };
+            let freed: Vec<Vec<u32>> = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..2)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            let mut mine = Vec::new();
+                            for group in blocks.chunks(batch) {
+                                let r = if batch == 1 { kv.free(group[0]) } else { kv.free_many(group) };
+                                match r {
+                                    Ok(()) => mine.extend(group.iter().map(KvBlock::id)),
+                                    Err(Error::StaleBlock { .. }) => {}
+                                    Err(e) => panic!("round {round}: {e}"),
+                                }
+                            }
+                            mine
+                        })
+                    })
+                    .collect();
+                racers.into_iter().map(|t| t.join().unwrap()).collect()
+            });
+            let mut all: Vec<u32> = freed.concat();
+            all.sort_unstable();
+            let want: Vec<u32> = blocks.iter().map(KvBlock::id).collect();
+            assert_eq!(all, want, "round {round}: every block freed exactly once");
+            assert_eq!(kv.stats().allocated, 0);
+        }
+        // The pool agrees: every block can be allocated again, and no more.
+        let again = kv.alloc_many(capacity).unwrap();
+        assert!(matches!(kv.alloc(), Err(Error::OutOfMemory { .. })));
+        kv.free_many(&again).unwrap();
+        kv.close().unwrap();
+    });
 }
 
 #[test]
@@ -210,6 +309,13 @@ fn block_references_of_other_pools_out_of_range_or_stale_are_refused() {
             let r = kv.free_many(&[c, c]);
             assert!(matches!(r, Err(Error::StaleBlock { .. })), "listed twice: {r:?}");
             assert_eq!(kv.stats().allocated, 2, "nothing was freed");
+            // Out of order, with and without a repeat.
+            let more = kv.alloc_many(3).unwrap();
+            let r = kv.free_many(&[more[2], more[0], more[1], more[0]]);
+            assert!(matches!(r, Err(Error::StaleBlock { .. })), "listed twice, apart: {r:?}");
+            assert!(more.iter().all(|m| kv.ptr(m).is_ok()), "nothing was freed");
+            kv.free_many(&[more[2], more[0], more[1]]).unwrap();
+            assert_eq!(kv.stats().allocated, 2);
             kv.free(c).unwrap();
             assert!(matches!(kv.free(c), Err(Error::StaleBlock { .. })), "freed twice");
             assert!(matches!(kv.ptr(&c), Err(Error::StaleBlock { .. })));

@@ -363,6 +363,16 @@ fn foreign_double_and_stale_frees_are_refused() {
         p1.free_block(b2).unwrap();
         p1.free(h).unwrap();
         assert!(matches!(p2.free_block(b2), Err(Error::WrongPool { .. })));
+        // Batches: a block listed twice, next to itself or not, refuses the whole batch; any order is fine.
+        let batch = p1.alloc_blocks(c, 4).unwrap();
+        let [w, x, y, z] = batch[..] else { unreachable!() };
+        for twice in [vec![w, w], vec![w, x, y, w], vec![z, y, x, y], vec![x, w, z, y, z]] {
+            assert!(matches!(p1.free_blocks(&twice), Err(Error::NotAllocated { .. })), "{twice:?}");
+            assert_eq!(p1.blocks_allocated(c).unwrap(), 4, "nothing freed by {twice:?}");
+        }
+        p1.free_blocks(&[z, x]).unwrap();
+        p1.free_blocks(&[y, w]).unwrap();
+        assert_eq!(p1.blocks_allocated(c).unwrap(), 0);
         // Bad arguments.
         assert!(matches!(p1.alloc(0), Err(Error::InvalidArgument(_))));
         assert!(matches!(p1.alloc_aligned(64, 3), Err(Error::InvalidArgument(m)) if m.contains("not a power of two")));
