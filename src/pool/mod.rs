@@ -222,6 +222,7 @@ impl Pool {
     }
 
     /// Allocate `size` bytes aligned to `align` (a power of two, at most the chunk size).
+    #[inline]
     pub fn alloc_aligned(&self, size: u64, align: u64) -> Result<Allocation> {
         let chunk = self.inner.geometry.chunk;
         if size == 0 || !align.is_power_of_two() || align > chunk {
@@ -270,6 +271,7 @@ impl Pool {
     }
 
     /// Free an allocation of this pool.
+    #[inline]
     pub fn free(&self, a: Allocation) -> Result<()> {
         self.check_mine(a.pool)?;
         let over_watermark = {
