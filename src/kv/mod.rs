@@ -20,6 +20,12 @@
 //! free or the scheduler sees the pin. A worker that dies drops its pins with it: its pin file's lock goes
 //! with the process, and the scheduler ignores (and removes) the pins of a worker that is gone.
 //!
+//! **The block table is the record.** A block is allocated when its generation is odd; the scheduler
+//! keeps no map of its own. A free is one compare-and-swap of the generation (odd to even), so two threads
+//! freeing the same reference cannot both succeed, and it takes no lock while no worker has a pin file
+//! (the table's epoch, which a worker bumps when it adds one before it pins anything, says so); with
+//! workers attached it takes the KV pool's lock to read their pin counts.
+//!
 //! **Block ids** are `slot * blocks_per_chunk + index`: a block's place in the pool's range, so a worker
 //! computes its offset without asking. A block reference from another pool is [`Error::BadDescriptor`](crate::Error::BadDescriptor);
 //! one whose block was freed since is [`Error::StaleBlock`](crate::Error::StaleBlock).
