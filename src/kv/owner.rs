@@ -227,7 +227,13 @@ impl KvPool {
     /// to one caller, so no lock is needed.
     fn register(&self, b: Block) -> KvBlock {
         let id = b.slot() * self.geometry.per_chunk + b.index();
-        self.chunks[b.slot() as usize].store(b.chunk(), StatOrdering::Relaxed);
+        // Stored only when it changed, so that threads allocating from one chunk do not keep taking the
+        // line from each other. Either way whoever frees the block after reading its generation reads this
+        // chunk id or a later one (read-read coherence), and the chunk is not replaced while it is live.
+        let noted = &self.chunks[b.slot() as usize];
+        if noted.load(StatOrdering::Relaxed) != b.chunk() {
+            noted.store(b.chunk(), StatOrdering::Relaxed);
+        }
         let generation = self.table.generation(id).wrapping_add(1);
         debug_assert!(generation % 2 == 1, "block {id} was free");
         // Publishes the chunk id above to whoever frees the block (it reads the generation first).
