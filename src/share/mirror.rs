@@ -47,8 +47,10 @@ struct Inner {
     table: Table,
     range: Arc<VaRange>,
     errors: Arc<DropErrors>,
-    /// The chunk ids mapped, by slot (0: none): what `ptr` reads.
-    ids: Mutex<Vec<u64>>,
+    /// The chunk ids mapped, by slot (0: none): what `ptr` reads, with no lock. A sync clears a slot's id
+    /// before it unmaps the slot and sets it (a release) once the new memory is mapped, so an id read (an
+    /// acquire) that matches the table's says the memory is there.
+    ids: Box<[AtomicU64]>,
     /// The chunks themselves; the lock serialises syncs (held across runtime calls, never by `ptr`).
     chunks: Mutex<Vec<Option<Chunk>>>,
     synced: AtomicU64,
@@ -159,7 +161,7 @@ impl Mirror {
             table,
             range,
             errors,
-            ids: Mutex::new(vec![0; slots as usize]),
+            ids: (0..slots).map(|_| AtomicU64::new(0)).collect(),
             chunks: Mutex::new((0..slots).map(|_| None).collect()),
             synced: AtomicU64::new(0),
             imports: AtomicU64::new(0),
@@ -234,17 +236,24 @@ impl Mirror {
             return Err(Error::BadDescriptor(format!("{len:#x} bytes at offset {offset:#x} are outside the pool")));
         }
         let (first, last) = ((offset / i.chunk) as usize, ((offset + len - 1) / i.chunk) as usize);
-        let current = |ids: &[u64]| (first..=last).all(|s| ids[s] != 0 && ids[s] == i.table.chunk_at(s));
-        if current(&i.ids.lock()) {
+        let current = || {
+            (first..=last).all(|s| {
+                let id = i.id(s);
+                id != 0 && id == i.table.chunk_at(s)
+            })
+        };
+        if current() {
             return Ok((i.range.base() + offset as usize) as *mut c_void);
         }
         self.sync()?;
         // As in `ptr`: with no other sync half-way.
         let _settled = i.chunks.lock();
-        let ids = i.ids.lock();
-        if current(&ids) {
+        if current() {
             Ok((i.range.base() + offset as usize) as *mut c_void)
-        } else if (first..=last).any(|s| ids[s] & ASLEEP_BIT != 0 && ids[s] & !ASLEEP_BIT == i.table.chunk_at(s)) {
+        } else if (first..=last).any(|s| {
+            let id = i.id(s);
+            id & ASLEEP_BIT != 0 && id & !ASLEEP_BIT == i.table.chunk_at(s)
+        }) {
             Err(asleep(offset, len))
         } else {
             Err(Error::StaleDescriptor { offset, len })
@@ -257,12 +266,19 @@ impl Mirror {
         let i = &self.inner;
         let first = (d.offset / i.chunk) as usize;
         let last = ((d.offset + d.len - 1) / i.chunk) as usize;
-        let ids = i.ids.lock();
-        let span = &ids[first..=last];
-        if span.contains(&0) || fingerprint(span.iter().map(|&id| id & !ASLEEP_BIT)) != d.fingerprint {
+        // Each slot read once. A sync under way may show some slots before and some after it: then the
+        // fingerprint does not match, and `ptr` syncs and looks again with no sync half-way.
+        let (mut unmapped, mut sleeping) = (false, false);
+        let seen = fingerprint((first..=last).map(|s| {
+            let id = i.id(s);
+            unmapped |= id == 0;
+            sleeping |= id & ASLEEP_BIT != 0;
+            id & !ASLEEP_BIT
+        }));
+        if unmapped || seen != d.fingerprint {
             return Ok(None);
         }
-        if span.iter().any(|&id| id & ASLEEP_BIT != 0) {
+        if sleeping {
             return Err(asleep(d.offset, d.len));
         }
         Ok(Some((i.range.base() + d.offset as usize) as *mut c_void))
@@ -270,9 +286,9 @@ impl Mirror {
 
     /// What the mirror holds.
     pub fn stats(&self) -> MirrorStats {
-        let ids = self.inner.ids.lock();
+        let ids = self.inner.ids.iter().map(|id| id.load(Ordering::Acquire));
         MirrorStats {
-            chunks: ids.iter().filter(|&&id| id != 0 && id & ASLEEP_BIT == 0).count() as u32,
+            chunks: ids.filter(|&id| id != 0 && id & ASLEEP_BIT == 0).count() as u32,
             generation: self.inner.synced.load(Ordering::Acquire),
             imports: self.inner.imports.load(Ordering::Relaxed),
         }
@@ -311,7 +327,7 @@ impl Mirror {
         }
         // Unmap and release every chunk (each Chunk unmaps, then releases its import).
         let chunks: Vec<Option<Chunk>> = std::mem::take(&mut *self.inner.chunks.lock());
-        self.inner.ids.lock().iter_mut().for_each(|id| *id = 0);
+        self.inner.ids.iter().for_each(|id| id.store(0, Ordering::Release));
         drop(chunks);
         // Closing the socket tells the owner we are gone.
         drop(self.inner.conn.lock().take());
@@ -334,6 +350,12 @@ impl Drop for Mirror {
 }
 
 impl Inner {
+    /// The chunk id mapped in `slot` now (0: none; with `ASLEEP_BIT`: known, asleep).
+    #[inline]
+    fn id(&self, slot: usize) -> u64 {
+        self.ids[slot].load(Ordering::Acquire)
+    }
+
     /// Follow the table until told to stop or the owner closes it.
     fn follow(&self) {
         loop {
@@ -378,7 +400,7 @@ impl Inner {
             }
             if have.0 != 0 {
                 // Retired, put to sleep, or woken with new memory by the owner: unmap, release the import.
-                self.ids.lock()[slot] = 0;
+                self.ids[slot].store(0, Ordering::Release);
                 chunks[slot] = None;
             }
             if e.chunk == 0 || snap.closed {
@@ -387,13 +409,13 @@ impl Inner {
             if e.shareable == 0 {
                 // Asleep: known, not mapped (its memory is given back until the owner wakes the pool).
                 chunks[slot] = Some(Chunk { id: e.chunk, shareable: 0, _mapped: None });
-                self.ids.lock()[slot] = e.chunk | ASLEEP_BIT;
+                self.ids[slot].store(e.chunk | ASLEEP_BIT, Ordering::Release);
                 continue;
             }
             match self.map_chunk(slot, e.chunk, e.shareable) {
                 Ok(mapped) => {
                     chunks[slot] = Some(Chunk { id: e.chunk, shareable: e.shareable, _mapped: Some(mapped) });
-                    self.ids.lock()[slot] = e.chunk;
+                    self.ids[slot].store(e.chunk, Ordering::Release);
                 }
                 Err(err) => {
                     first_error.get_or_insert(err);
