@@ -1113,21 +1113,54 @@ const PIPE_ROUND_TRIP: &str = "pipe round trip";
 
 // ---- the report ----
 
+/// What a report says of its run (this one's and `--scaling`'s): its first fields in the JSON.
+#[derive(Debug, Serialize)]
+pub(crate) struct Run {
+    /// The version of aclshm that measured.
+    pub(crate) aclshm: &'static str,
+    /// When (UTC, ISO 8601).
+    pub(crate) date: String,
+    /// `--quick`: too few repetitions to publish (with `--scaling`: the small end of each curve).
+    pub(crate) quick: bool,
+    /// Seconds the whole run took.
+    pub(crate) elapsed_s: f64,
+    pub(crate) machine: Machine,
+    pub(crate) runtime: RuntimeJson,
+    /// What was left out, and why: a size the device cannot hold, a call the runtime lacks (an older
+    /// CANN), a pool too large for the device.
+    pub(crate) skipped: Vec<String>,
+}
+
+impl Run {
+    /// The run that began at `started` on `date`, now over.
+    pub(crate) fn ended(
+        date: String,
+        quick: bool,
+        started: Instant,
+        runtime: RuntimeJson,
+        skipped: Vec<String>,
+    ) -> Run {
+        let elapsed_s = started.elapsed().as_secs_f64();
+        Run { aclshm: env!("CARGO_PKG_VERSION"), date, quick, elapsed_s, machine: machine(), runtime, skipped }
+    }
+
+    /// Where and how the run measured, for people ([`describe`]), `mode` saying what ran; then what was
+    /// left out.
+    pub(crate) fn lines(&self, mode: &str) -> Vec<(&'static str, String)> {
+        let run = format!("aclshm {}, {mode}, {:.1} s", self.aclshm, self.elapsed_s);
+        let mut lines = describe(&self.runtime, &self.machine, &self.date, run);
+        if !self.skipped.is_empty() {
+            lines.push(("left out", self.skipped.join("; ")));
+        }
+        lines
+    }
+}
+
 /// The report, as `--json` prints it and `--out` writes it.
 #[derive(Debug, Serialize)]
 struct Report {
-    /// The version of aclshm that measured.
-    aclshm: &'static str,
-    /// When (UTC, ISO 8601).
-    date: String,
-    /// `--quick`: too few repetitions to publish.
-    quick: bool,
-    /// Seconds the whole run took.
-    elapsed_s: f64,
-    machine: Machine,
-    runtime: RuntimeJson,
-    /// Steps left out, and why: a size the device cannot hold, a call the runtime lacks (an older CANN).
-    skipped: Vec<String>,
+    #[serde(flatten)]
+    run: Run,
     /// Every ACL function timed.
     calls: Vec<&'static str>,
     sections: Vec<SectionJson>,
@@ -1308,21 +1341,11 @@ fn header(section: &SectionJson) -> (Vec<&'static str>, bool) {
 }
 
 fn summary(r: &Report) -> Vec<(&'static str, String)> {
-    let run = format!(
-        "aclshm {}, {}, {:.1} s",
-        r.aclshm,
-        if r.quick { "--quick (too few repetitions to publish)" } else { "full" },
-        r.elapsed_s,
-    );
-    let mut lines = describe(&r.runtime, &r.machine, &r.date, run);
-    if !r.skipped.is_empty() {
-        lines.push(("left out", r.skipped.join("; ")));
-    }
-    lines
+    r.run.lines(if r.run.quick { "--quick (too few repetitions to publish)" } else { "full" })
 }
 
 /// Where a run measured, for people: the runtime, the device, the machine, the date, and `run` (what ran).
-pub(crate) fn describe(rt: &RuntimeJson, m: &Machine, date: &str, run: String) -> Vec<(&'static str, String)> {
+fn describe(rt: &RuntimeJson, m: &Machine, date: &str, run: String) -> Vec<(&'static str, String)> {
     let version = match (&rt.version, &rt.simulator_version) {
         (Some(v), Some(s)) => format!("ACL {v} (as the simulator, aclshm-sim {s}, reports it)"),
         (Some(v), None) => format!("ACL {v}"),
@@ -1616,17 +1639,7 @@ fn measure(rt: &Runtime, args: &BenchArgs) -> Result<Report, String> {
         .iter()
         .map(|&s| SectionJson { id: s, title: s.title(), about: s.about(), measurements: rows(&b.rec, s) })
         .collect();
-    Ok(Report {
-        aclshm: env!("CARGO_PKG_VERSION"),
-        date,
-        quick: args.quick,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        machine: machine(),
-        runtime,
-        skipped,
-        calls,
-        sections,
-    })
+    Ok(Report { run: Run::ended(date, args.quick, started, runtime, skipped), calls, sections })
 }
 
 /// One step of the run (what the progress bar shows, and what an error names).

@@ -44,7 +44,7 @@ use indicatif::ProgressBar;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::bench::{self, BenchArgs, Held, Holdings, Machine, Peer, RuntimeJson, e, quantile, ratio, time, us};
+use crate::bench::{self, BenchArgs, Held, Holdings, Peer, Run, e, quantile, ratio, time, us};
 use crate::out::{self, errln, outln};
 use crate::report::{Table, bytes};
 use crate::svg::{self, Axis, Mark, Plot, Scale, Series};
@@ -196,18 +196,8 @@ const PEER_START: &str = "peer process start (spawn to its first answer)";
 /// The report, as `--json` prints it and `--out` writes it (scaling.json).
 #[derive(Debug, Serialize)]
 struct Report {
-    /// The version of aclshm that measured.
-    aclshm: &'static str,
-    /// When (UTC, ISO 8601).
-    date: String,
-    /// `--quick`: the small end of each curve, few repetitions.
-    quick: bool,
-    /// Seconds the whole run took.
-    elapsed_s: f64,
-    machine: Machine,
-    runtime: RuntimeJson,
-    /// Points left out, and why (a device too small for the largest pools).
-    skipped: Vec<String>,
+    #[serde(flatten)]
+    run: Run,
     /// The per-call times the attach and demo ideals are made of (one 2 MiB chunk each), and what starting
     /// a peer process took (not a runtime call: what the demo's ideal leaves out for each worker).
     calls: Vec<CallJson>,
@@ -496,11 +486,11 @@ pub fn run(rt: &Runtime, args: &BenchArgs) -> out::Result {
 fn subtitle(r: &Report) -> String {
     format!(
         "aclshm bench --scaling{}: {}, {} cores; {}; {}",
-        if r.quick { " --quick" } else { "" },
-        r.machine.cpu,
-        r.machine.cores,
-        r.runtime.backend,
-        r.date
+        if r.run.quick { " --quick" } else { "" },
+        r.run.machine.cpu,
+        r.run.machine.cores,
+        r.run.runtime.backend,
+        r.run.date
     )
 }
 
@@ -518,12 +508,8 @@ fn write_files(dir: &Path, r: &Report) -> Result<(), String> {
 }
 
 fn print(r: &Report) -> out::Result {
-    let run = format!("aclshm {}, --scaling{}, {:.1} s", r.aclshm, if r.quick { " --quick" } else { "" }, r.elapsed_s);
-    for (k, v) in bench::describe(&r.runtime, &r.machine, &r.date, run) {
+    for (k, v) in r.run.lines(if r.run.quick { "--scaling --quick" } else { "--scaling" }) {
         outln!("{:<16} {v}", format!("{k}:"));
-    }
-    if !r.skipped.is_empty() {
-        outln!("{:<16} {}", "left out:", r.skipped.join("; "));
     }
     outln!();
     outln!("Per-call times the ideals are made of (one 2 MiB chunk), in microseconds");
@@ -607,17 +593,7 @@ fn measure(rt: &Runtime, args: &BenchArgs) -> Result<Report, String> {
     let result = measure_all(&mut s);
     s.bar.finish_and_clear();
     let curves = result?;
-    Ok(Report {
-        aclshm: env!("CARGO_PKG_VERSION"),
-        date,
-        quick: args.quick,
-        elapsed_s: started.elapsed().as_secs_f64(),
-        machine: bench::machine(),
-        runtime,
-        skipped,
-        calls: s.calls.json(),
-        curves,
-    })
+    Ok(Report { run: Run::ended(date, args.quick, started, runtime, skipped), calls: s.calls.json(), curves })
 }
 
 fn measure_all(s: &mut Scaling<'_>) -> Result<Vec<Curve>, String> {
