@@ -1505,18 +1505,33 @@ fn iso8601(secs: u64) -> String {
 /// `aclshm bench`. A failure is one line on stderr (and status 1), after everything was released.
 /// (`--scaling` is `scaling::run`, which builds on this module; `main` chooses.)
 pub fn run(rt: &Runtime, args: &BenchArgs) -> out::Result {
-    let report = match measure(rt, args) {
+    deliver(args, measure(rt, args), write_files, print, |dir, _| {
+        format!("wrote {} and {}", dir.join("bench.json").display(), dir.join("bench.md").display())
+    })
+}
+
+/// How both reports (this one and `--scaling`'s) end: the files under `--out`, then the JSON or the
+/// printed report and a line naming the files (`wrote`). A failure to measure or to write is one line on
+/// stderr (and status 1).
+pub(crate) fn deliver<R: Serialize>(
+    args: &BenchArgs,
+    measured: Result<R, String>,
+    write_files: impl FnOnce(&Path, &R) -> Result<(), String>,
+    print: impl FnOnce(&R) -> out::Result,
+    wrote: impl FnOnce(&Path, &R) -> String,
+) -> out::Result {
+    let failed = |msg: String| {
+        errln!("aclshm bench: {msg}");
+        Err(out::Failure::Reported)
+    };
+    let report = match measured {
         Ok(r) => r,
-        Err(msg) => {
-            errln!("aclshm bench: {msg}");
-            return Err(out::Failure::Reported);
-        }
+        Err(msg) => return failed(msg),
     };
     if let Some(dir) = &args.out
         && let Err(msg) = write_files(dir, &report)
     {
-        errln!("aclshm bench: {msg}");
-        return Err(out::Failure::Reported);
+        return failed(msg);
     }
     if args.json {
         out::print(&format!("{}\n", serde_json::to_string_pretty(&report).expect("plain data serialises")))?;
@@ -1524,7 +1539,7 @@ pub fn run(rt: &Runtime, args: &BenchArgs) -> out::Result {
         print(&report)?;
         if let Some(dir) = &args.out {
             outln!();
-            outln!("wrote {} and {}", dir.join("bench.json").display(), dir.join("bench.md").display());
+            outln!("{}", wrote(dir, &report));
         }
     }
     Ok(())

@@ -45,7 +45,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::bench::{self, BenchArgs, Held, Holdings, Peer, Run, e, quantile, ratio, time, us};
-use crate::out::{self, errln, outln};
+use crate::out::{self, outln};
 use crate::report::{Table, bytes};
 use crate::svg::{self, Axis, Mark, Plot, Scale, Series};
 
@@ -458,29 +458,9 @@ impl Scaling<'_> {
 
 /// `aclshm bench --scaling`. A failure is one line on stderr (and status 1), after everything was released.
 pub fn run(rt: &Runtime, args: &BenchArgs) -> out::Result {
-    let report = match measure(rt, args) {
-        Ok(r) => r,
-        Err(msg) => {
-            errln!("aclshm bench: {msg}");
-            return Err(out::Failure::Reported);
-        }
-    };
-    if let Some(dir) = &args.out
-        && let Err(msg) = write_files(dir, &report)
-    {
-        errln!("aclshm bench: {msg}");
-        return Err(out::Failure::Reported);
-    }
-    if args.json {
-        out::print(&format!("{}\n", serde_json::to_string_pretty(&report).expect("plain data serialises")))?;
-    } else {
-        print(&report)?;
-        if let Some(dir) = &args.out {
-            outln!();
-            outln!("wrote {} and {} plots (scaling-*.svg)", dir.join("scaling.json").display(), report.curves.len());
-        }
-    }
-    Ok(())
+    bench::deliver(args, measure(rt, args), write_files, print, |dir, r| {
+        format!("wrote {} and {} plots (scaling-*.svg)", dir.join("scaling.json").display(), r.curves.len())
+    })
 }
 
 fn subtitle(r: &Report) -> String {
