@@ -244,6 +244,24 @@ pub(crate) fn time<T>(f: impl FnOnce() -> aclshm::Result<T>) -> Result<(T, Durat
     r.map(|v| (v, d)).map_err(|e| e.to_string())
 }
 
+/// Export `h` as a plain shareable handle, timed.
+///
+/// # Safety
+/// 1. `h` is a live physical handle of this process, not exported before (freeing it ends the export).
+pub(crate) unsafe fn timed_export(rt: &Runtime, h: aclrtDrvMemHandle) -> Result<(u64, Duration), String> {
+    time(|| {
+        // SAFETY: precondition 1.
+        unsafe {
+            raw::mem_export_to_shareable_handle(
+                rt,
+                h,
+                aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
+                ACL_RT_VMM_EXPORT_FLAG_DEFAULT,
+            )
+        }
+    })
+}
+
 pub(crate) fn e(e: aclshm::Error) -> String {
     e.to_string()
 }
@@ -859,17 +877,8 @@ impl Bench<'_> {
             let h = raw::malloc_physical(rt, n, &prop, 0).map_err(e)?;
             // SAFETY: memory just allocated, freed by nothing else.
             unsafe { held.push(Held::Physical(h)) };
-            let (shareable, export) = time(|| {
-                // SAFETY: our live handle, exported once.
-                unsafe {
-                    raw::mem_export_to_shareable_handle(
-                        rt,
-                        h,
-                        aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
-                        ACL_RT_VMM_EXPORT_FLAG_DEFAULT,
-                    )
-                }
-            })?;
+            // SAFETY: our live handle, exported once.
+            let (shareable, export) = unsafe { timed_export(rt, h) }?;
             let ((), allow) = time(|| raw::mem_set_pid_to_shareable_handle(rt, shareable, &[self.peer.tgid]))?;
             // "A must wait until B has imported before aclrtFreePhysical": the peer answers once it has
             // imported, and freed its import, so ours may go.

@@ -37,7 +37,7 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use aclshm::share::published_handles;
-use aclshm::sys::{ACL_RT_VMM_EXPORT_FLAG_DEFAULT, aclrtMemAttr, aclrtMemHandleType};
+use aclshm::sys::aclrtMemAttr;
 use aclshm::vmm::{PageSize, device_prop};
 use aclshm::{KvBlock, KvConfig, KvPool, Pool, PoolConfig, Runtime, RuntimeInfo, ShareConfig, ShareDesc, raw};
 use indicatif::ProgressBar;
@@ -735,17 +735,8 @@ fn growth(s: &mut Scaling<'_>) -> Result<Curve, String> {
             let ((), dmap) = time(|| unsafe { raw::map_mem(rt, va, chunk, 0, h, 0) })?;
             // SAFETY: the mapping just made, after its range and its memory.
             unsafe { bare.push(Held::Mapping(va)) };
-            let (shareable, dx) = time(|| {
-                // SAFETY: our live handle, exported once (freeing it ends the export).
-                unsafe {
-                    raw::mem_export_to_shareable_handle(
-                        rt,
-                        h,
-                        aclrtMemHandleType::ACL_MEM_HANDLE_TYPE_NONE,
-                        ACL_RT_VMM_EXPORT_FLAG_DEFAULT,
-                    )
-                }
-            })?;
+            // SAFETY: our live handle, exported once (freeing it ends the export).
+            let (shareable, dx) = unsafe { bench::timed_export(rt, h) }?;
             let mut each = Vec::with_capacity(m);
             // One pid per call, as the library whitelists.
             for &tgid in &tgids {
