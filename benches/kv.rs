@@ -9,6 +9,7 @@
 mod common;
 
 use std::hint::black_box;
+use std::sync::atomic::{AtomicU32, Ordering, fence};
 
 use aclshm::{KvBlock, KvConfig, KvDesc, KvMirror, KvPool, Pool, PoolConfig, Runtime, ShareConfig, raw};
 use criterion::{BenchmarkId, Criterion, Throughput};
@@ -118,6 +119,36 @@ fn translate(c: &mut Criterion, rt: &Runtime) {
             black_box(mine.ptr(black_box(&own[i])).unwrap())
         })
     });
+    g.finish();
+
+    // Pins: a worker pins blocks (count, fence, generation check) and unpins them; the baseline is the
+    // pin protocol's own atomics on a local array (increment, fence, load; decrement), the floor of any
+    // implementation.
+    let mut g = c.benchmark_group("kv_pin");
+    for n in [1usize, 16] {
+        g.throughput(Throughput::Elements(n as u64));
+        let set = &blocks[..n];
+        g.bench_function(BenchmarkId::new("kv_mirror_pin_unpin", n), |b| {
+            b.iter(|| {
+                m.pin(black_box(set)).unwrap();
+                m.unpin(black_box(set)).unwrap();
+            })
+        });
+        let counts: Vec<AtomicU32> = (0..blocks.len()).map(|_| AtomicU32::new(0)).collect();
+        let generations: Vec<AtomicU32> = (0..blocks.len()).map(|_| AtomicU32::new(1)).collect();
+        g.bench_function(BenchmarkId::new("protocol_atomics", n), |b| {
+            b.iter(|| {
+                for k in 0..n {
+                    counts[k].fetch_add(1, Ordering::SeqCst);
+                    fence(Ordering::SeqCst);
+                    black_box(generations[k].load(Ordering::SeqCst));
+                }
+                for c in &counts[..n] {
+                    c.fetch_sub(1, Ordering::SeqCst);
+                }
+            })
+        });
+    }
     g.finish();
     assert_eq!(rt.call_count("aclrtMemImportFromShareableHandle"), before, "translation imported");
     mine.free_many(&own).unwrap();

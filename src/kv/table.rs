@@ -3,7 +3,7 @@
 //!
 //! ```text
 //!   kv-<token>.blocks        a shared file (see `shm`), magic "ACLSHMKB"; header: pool token, block bytes,
-//!                            chunk bytes, blocks per chunk, blocks, epoch, unpins
+//!                            chunk bytes, blocks per chunk, blocks, epoch, unpins, waiters
 //!                            then one u32 generation per block: even = free, odd = allocated
 //!   kv-<token>-<rand>.pins   a shared file, magic "ACLSHMKP"; header: pool token, blocks
 //!                            then one u32 pin count per block, this worker's pins
@@ -11,7 +11,8 @@
 //!
 //! Each file's creator holds a lock on its byte 0 for as long as it lives, so the other side learns from
 //! the kernel that it died. Workers bump `epoch` when they add or remove a pin file (the owner rescans
-//! then) and `unpins` (a futex word) when a pin count drops to zero (the owner may reuse a block then).
+//! then) and `unpins` (a futex word) when a pin count drops to zero (the owner may reuse a block then);
+//! they wake the owner only while `waiters` says it sleeps on `unpins`, so an unpin is no system call.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -55,6 +56,9 @@ pub(crate) struct BlockHeader {
     blocks: AtomicU32,
     epoch: AtomicU32,
     unpins: AtomicU32,
+    /// Owner threads asleep on `unpins` (or about to be).
+    waiters: AtomicU32,
+    _pad: AtomicU32,
 }
 // SAFETY: repr(C), atomics only.
 unsafe impl shm::Shared for BlockHeader {}
@@ -70,7 +74,7 @@ unsafe impl shm::Shared for PinHeader {}
 
 shm::kind!(
     /// A KV pool's block table, as a kind of shared file.
-    pub(crate) Blocks: BlockHeader, AtomicU32, b"ACLSHMKB", 2, "block table"
+    pub(crate) Blocks: BlockHeader, AtomicU32, b"ACLSHMKB", 3, "block table"
 );
 shm::kind!(
     /// A worker's pin file, as a kind of shared file.
@@ -197,16 +201,33 @@ impl BlockTable {
         self.header().unpins.load(Ordering::SeqCst)
     }
 
-    /// A pin count dropped to zero: wake an owner waiting to reuse a block.
+    /// A pin count dropped to zero: wake an owner waiting to reuse a block, if one is.
+    ///
+    /// The owner counts itself in `waiters` before it sleeps on `unpins`, and the kernel compares `unpins`
+    /// with what the owner saw only after that (the futex call orders it with a full barrier); here the
+    /// increment comes before the look at `waiters`, both sequentially consistent. So either the owner's
+    /// wait sees the new count and does not sleep, or this sees the owner and wakes it: no wake is lost,
+    /// and an unpin that nobody waits for makes no system call.
     pub(crate) fn bump_unpins(&self) {
         let h = self.header();
         h.unpins.fetch_add(1, Ordering::SeqCst);
-        os::futex_wake_all(&h.unpins);
+        if h.waiters.load(Ordering::SeqCst) > 0 {
+            os::futex_wake_all(&h.unpins);
+        }
     }
 
-    /// Sleep until `unpins` moves from `seen` (or `timeout` passes).
+    /// Sleep until `unpins` moves from `seen` (or `timeout` passes). Owner only.
     pub(crate) fn wait_unpins(&self, seen: u32, timeout: Duration) {
-        os::futex_wait(&self.header().unpins, seen, timeout);
+        let h = self.header();
+        h.waiters.fetch_add(1, Ordering::SeqCst);
+        os::futex_wait(&h.unpins, seen, timeout);
+        h.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// Owner threads asleep on `unpins` now.
+    #[cfg(test)]
+    fn waiters(&self) -> u32 {
+        self.header().waiters.load(Ordering::SeqCst)
     }
 
     /// An error if the table was truncated under this process (see `shm`).
@@ -353,6 +374,43 @@ mod tests {
         drop(owner);
         assert!(!worker.owner_alive());
         assert!(!path.exists());
+    }
+
+    /// A worker's unpin wakes the owner asleep on `unpins`, whether it comes after the owner went to sleep
+    /// or races its way there; a lost wake would leave the owner asleep for its whole minute.
+    #[test]
+    fn an_unpin_wakes_the_owner_asleep_on_it_and_no_wake_is_lost() {
+        let dir = os::TestDir::new("kv-wake").unwrap();
+        let g = geometry();
+        let owner = std::sync::Arc::new(BlockTable::create(&dir.0, g).unwrap());
+        let worker = BlockTable::open(&dir.0, g.token, g.chunk_bytes).unwrap();
+        let (go, rounds) = std::sync::mpsc::channel::<u32>();
+        let (done, woken) = std::sync::mpsc::channel();
+        let sleeper = {
+            let owner = std::sync::Arc::clone(&owner);
+            std::thread::spawn(move || {
+                while let Ok(seen) = rounds.recv() {
+                    while owner.unpins() == seen {
+                        owner.wait_unpins(seen, Duration::from_secs(60));
+                    }
+                    done.send(()).unwrap();
+                }
+            })
+        };
+        for round in 0..200 {
+            go.send(owner.unpins()).unwrap();
+            if round % 2 == 0 {
+                // The owner counted itself first (it is asleep, or about to be).
+                while owner.waiters() == 0 {
+                    std::thread::yield_now();
+                }
+            }
+            worker.bump_unpins();
+            woken.recv_timeout(Duration::from_secs(30)).unwrap_or_else(|_| panic!("round {round}: the wake was lost"));
+        }
+        drop(go);
+        sleeper.join().unwrap();
+        assert_eq!(owner.waiters(), 0);
     }
 
     #[test]
