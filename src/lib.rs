@@ -61,6 +61,7 @@ mod info;
 mod input;
 pub mod ipc;
 pub mod kv;
+mod listed;
 pub mod notify;
 mod os;
 pub mod pool;

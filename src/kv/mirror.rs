@@ -192,21 +192,10 @@ impl KvMirror {
         for b in blocks {
             self.check(b)?;
         }
-        // Check every count first (a block listed twice needs two pins). Blocks in increasing order (as
-        // they are allocated together) are each listed once; other lists are sorted to count repeats.
-        let short = |id: u32, n: u32| self.pins.count(id).load(Ordering::SeqCst) < n;
-        if blocks.windows(2).all(|w| w[0].id < w[1].id) {
-            if let Some(b) = blocks.iter().find(|b| short(b.id, 1)) {
-                return Err(Error::NotPinned { id: b.id });
-            }
-        } else {
-            let mut ids: Vec<u32> = blocks.iter().map(|b| b.id).collect();
-            ids.sort_unstable();
-            for run in ids.chunk_by(|a, b| a == b) {
-                if short(run[0], run.len() as u32) {
-                    return Err(Error::NotPinned { id: run[0] });
-                }
-            }
+        // Check every count first (a block listed twice needs two pins).
+        let short = |id: u32, n: u32| (self.pins.count(id).load(Ordering::SeqCst) < n).then_some(id);
+        if let Some(id) = crate::listed::each_count(blocks, |b| b.id, short) {
+            return Err(Error::NotPinned { id });
         }
         let mut released = false;
         for b in blocks {

@@ -351,15 +351,10 @@ impl KvPool {
         // Made after the checks, straight into place (a handle moved about costs as much as the checks).
         let handles: Vec<Block> = blocks.iter().map(|b| self.handle(b.id)).collect();
         // Listed twice: the second is a double free. Found before anything is retired, so that workers
-        // never see a block freed and then not. Blocks allocated together come in increasing order, which
-        // has no repeat; only other lists are sorted to look.
-        if !blocks.windows(2).all(|w| w[0].id < w[1].id) {
-            let mut ids: Vec<u32> = blocks.iter().map(|b| b.id).collect();
-            ids.sort_unstable();
-            if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
-                let b = blocks.iter().find(|b| b.id == w[0]).expect("listed");
-                return Err(Error::StaleBlock { id: b.id, generation: b.generation });
-            }
+        // never see a block freed and then not.
+        if let Some(twice) = crate::listed::repeated(blocks, |b| b.id) {
+            let b = blocks.iter().find(|b| b.id == twice).expect("listed");
+            return Err(Error::StaleBlock { id: b.id, generation: b.generation });
         }
         for (i, b) in blocks.iter().enumerate() {
             if !self.table.retire(b.id, b.generation) {

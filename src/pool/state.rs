@@ -278,16 +278,10 @@ impl State {
                     return Err(not_allocated(b));
                 }
             }
-            // A block listed twice is a double free too. Blocks allocated together come in increasing
-            // order, which has no repeat; only other lists are sorted to look.
+            // A block listed twice is a double free too.
             let place = |b: &Block| (b.class, b.slot, b.index);
-            if !blocks.windows(2).all(|w| place(&w[0]) < place(&w[1])) {
-                let mut places: Vec<(u16, u32, u32)> = blocks.iter().map(place).collect();
-                places.sort_unstable();
-                if let Some(w) = places.windows(2).find(|w| w[0] == w[1]) {
-                    let b = blocks.iter().find(|b| place(b) == w[0]).expect("listed");
-                    return Err(not_allocated(b));
-                }
+            if let Some(twice) = crate::listed::repeated(blocks, place) {
+                return Err(not_allocated(blocks.iter().find(|b| place(b) == twice).expect("listed")));
             }
         }
         for b in blocks {
