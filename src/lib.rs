@@ -62,6 +62,7 @@ mod input;
 pub mod ipc;
 pub mod kv;
 mod listed;
+mod magazine;
 pub mod notify;
 mod os;
 pub mod pool;

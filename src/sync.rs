@@ -39,8 +39,8 @@ pub(crate) mod stat {
     pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 }
 
-/// A mutex usable in a `static` (loom's have no const constructor); for process-wide state that no model
-/// exercises.
+/// A mutex usable in a `static` (loom's have no const constructor); for process-wide state, and state
+/// that no model exercises (per-thread magazines, which loom builds turn off).
 pub(crate) type StaticMutex<T> = parking_lot::Mutex<T>;
 
 /// loom's mutex and condition variable behind parking_lot's interface (no poisoning).

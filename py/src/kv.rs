@@ -333,7 +333,7 @@ impl KvPool {
     }
 
     /// What the pool holds: `block_bytes`, `blocks_per_chunk`, `capacity`, `allocated`, `deferred`,
-    /// `workers`, and `pool` (the pool's statistics).
+    /// `cached` (free blocks kept in threads' magazines), `workers`, and `pool` (the pool's statistics).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.kv.stats();
         let d = PyDict::new(py);
@@ -342,6 +342,7 @@ impl KvPool {
         d.set_item("capacity", s.capacity)?;
         d.set_item("allocated", s.allocated)?;
         d.set_item("deferred", s.deferred)?;
+        d.set_item("cached", s.cached)?;
         d.set_item("workers", s.workers)?;
         d.set_item("pool", pool_stats(py, &s.pool)?)?;
         Ok(d)

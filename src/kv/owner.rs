@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result, close_on_drop};
+use crate::magazine::Magazines;
 use crate::pool::{Block, BlockClassId, Divisor, Pool, PoolConfig, PoolStats};
 use crate::runtime::Runtime;
 use crate::share::ShareConfig;
@@ -61,6 +62,9 @@ pub struct KvStats {
     pub allocated: u32,
     /// Blocks freed while pinned, kept until their pins are gone.
     pub deferred: u32,
+    /// Free blocks kept in threads' magazines for their next allocations (see [`KvPool::free`]): free in
+    /// the block table, still the pool's; trims, sleeps and a full device take them back.
+    pub cached: u32,
     /// Workers with a pin file now (attached KV mirrors).
     pub workers: u32,
     /// The pool underneath.
@@ -118,7 +122,14 @@ pub struct KvPool {
     /// otherwise. While the table's epoch is still that one, no worker can hold a pin (a worker adds its
     /// pin file, then bumps the epoch, then pins), so a free need not take the lock to look for pins.
     unwatched: AtomicU64,
+    /// Ids of free blocks (even generation, still allocated in the pool) kept per thread for its next
+    /// allocations: no lock, no shared line in either direction.
+    cache: Magazines,
 }
+
+/// The most a thread's magazine of a KV pool holds: 64 blocks, or fewer large ones (32 MiB of them).
+const MAGAZINE_BLOCKS: u64 = 64;
+const MAGAZINE_BYTES: u64 = 32 << 20;
 
 impl fmt::Debug for KvPool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -179,6 +190,7 @@ impl KvPool {
             }),
             deferred: AtomicUsize::new(0),
             unwatched: AtomicU64::new(0),
+            cache: Magazines::new(1, |block_bytes| (MAGAZINE_BYTES / block_bytes).min(MAGAZINE_BLOCKS) as usize),
         })
     }
 
@@ -197,17 +209,46 @@ impl KvPool {
         self.geometry.block_bytes
     }
 
-    /// Allocate one block.
+    /// Allocate one block: the one this thread freed last if its magazine holds it, else from the pool.
+    #[inline]
     pub fn alloc(&self) -> Result<KvBlock> {
+        if let Some(id) = self.cache.pop(self.geometry.block_bytes) {
+            return Ok(self.revive(id as u32));
+        }
+        self.alloc_from_pool()
+    }
+
+    /// [`alloc`](KvPool::alloc) from the pool.
+    #[inline(never)]
+    fn alloc_from_pool(&self) -> Result<KvBlock> {
         self.reclaim_if_unpinned()?;
         let b = match self.pool.alloc_block(self.class) {
-            Err(Error::OutOfMemory { .. }) if self.deferred.load(StatOrdering::Relaxed) > 0 => {
-                self.reclaim()?;
-                self.pool.alloc_block(self.class)?
-            }
+            Err(Error::OutOfMemory { .. }) if self.take_back_for_retry()? => self.pool.alloc_block(self.class)?,
             r => r?,
         };
         Ok(self.register(b))
+    }
+
+    /// The pool is full: take back what threads' magazines hold and what pins no longer hold. Returns
+    /// whether anything may have come back (worth trying again).
+    #[cold]
+    fn take_back_for_retry(&self) -> Result<bool> {
+        let cached = self.take_back_cached()?;
+        if self.deferred.load(StatOrdering::Relaxed) > 0 {
+            self.reclaim()?;
+            return Ok(true);
+        }
+        Ok(cached > 0)
+    }
+
+    /// Give the pool every block threads' magazines hold. Returns how many.
+    fn take_back_cached(&self) -> Result<usize> {
+        let ids = self.cache.drain();
+        if !ids.is_empty() {
+            let handles: Vec<Block> = ids.iter().map(|&(_, id)| self.handle(id as u32)).collect();
+            self.pool.free_blocks(&handles)?;
+        }
+        Ok(ids.len())
     }
 
     /// Reclaim blocks kept for pins if a worker let go of some since the last look.
@@ -234,6 +275,13 @@ impl KvPool {
         if noted.load(StatOrdering::Relaxed) != b.chunk() {
             noted.store(b.chunk(), StatOrdering::Relaxed);
         }
+        self.revive(id)
+    }
+
+    /// Free block `id`, still the pool's (just handed out, or from a magazine, whose one taker this
+    /// thread is), becomes allocated: its generation goes odd.
+    #[inline]
+    fn revive(&self, id: u32) -> KvBlock {
         let generation = self.table.generation(id).wrapping_add(1);
         debug_assert!(generation % 2 == 1, "block {id} was free");
         // Publishes the chunk id above to whoever frees the block (it reads the generation first).
@@ -254,15 +302,33 @@ impl KvPool {
     /// when the device is full, those are looked at again (and workers that died are forgotten) before
     /// giving up with [`Error::OutOfMemory`].
     pub fn alloc_many(&self, n: usize) -> Result<Vec<KvBlock>> {
-        self.reclaim_if_unpinned()?;
-        let blocks = match self.pool.alloc_blocks(self.class, n) {
-            Err(Error::OutOfMemory { .. }) if self.deferred.load(StatOrdering::Relaxed) > 0 => {
-                self.reclaim()?;
-                self.pool.alloc_blocks(self.class, n)?
+        // This thread's magazine first, the rest from the pool.
+        let mut cached = Vec::new();
+        self.cache.pop_many(self.geometry.block_bytes, n, &mut cached);
+        let rest = n - cached.len();
+        let blocks = if rest == 0 { Ok(Vec::new()) } else { self.alloc_many_from_pool(rest) };
+        let blocks = match blocks {
+            Ok(b) => b,
+            Err(e) => {
+                // All or none: what the magazine gave goes back to it (or, full, to the pool).
+                let kept = self.cache.push_many(self.geometry.block_bytes, &cached);
+                let handles: Vec<Block> = cached[kept..].iter().map(|&id| self.handle(id as u32)).collect();
+                self.pool.free_blocks(&handles)?;
+                return Err(e);
             }
-            r => r?,
         };
-        Ok(blocks.into_iter().map(|b| self.register(b)).collect())
+        let mut out = Vec::with_capacity(n);
+        out.extend(cached.into_iter().map(|id| self.revive(id as u32)));
+        out.extend(blocks.into_iter().map(|b| self.register(b)));
+        Ok(out)
+    }
+
+    fn alloc_many_from_pool(&self, n: usize) -> Result<Vec<Block>> {
+        self.reclaim_if_unpinned()?;
+        match self.pool.alloc_blocks(self.class, n) {
+            Err(Error::OutOfMemory { .. }) if self.take_back_for_retry()? => self.pool.alloc_blocks(self.class, n),
+            r => r,
+        }
     }
 
     /// Check `b` names a block of this pool (not whether it is allocated).
@@ -301,7 +367,11 @@ impl KvPool {
         seen != 0 && u64::from(self.table.epoch()) + 1 == seen
     }
 
-    /// Free one block (see [`free_many`](KvPool::free_many)).
+    /// Free one block (see [`free_many`](KvPool::free_many)). A block no worker pins goes to the calling
+    /// thread's magazine (up to 64 blocks, at most 32 MiB of them; beyond, to the pool), and that thread's
+    /// next [`alloc`](KvPool::alloc) takes it back without a lock; [`trim`](KvPool::trim),
+    /// [`sleep`](KvPool::sleep) and an allocation that finds the device full take back what every
+    /// thread's magazine holds ([`KvStats::cached`]).
     pub fn free(&self, b: KvBlock) -> Result<()> {
         self.check_ref(&b)?;
         // The generation goes even: from then on no worker can pin the block, and a second free of the
@@ -312,10 +382,25 @@ impl KvPool {
         // The retire pairs with the workers' pin-then-check (see `BlockTable::retire`): either they see the
         // new generation, or the look for pins below (`unwatched`, or the pin counts) sees their pin.
         if self.unwatched() {
-            // The handle is made where the pool reads it (moving it about cost more than the rest here).
-            return self.pool.free_blocks(std::slice::from_ref(&self.handle(b.id)));
+            return self.give_back(b.id);
         }
         self.free_watched(b.id)
+    }
+
+    /// A block freed and unpinned: to this thread's magazine, or to the pool if that is full.
+    #[inline]
+    fn give_back(&self, id: u32) -> Result<()> {
+        if self.cache.push(self.geometry.block_bytes, u64::from(id)) {
+            return Ok(());
+        }
+        // The handle is made where the pool reads it (moving it about cost more than the rest here).
+        self.pool.free_blocks(std::slice::from_ref(&self.handle(id)))
+    }
+
+    /// Blocks freed and unpinned: to this thread's magazine as far as it has room, the rest to the pool.
+    fn give_back_many(&self, ids: &[u64], handles: &[Block]) -> Result<()> {
+        let kept = self.cache.push_many(self.geometry.block_bytes, ids);
+        self.pool.free_blocks(&handles[kept..])
     }
 
     /// The rest of [`free`](KvPool::free) when a worker may pin the block (out of line: it is the path of
@@ -327,7 +412,7 @@ impl KvPool {
             self.refresh_workers(&mut st);
             self.settle_locked(&mut st, id, self.handle(id))
         };
-        back.map_or(Ok(()), |blk| self.pool.free_blocks(std::slice::from_ref(&blk)))
+        back.map_or(Ok(()), |_| self.give_back(id))
     }
 
     /// After the table retired block `id`: `blk` for the pool to take back, unless a worker
@@ -367,15 +452,19 @@ impl KvPool {
         }
         // The retires pair with the workers' pin-then-check, as in `free`.
         if self.unwatched() {
-            return self.pool.free_blocks(&handles);
+            let ids: Vec<u64> = blocks.iter().map(|b| u64::from(b.id)).collect();
+            return self.give_back_many(&ids, &handles);
         }
-        let to_pool = {
+        let (ids, to_pool): (Vec<u64>, Vec<Block>) = {
             let mut st = self.owner.lock();
             self.refresh_workers(&mut st);
-            let settled = blocks.iter().zip(handles).filter_map(|(b, blk)| self.settle_locked(&mut st, b.id, blk));
-            settled.collect::<Vec<_>>()
+            let settled = blocks
+                .iter()
+                .zip(handles)
+                .filter_map(|(b, blk)| self.settle_locked(&mut st, b.id, blk).map(|blk| (u64::from(b.id), blk)));
+            settled.unzip()
         };
-        self.pool.free_blocks(&to_pool)
+        self.give_back_many(&ids, &to_pool)
     }
 
     /// Pins on block `b` now, over every live worker.
@@ -565,6 +654,10 @@ impl KvPool {
     /// contents are dropped (they read as undefined after the wake); without, they are kept in host memory
     /// and copied back.
     pub fn sleep(&self, discard_kv: bool) -> Result<crate::pool::SleepReport> {
+        // Magazines close until the wake (a block they handed out now would be asleep), their blocks go
+        // back to the pool first (nothing of theirs is kept).
+        self.cache.set_open(false);
+        self.take_back_cached()?;
         let offload_tags = if discard_kv { Vec::new() } else { vec![KV_TAG.to_string()] };
         self.pool.sleep(&crate::pool::SleepConfig { offload_tags, ..crate::pool::SleepConfig::default() })
     }
@@ -572,11 +665,14 @@ impl KvPool {
     /// Wake the pool: new physical memory at the same addresses (workers map it at theirs), kept contents
     /// copied back.
     pub fn wake(&self) -> Result<()> {
-        self.pool.wake(None)
+        self.pool.wake(None)?;
+        self.cache.set_open(true);
+        Ok(())
     }
 
     /// Give fully free chunks back to the device (after reclaiming what pins no longer hold).
     pub fn trim(&self) -> Result<u32> {
+        self.take_back_cached()?;
         self.reclaim()?;
         self.pool.trim()
     }
@@ -587,12 +683,14 @@ impl KvPool {
         self.refresh_workers(&mut st);
         // Blocks kept for pins are still the pool's; those being freed now count until they are back.
         let in_pool = self.pool.blocks_allocated(self.class).unwrap_or(0);
+        let cached = self.cache.held().0;
         KvStats {
             block_bytes: self.geometry.block_bytes,
             blocks_per_chunk: self.geometry.per_chunk,
             capacity: self.geometry.blocks,
-            allocated: in_pool.saturating_sub(st.deferred.len() as u64) as u32,
+            allocated: in_pool.saturating_sub(st.deferred.len() as u64 + cached) as u32,
             deferred: st.deferred.len() as u32,
+            cached: cached as u32,
             workers: st.workers.len() as u32,
             pool: self.pool.stats(),
         }
@@ -601,6 +699,8 @@ impl KvPool {
     /// Close: the block table goes (workers keep what they mapped), then the pool. Pin files of workers
     /// that died are removed.
     pub fn close(&self) -> Result<()> {
+        // What magazines hold goes with the pool.
+        self.cache.set_open(false);
         {
             let mut st = self.owner.lock();
             st.epoch_seen = None;

@@ -291,6 +291,85 @@ fn two_threads_freeing_the_same_blocks_at_once_free_each_once() {
     });
 }
 
+/// A freed block waits in the freeing thread's magazine, and that thread's next allocation takes it back
+/// (a fresh generation: the old reference is stale). What an idle thread's magazine holds is not lost: a
+/// trim gives its chunks back, an allocation that finds the device full takes it, a sleep takes it before
+/// the memory goes, and nothing is handed out of a magazine while the pool sleeps.
+#[test]
+fn blocks_in_a_threads_magazine_come_back_to_whoever_needs_them() {
+    solo(test_name!(), |rt| {
+        let kv = kv_pool(rt);
+        let capacity = kv.stats().capacity as usize;
+        // Same thread: the block comes straight back.
+        let a = kv.alloc().unwrap();
+        kv.free(a).unwrap();
+        let st = kv.stats();
+        assert_eq!((st.allocated, st.cached), (0, 1));
+        let b = kv.alloc().unwrap();
+        assert_eq!(b.id(), a.id(), "the magazine's block");
+        assert_ne!(b.generation(), a.generation());
+        assert!(matches!(kv.free(a), Err(Error::StaleBlock { .. })), "the old reference is stale");
+        assert!(kv.ptr(&a).is_err());
+        assert_eq!((kv.stats().allocated, kv.stats().cached), (1, 0));
+        kv.free(b).unwrap();
+        // Another thread frees 16 blocks (two chunks' worth) into its magazine and stays idle.
+        let (to_idle, idle_hears) = std::sync::mpsc::channel::<&str>();
+        let (idle_says, from_idle) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let kv = &kv;
+            s.spawn(move || {
+                for step in idle_hears {
+                    match step {
+                        "fill" => kv.free_many(&kv.alloc_many(16).unwrap()).unwrap(),
+                        _ => {
+                            // Its magazine was drained: allocating still works, from the pool.
+                            let again = kv.alloc().unwrap();
+                            kv.free(again).unwrap();
+                        }
+                    }
+                    idle_says.send(()).unwrap();
+                }
+            });
+            to_idle.send("fill").unwrap();
+            from_idle.recv().unwrap();
+            let st = kv.stats();
+            assert_eq!((st.allocated, st.cached), (0, 17), "16 in the other thread's magazine, 1 in this one's");
+            // A trim from this thread takes them: every chunk goes back.
+            let chunks = st.pool.chunks;
+            assert!(chunks >= 2);
+            assert_eq!(kv.trim().unwrap(), chunks);
+            let st = kv.stats();
+            assert_eq!((st.allocated, st.cached, st.pool.chunks), (0, 0, 0));
+            to_idle.send("use").unwrap();
+            from_idle.recv().unwrap();
+            to_idle.send("fill").unwrap();
+            from_idle.recv().unwrap();
+            assert_eq!(kv.stats().cached, 16, "the trim emptied this thread's magazine too");
+            // The whole pool, with 16 blocks sitting in another thread's magazine: the full device takes them back.
+            let all = kv.alloc_many(capacity).unwrap();
+            assert!(matches!(kv.alloc(), Err(Error::OutOfMemory { .. })));
+            assert_eq!(kv.stats().cached, 0);
+            kv.free_many(&all).unwrap();
+            drop(to_idle);
+        });
+        // A sleep takes what magazines hold; while asleep nothing comes out of one.
+        let c = kv.alloc().unwrap();
+        let e = kv.alloc().unwrap();
+        kv.free(c).unwrap();
+        assert!(kv.stats().cached > 0);
+        kv.sleep(true).unwrap();
+        assert_eq!(kv.stats().cached, 0);
+        kv.free(e).unwrap(); // freed while asleep: not into a magazine
+        assert_eq!(kv.stats().cached, 0);
+        assert!(matches!(kv.alloc(), Err(Error::Asleep(_))), "{:?}", kv.alloc());
+        kv.wake().unwrap();
+        let d = kv.alloc().unwrap();
+        kv.free(d).unwrap();
+        assert_eq!(kv.alloc().unwrap().id(), d.id(), "magazines open again after the wake");
+        kv.close().unwrap();
+    });
+}
+
 #[test]
 fn block_references_of_other_pools_out_of_range_or_stale_are_refused() {
     kv_test(
