@@ -30,6 +30,10 @@ use crate::sync::stat::{AtomicU64, Ordering};
 /// A slot with nothing in it (no entry is `u64::MAX`).
 pub(crate) const EMPTY: u64 = u64::MAX;
 
+const CLOSED: u64 = 0;
+const OPEN: u64 = 1;
+const SHUT: u64 = 2;
+
 /// Ids of [`Magazines`], never reused in a process, so a thread's stale record of one never matches another.
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -53,13 +57,25 @@ thread_local! {
     static MINE: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
 }
 
+/// What a [`push`](Magazines::push) did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Kept.
+    Kept,
+    /// Not kept, the claim not tried: closed, full, or the thread has no magazine for the bin (nor room
+    /// for one).
+    Refused,
+    /// Not kept: the claim said no.
+    Unclaimed,
+}
+
 /// The magazines of one owner (a KV pool, a pool): every thread's, so that they can be drained.
 pub(crate) struct Magazines {
     id: u64,
     /// Entries per magazine of a bin (0: that bin is not kept).
     cap: fn(u64) -> usize,
     max_bins: usize,
-    /// 1 while entries may be pushed and popped.
+    /// [`OPEN`] while entries may be pushed and popped, [`SHUT`] for good once sealed.
     open: AtomicU64,
     all: StaticMutex<Vec<std::sync::Arc<Magazine>>>,
 }
@@ -79,7 +95,7 @@ impl Magazines {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             cap,
             max_bins,
-            open: AtomicU64::new(u64::from(max_bins > 0)),
+            open: AtomicU64::new(if max_bins > 0 { OPEN } else { SHUT }),
             all: StaticMutex::new(Vec::new()),
         }
     }
@@ -88,12 +104,20 @@ impl Magazines {
     /// drain: [`drain`](Magazines::drain) after it takes what they hold, and a push that raced the close
     /// is left for the next drain.
     pub(crate) fn set_open(&self, open: bool) {
-        self.open.store(u64::from(open && self.max_bins > 0), Ordering::SeqCst);
+        let to = if open { OPEN } else { CLOSED };
+        let _ = self.open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| (now != SHUT).then_some(to));
     }
 
+    /// Close the magazines for good: [`set_open`](Magazines::set_open) no longer opens them (their owner
+    /// is closing).
+    pub(crate) fn seal(&self) {
+        self.open.store(SHUT, Ordering::SeqCst);
+    }
+
+    /// Whether entries may be pushed and popped now.
     #[inline]
-    fn is_open(&self) -> bool {
-        self.open.load(Ordering::Relaxed) != 0
+    pub(crate) fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed) == OPEN
     }
 
     /// Run `f` on this thread's magazine of this owner's `bin`, made if `make` and there is none yet (and
@@ -102,10 +126,16 @@ impl Magazines {
     fn with_mine<R>(&self, bin: u64, make: bool, f: impl FnOnce(&mut Local) -> R) -> Option<R> {
         MINE.try_with(|m| {
             let mut m = m.try_borrow_mut().ok()?;
-            if let Some(l) = m.iter_mut().find(|l| l.owner == self.id && l.bin == bin) {
-                return Some(f(l));
+            let mut mine = 0;
+            for l in m.iter_mut() {
+                if l.owner == self.id {
+                    if l.bin == bin {
+                        return Some(f(l));
+                    }
+                    mine += 1;
+                }
             }
-            if !make {
+            if !make || mine >= self.max_bins {
                 return None;
             }
             self.make_mine(&mut m, bin).map(f)
@@ -118,11 +148,11 @@ impl Magazines {
     /// owners that are gone (their registry held the only other reference) are dropped on the way.
     #[cold]
     fn make_mine<'a>(&self, m: &'a mut Vec<Local>, bin: u64) -> Option<&'a mut Local> {
-        m.retain(|l| std::sync::Arc::strong_count(&l.mag) > 1);
         let cap = (self.cap)(bin);
-        if cap == 0 || m.iter().filter(|l| l.owner == self.id).count() >= self.max_bins {
+        if cap == 0 {
             return None;
         }
+        m.retain(|l| std::sync::Arc::strong_count(&l.mag) > 1);
         let mag = std::sync::Arc::new(Magazine { bin, slots: (0..cap).map(|_| AtomicU64::new(EMPTY)).collect() });
         self.all.lock().push(mag.clone());
         m.push(Local { owner: self.id, bin, mag, len: 0 });
@@ -165,23 +195,27 @@ impl Magazines {
         });
     }
 
-    /// Keep `e` (not [`EMPTY`]) in this thread's magazine of `bin`; `false` if it is full, closed, or the
-    /// thread has no room for another bin: then the caller gives `e` to the allocator itself.
+    /// Keep `e` (not [`EMPTY`]) in this thread's magazine of `bin`, once `claim` says it may (a free's
+    /// check that what it frees is live, made only when there is room for it). A full magazine refuses:
+    /// a burst of frees beyond it goes to the allocator as if there were no magazine.
     #[inline]
-    pub(crate) fn push(&self, bin: u64, e: u64) -> bool {
+    pub(crate) fn push(&self, bin: u64, e: u64, claim: impl FnOnce() -> bool) -> Pushed {
         debug_assert_ne!(e, EMPTY);
         if !self.is_open() {
-            return false;
+            return Pushed::Refused;
         }
         self.with_mine(bin, true, |l| {
             if l.len == l.mag.slots.len() {
-                return false;
+                return Pushed::Refused;
+            }
+            if !claim() {
+                return Pushed::Unclaimed;
             }
             l.mag.slots[l.len].store(e, Ordering::Release);
             l.len += 1;
-            true
+            Pushed::Kept
         })
-        .unwrap_or(false)
+        .unwrap_or(Pushed::Refused)
     }
 
     /// Keep as many of `es` in `bin` as fit; returns how many (a prefix of `es`).
@@ -248,7 +282,7 @@ mod tests {
     fn a_thread_gets_back_what_it_pushed_last_first() {
         let m = Magazines::new(1, |_| 4);
         assert_eq!(m.pop(0), None);
-        assert!(m.push(0, 1) && m.push(0, 2));
+        assert!(m.push(0, 1, || true) == Pushed::Kept && m.push(0, 2, || true) == Pushed::Kept);
         assert_eq!(m.held(), (2, 0));
         assert_eq!(m.pop(0), Some(2));
         assert_eq!(m.pop(0), Some(1));
@@ -258,30 +292,34 @@ mod tests {
     #[test]
     fn a_full_or_closed_magazine_refuses() {
         let m = Magazines::new(1, |_| 2);
-        assert!(m.push(0, 1) && m.push(0, 2));
-        assert!(!m.push(0, 3), "full");
+        assert!(m.push(0, 1, || true) == Pushed::Kept && m.push(0, 2, || true) == Pushed::Kept);
+        assert_eq!(m.push(0, 3, || panic!("no claim when full")), Pushed::Refused, "full");
         assert_eq!(m.push_many(0, &[4, 5]), 0);
         assert_eq!(m.pop(0), Some(2));
+        assert_eq!(m.push(0, 4, || false), Pushed::Unclaimed);
         assert_eq!(m.push_many(0, &[6, 7, 8]), 1);
         m.set_open(false);
         assert_eq!(m.pop(0), None, "closed: nothing to pop");
-        assert!(!m.push(0, 9));
+        assert_eq!(m.push(0, 9, || true), Pushed::Refused);
         assert_eq!(m.drain().len(), 2, "a closed magazine still drains");
         m.set_open(true);
         assert_eq!(m.pop(0), None, "drained");
+        m.seal();
+        m.set_open(true);
+        assert_eq!(m.push(0, 1, || true), Pushed::Refused, "sealed for good");
         let none = Magazines::new(0, |_| 2);
-        assert!(!none.push(0, 1), "no magazines at all");
+        assert_eq!(none.push(0, 1, || true), Pushed::Refused, "no magazines at all");
     }
 
     #[test]
     fn owners_and_bins_have_separate_magazines_in_one_thread() {
         let (a, b) = (Magazines::new(1, |_| 2), Magazines::new(2, |bin| if bin > 100 { 0 } else { 2 }));
-        assert!(a.push(0, 1) && b.push(0, 2));
+        assert!(a.push(0, 1, || true) == Pushed::Kept && b.push(0, 2, || true) == Pushed::Kept);
         assert_eq!((a.pop(0), b.pop(0)), (Some(1), Some(2)));
-        assert!(!a.push(5, 1), "one bin per thread for a");
-        assert!(b.push(5, 3) && b.push(5, 4));
-        assert!(!b.push(6, 5), "two bins per thread for b");
-        assert!(!b.push(101, 5), "b keeps no bin over 100");
+        assert_eq!(a.push(5, 1, || true), Pushed::Refused, "one bin per thread for a");
+        assert!(b.push(5, 3, || true) == Pushed::Kept && b.push(5, 4, || true) == Pushed::Kept);
+        assert_eq!(b.push(6, 5, || true), Pushed::Refused, "two bins per thread for b");
+        assert_eq!(b.push(101, 5, || true), Pushed::Refused, "b keeps no bin over 100");
         assert_eq!(b.held(), (2, 10));
         assert_eq!((b.pop(0), b.pop(5)), (None, Some(4)));
         let mut drained = b.drain();
@@ -294,13 +332,13 @@ mod tests {
         let m = std::sync::Arc::new(Magazines::new(1, |_| 8));
         let m2 = m.clone();
         std::thread::spawn(move || assert_eq!(m2.push_many(0, &[1, 2, 3]), 3)).join().unwrap();
-        assert!(m.push(0, 4));
+        assert!(m.push(0, 4, || true) == Pushed::Kept);
         let mut got: Vec<u64> = m.drain().into_iter().map(|(_, e)| e).collect();
         got.sort();
         assert_eq!(got, [1, 2, 3, 4]);
         assert_eq!(m.all.lock().len(), 1, "the exited thread's magazine is forgotten, this one's kept");
         assert_eq!(m.pop(0), None);
-        assert!(m.push(0, 5));
+        assert!(m.push(0, 5, || true) == Pushed::Kept);
         assert_eq!(m.pop(0), Some(5), "this thread's count is right after a drain");
     }
 

@@ -28,6 +28,11 @@ pub struct PoolStats {
     pub utilization: f64,
     /// Live heap allocations.
     pub live_allocations: u64,
+    /// Bytes of heap allocations freed into threads' magazines and kept for those threads' next
+    /// allocations of the same sizes: free (not in `allocated_bytes` or `live_allocations`), but not in
+    /// the heap's free extents until the pool takes them back (it does before growing, trimming or
+    /// sleeping).
+    pub cached_bytes: u64,
     /// Live blocks, all classes.
     pub live_blocks: u64,
     /// Free blocks in the classes' chunks, all classes (more can be had by growing).

@@ -76,6 +76,7 @@ pub(crate) fn pool_stats<'py>(py: Python<'py>, s: &PoolStats) -> PyResult<Bound<
     d.set_item("largest_free_extent", s.largest_free_extent)?;
     d.set_item("utilization", s.utilization)?;
     d.set_item("live_allocations", s.live_allocations)?;
+    d.set_item("cached_bytes", s.cached_bytes)?;
     d.set_item("live_blocks", s.live_blocks)?;
     d.set_item("free_blocks", s.free_blocks)?;
     d.set_item("chunks_grown", s.chunks_grown)?;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result, close_on_drop};
-use crate::magazine::Magazines;
+use crate::magazine::{Magazines, Pushed};
 use crate::pool::{Block, BlockClassId, Divisor, Pool, PoolConfig, PoolStats};
 use crate::runtime::Runtime;
 use crate::share::ShareConfig;
@@ -390,11 +390,11 @@ impl KvPool {
     /// A block freed and unpinned: to this thread's magazine, or to the pool if that is full.
     #[inline]
     fn give_back(&self, id: u32) -> Result<()> {
-        if self.cache.push(self.geometry.block_bytes, u64::from(id)) {
-            return Ok(());
+        match self.cache.push(self.geometry.block_bytes, u64::from(id), || true) {
+            Pushed::Kept => Ok(()),
+            // The handle is made where the pool reads it (moving it about cost more than the rest here).
+            Pushed::Refused | Pushed::Unclaimed => self.pool.free_blocks(std::slice::from_ref(&self.handle(id))),
         }
-        // The handle is made where the pool reads it (moving it about cost more than the rest here).
-        self.pool.free_blocks(std::slice::from_ref(&self.handle(id)))
     }
 
     /// Blocks freed and unpinned: to this thread's magazine as far as it has room, the rest to the pool.
@@ -700,7 +700,7 @@ impl KvPool {
     /// that died are removed.
     pub fn close(&self) -> Result<()> {
         // What magazines hold goes with the pool.
-        self.cache.set_open(false);
+        self.cache.seal();
         {
             let mut st = self.owner.lock();
             st.epoch_seen = None;

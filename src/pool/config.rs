@@ -39,7 +39,8 @@ pub struct PoolConfig {
     pub page: PageSize,
     /// When a free leaves more than this many bytes in fully free chunks, that free trims back down to it
     /// (making runtime calls). `None`: trim only on [`Pool::trim`](super::Pool::trim) or when the device is out of memory, as
-    /// a caching allocator does.
+    /// a caching allocator does. With a watermark, frees also skip the threads' magazines (which would
+    /// hold freed memory back from it).
     pub trim_watermark: Option<u64>,
     /// Chunks mapped when the pool is made and never trimmed: a warm start for the first allocations.
     pub reserve_chunks: u32,

@@ -16,6 +16,10 @@
 //! it is trimmed (they must be entirely free then); those cold paths scan the blocks. The heap also counts,
 //! per chunk of the pool, the bytes allocated in it, so a fully free chunk is known at once.
 //!
+//! Whether an allocation is live is its record's word in [`Records`] (with the generation its handle
+//! carries), which a thread's magazine can change without the pool's lock (`records`): an allocation kept
+//! in a magazine is allocated here (not free, not in a bin) and not live.
+//!
 //! Invariants (checked by `check` in tests): blocks of one contiguous range tile it exactly; no two free
 //! blocks are neighbours; every free block is in the bin of its size, every allocated one in none; the
 //! per-chunk counts sum to the allocated bytes.
@@ -25,6 +29,8 @@
 use slab::Slab;
 
 use super::divide::Divisor;
+use super::records::{CACHED, FREE, LIVE, Records};
+use crate::sync::StdArc;
 
 /// Allocation granularity and default alignment: every size and offset is a multiple of it.
 pub const GRANULE: u64 = 512;
@@ -45,7 +51,6 @@ struct Block {
     prev_free: u32,
     next_free: u32,
     free: bool,
-    generation: u32,
 }
 
 /// An allocated block: enough to free it and to check that what is freed was allocated.
@@ -53,7 +58,7 @@ struct Block {
 pub struct HeapBlock {
     /// Slab key of the block record.
     pub key: u32,
-    /// Generation of the record when it was allocated.
+    /// Generation of the record when it was allocated (its word's, in [`Records`]).
     pub generation: u32,
     /// Offset in the range.
     pub offset: u64,
@@ -75,7 +80,7 @@ pub struct Heap {
     fl_bitmap: u64,
     sl_bitmap: [u32; FL],
     heads: [[u32; SL]; FL],
-    next_generation: u32,
+    records: StdArc<Records>,
     chunk: u64,
     per_chunk: Divisor,
     /// Chunks with something allocated in them (`used` not 0).
@@ -112,14 +117,21 @@ fn bin_for_request(size: u64) -> Option<(usize, usize)> {
 
 impl Heap {
     /// An empty heap over a range of `chunks` chunks of `chunk` bytes.
+    #[cfg(test)]
     pub fn new(chunk: u64, chunks: usize) -> Heap {
+        Heap::with_records(chunk, chunks, StdArc::default())
+    }
+
+    /// An empty heap whose records' words are in `records` (a pool's, kept across heaps so that a
+    /// generation never repeats).
+    pub fn with_records(chunk: u64, chunks: usize, records: StdArc<Records>) -> Heap {
         assert!(chunk.is_multiple_of(GRANULE) && chunk > 0, "chunk size {chunk} is not a multiple of {GRANULE}");
         Heap {
             blocks: Slab::new(),
             fl_bitmap: 0,
             sl_bitmap: [0; FL],
             heads: [[NIL; SL]; FL],
-            next_generation: 0,
+            records,
             chunk,
             per_chunk: Divisor::new(chunk),
             in_use_chunks: 0,
@@ -127,6 +139,11 @@ impl Heap {
             free_bytes: 0,
             allocated_bytes: 0,
         }
+    }
+
+    /// Where its records' words are.
+    pub fn records(&self) -> &StdArc<Records> {
+        &self.records
     }
 
     /// Bytes allocated.
@@ -156,9 +173,14 @@ impl Heap {
     pub fn allocated_in(&self, lo: u64, hi: u64) -> Vec<(u64, u64)> {
         self.blocks
             .iter()
-            .filter(|(_, b)| !b.free && b.offset < hi && b.offset + b.size > lo)
+            .filter(|(k, b)| !b.free && b.offset < hi && b.offset + b.size > lo && !self.cached(*k as u32))
             .map(|(_, b)| (b.offset, b.size))
             .collect()
+    }
+
+    /// Whether allocated block `key` is kept in a thread's magazine.
+    fn cached(&self, key: u32) -> bool {
+        self.records.get(key).is_some_and(|r| r.load().1 == CACHED)
     }
 
     #[inline]
@@ -231,9 +253,11 @@ impl Heap {
             prev_free: NIL,
             next_free: NIL,
             free: false,
-            generation: 0,
         });
-        u32::try_from(key).expect("fewer than 2^32 blocks")
+        let key = u32::try_from(key).expect("fewer than 2^32 blocks");
+        // Its word: free, at the generation a record of this key last had.
+        self.records.make(key);
+        key
     }
 
     /// Cut `key` so that it keeps its first `size` bytes; the rest becomes a new block, returned (not yet
@@ -326,11 +350,15 @@ impl Heap {
             let rest = self.split(key, size);
             self.release(rest);
         }
-        self.next_generation = self.next_generation.wrapping_add(1);
-        let generation = self.next_generation;
-        let b = &mut self.blocks[key as usize];
-        b.generation = generation;
+        let b = &self.blocks[key as usize];
         let (offset, size) = (b.offset, b.size);
+        // Live at a new generation: a handle of the record's earlier allocations never matches again.
+        let rec = self.records.get(key).expect("made with the block");
+        let (last, state) = rec.load();
+        debug_assert_eq!(state, FREE);
+        let generation = last.wrapping_add(1);
+        rec.set_offset(offset);
+        rec.store(generation, LIVE);
         self.account(offset, size, true);
         self.allocated_bytes += size;
         self.free_bytes -= size;
@@ -340,23 +368,51 @@ impl Heap {
     /// Free an allocated block.
     #[inline]
     pub fn free(&mut self, blk: HeapBlock) -> Result<(), FreeError> {
-        match self.blocks.get(blk.key as usize) {
-            Some(b) if !b.free && b.generation == blk.generation && b.offset == blk.offset && b.size == blk.size => {}
-            _ => return Err(FreeError::NotAllocated),
+        if !self.matches(&blk) {
+            return Err(FreeError::NotAllocated);
         }
-        // A fresh generation: the same record can never be freed twice with the old one.
-        self.blocks[blk.key as usize].generation = 0;
+        // Live to free, unless a magazine's free took it first (then this one is the second free).
+        let rec = self.records.get(blk.key).expect("made with the block");
+        if !rec.change(blk.generation, LIVE, FREE) {
+            return Err(FreeError::NotAllocated);
+        }
+        self.give_back(blk);
+        Ok(())
+    }
+
+    /// Free a block cached in a magazine (its word `CACHED` at its generation), taken out of it by the
+    /// caller; false if the word says otherwise (a record the heap has freed since: nothing is done).
+    pub fn free_cached(&mut self, blk: HeapBlock) -> bool {
+        if !self.matches(&blk) {
+            return false;
+        }
+        let rec = self.records.get(blk.key).expect("made with the block");
+        if rec.load() != (blk.generation, CACHED) {
+            return false;
+        }
+        rec.store(blk.generation, FREE);
+        self.give_back(blk);
+        true
+    }
+
+    /// Whether `blk` is the allocated (not free) block of its record, at its place.
+    #[inline]
+    fn matches(&self, blk: &HeapBlock) -> bool {
+        matches!(self.blocks.get(blk.key as usize), Some(b) if !b.free && b.offset == blk.offset && b.size == blk.size)
+    }
+
+    /// A block whose word just went free goes back to its bin.
+    #[inline]
+    fn give_back(&mut self, blk: HeapBlock) {
         self.account(blk.offset, blk.size, false);
         self.allocated_bytes -= blk.size;
         self.free_bytes += blk.size;
         self.release(blk.key);
-        Ok(())
     }
 
     /// Whether `blk` is a live allocation of this heap.
     pub fn is_allocated(&self, blk: &HeapBlock) -> bool {
-        matches!(self.blocks.get(blk.key as usize),
-            Some(b) if !b.free && b.generation == blk.generation && b.offset == blk.offset && b.size == blk.size)
+        self.matches(blk) && self.records.get(blk.key).is_some_and(|r| r.load() == (blk.generation, LIVE))
     }
 
     /// Add `[offset, offset+len)`, newly mapped, as free memory, merging with adjacent blocks of ours.

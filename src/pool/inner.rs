@@ -3,8 +3,10 @@
 //! (`mod.rs`, `sleep`), so that neither needs the other.
 
 use super::config::PoolConfig;
+use super::records::Records;
 use super::slots::ChunkObserver;
 use super::state::{Geometry, State};
+use crate::magazine::Magazines;
 use crate::runtime::Runtime;
 use crate::sync::{Arc, Mutex, StdArc};
 use crate::vmm::DropErrors;
@@ -25,4 +27,11 @@ pub(super) struct Inner {
     pub(super) observer: Mutex<Option<StdArc<dyn ChunkObserver>>>,
     /// Sleeps and wakes, one at a time (each makes runtime calls outside the state's lock).
     pub(super) sleep_wake: Mutex<()>,
+    /// The heap's records' words, read and claimed without the state's lock by frees into magazines.
+    pub(super) records: StdArc<Records>,
+    /// Heap allocations freed and kept per thread and size for that thread's next allocations of the
+    /// size (entries: the record's key and generation). Open while the pool is awake and not closed.
+    pub(super) cache: Magazines,
+    /// The largest allocation the magazines keep (0: none).
+    pub(super) cache_max: u64,
 }

@@ -8,7 +8,8 @@
 //!   slots;
 //! - a `Mapped { owner: Heap }` slot's range is in the heap and in no class; a `Mapped { owner: Class(c) }`
 //!   slot is class `c`'s chunk and not in the heap; no other slot is in either;
-//! - `live_allocations` counts heap allocations handed out and not freed.
+//! - `live_allocations` counts heap allocations handed out and not freed (those kept in threads'
+//!   magazines too: they are the heap's until a magazine gives them back).
 
 #![deny(unsafe_code)]
 
@@ -16,12 +17,13 @@ use std::collections::BTreeMap;
 
 use crate::error::{Error, Result};
 use crate::stats::PoolStats;
-use crate::sync::Arc;
+use crate::sync::{Arc, StdArc};
 use crate::vmm::{Mapping, VaRange};
 
 use super::blocks::BlockClass;
 use super::handle::{Allocation, Block, BlockClassId};
 use super::heap::{FreeError, Heap, HeapBlock};
+use super::records::Records;
 use super::slots::{Leftover, Owner, Slot, Teardown};
 
 /// Where a pool's bytes are: what turns a place in the range into a handle and an address.
@@ -79,8 +81,9 @@ pub(super) struct State {
 // The methods of the hot path (allocating and freeing inside mapped chunks) are `#[inline]`: the pool
 // calls them from another module, which may be another codegen unit.
 impl State {
-    /// A pool of `slots` empty chunk slots of `chunk` bytes over `range`.
-    pub(super) fn new(range: Arc<VaRange>, slots: usize, chunk: u64) -> State {
+    /// A pool of `slots` empty chunk slots of `chunk` bytes over `range`, its heap's records' words in
+    /// `records`.
+    pub(super) fn new(range: Arc<VaRange>, slots: usize, chunk: u64, records: StdArc<Records>) -> State {
         State {
             range: Some(range),
             tags: vec![DEFAULT_TAG.to_string()],
@@ -89,7 +92,7 @@ impl State {
             asleep: false,
             kept: None,
             slots: (0..slots).map(|_| Slot::Empty).collect(),
-            heap: Heap::new(chunk, slots),
+            heap: Heap::with_records(chunk, slots, records),
             classes: Vec::new(),
             free_chunks: 0,
             mapped_chunks: 0,
@@ -177,6 +180,18 @@ impl State {
             self.tagged.remove(&a.block.offset);
         }
         Ok(())
+    }
+
+    /// Free a heap allocation a magazine kept, taken out of it (see [`Heap::free_cached`]); false if the
+    /// heap no longer has it so (nothing changed).
+    pub(super) fn free_cached(&mut self, b: HeapBlock) -> bool {
+        let in_use = self.heap.in_use_chunks();
+        if !self.heap.free_cached(b) {
+            return false;
+        }
+        self.free_chunks += in_use - self.heap.in_use_chunks();
+        self.live_allocations -= 1;
+        true
     }
 
     /// Whether `b` is a live heap allocation.
@@ -443,7 +458,7 @@ impl State {
 
     /// After the final teardown: every allocator empty (what it held was in the chunks just released).
     pub(super) fn reset_allocators(&mut self, chunk: u64) {
-        self.heap = Heap::new(chunk, self.slots.len());
+        self.heap = Heap::with_records(chunk, self.slots.len(), self.heap.records().clone());
         for c in &mut self.classes {
             *c = BlockClass::new(c.size(), chunk);
         }
@@ -476,6 +491,7 @@ impl State {
             largest_free_extent: self.heap.largest_free(),
             utilization: if mapped == 0 { 0.0 } else { allocated as f64 / mapped as f64 },
             live_allocations: self.live_allocations,
+            cached_bytes: 0,
             live_blocks: self.classes.iter().map(BlockClass::allocated).sum(),
             free_blocks: self.classes.iter().map(BlockClass::free).sum(),
             chunks_grown: self.chunks_grown,

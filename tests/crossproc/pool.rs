@@ -394,11 +394,163 @@ fn foreign_double_and_stale_frees_are_refused() {
     });
 }
 
+/// A free of a small untagged allocation waits in the freeing thread's magazine, and that thread's next
+/// allocation of the size takes it back: the same place, a fresh handle; the old handle, and a second free
+/// of it while it waits, are refused; statistics count it as free (`cached_bytes`).
+#[test]
+fn a_freed_allocation_waits_in_its_threads_magazine_and_comes_back_with_a_fresh_handle() {
+    solo(test_name!(), |rt| {
+        let pool = small(rt);
+        let a = pool.alloc(60 << 10).unwrap();
+        pool.free(a).unwrap();
+        let st = pool.stats();
+        assert_eq!((st.live_allocations, st.allocated_bytes, st.cached_bytes), (0, 0, 60 << 10));
+        assert!(matches!(pool.free(a), Err(Error::NotAllocated { .. })), "freed twice while in the magazine");
+        let b = pool.alloc(60 << 10).unwrap();
+        assert_eq!(b.offset(), a.offset(), "the magazine's allocation");
+        assert_ne!(a, b, "a fresh handle");
+        assert!(matches!(pool.free(a), Err(Error::NotAllocated { .. })), "the old handle");
+        let st = pool.stats();
+        assert_eq!((st.live_allocations, st.allocated_bytes, st.cached_bytes), (1, 60 << 10, 0));
+        // Another size and an aligned request do not take it.
+        pool.free(b).unwrap();
+        let c = pool.alloc(61 << 10).unwrap();
+        assert_ne!(c.offset(), a.offset());
+        let d = pool.alloc_aligned(60 << 10, 1 << 20).unwrap();
+        assert_ne!(d.offset(), a.offset());
+        // A tagged allocation may, but is freed to the heap (the heap keeps its tag).
+        let e = pool.alloc_tagged(60 << 10, "weights").unwrap();
+        assert_eq!(pool.stats().cached_bytes, 0);
+        for x in [c, d, e] {
+            pool.free(x).unwrap();
+        }
+        assert_eq!(pool.stats().cached_bytes, (61 << 10) + (60 << 10), "c and d in magazines, e in the heap");
+        close_clean(rt, &pool);
+    });
+}
+
+/// What idle threads' magazines hold is not lost: an allocation that needs it (the range is full) takes
+/// it back rather than fail, a trim gives its chunks back, a sleep takes it before the memory goes, and
+/// nothing comes out of a magazine while the pool sleeps.
+#[test]
+fn what_threads_magazines_hold_comes_back_to_whoever_needs_it() {
+    solo(test_name!(), |rt| {
+        let cfg = PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 8 * MIB, ..PoolConfig::default() };
+        let pool = Pool::new(rt, 0, cfg).unwrap();
+        let (to_idle, idle_hears) = std::sync::mpsc::channel::<()>();
+        let (idle_says, from_idle) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|s| {
+            let pool = &pool;
+            s.spawn(move || {
+                raw::set_device(rt, 0).unwrap();
+                // Two chunks' worth of 64 KiB allocations, freed into this thread's magazine.
+                for () in idle_hears {
+                    let held: Vec<_> = (0..64).map(|_| pool.alloc(64 << 10).unwrap()).collect();
+                    for a in held {
+                        pool.free(a).unwrap();
+                    }
+                    idle_says.send(()).unwrap();
+                }
+            });
+            let fill = || {
+                to_idle.send(()).unwrap();
+                from_idle.recv().unwrap();
+                assert_eq!(pool.stats().cached_bytes, 4 * MIB);
+            };
+            // The whole range at once: only with what the magazine holds.
+            fill();
+            let all = pool.alloc(8 * MIB).unwrap();
+            assert_eq!(pool.stats().cached_bytes, 0);
+            pool.free(all).unwrap();
+            // A trim gives back every chunk, those the magazine held too.
+            fill();
+            let chunks = pool.stats().chunks;
+            assert_eq!(pool.trim().unwrap(), chunks);
+            assert_eq!((pool.stats().chunks, pool.stats().cached_bytes), (0, 0));
+            // A sleep takes them first.
+            fill();
+            let kept = pool.alloc(4096).unwrap();
+            pool.sleep(&aclshm::SleepConfig::default()).unwrap();
+            assert_eq!(pool.stats().cached_bytes, 0);
+            pool.free(kept).unwrap(); // freed while asleep: not into a magazine
+            assert!(matches!(pool.alloc(4096), Err(Error::Asleep(_))));
+            pool.wake(None).unwrap();
+            let again = pool.alloc(4096).unwrap();
+            pool.free(again).unwrap();
+            assert_eq!(pool.alloc(4096).unwrap().offset(), again.offset(), "magazines open again after the wake");
+            drop(to_idle);
+        });
+        close_clean(rt, &pool);
+    });
+}
+
+/// Two threads freeing the same allocations at once: each is freed exactly once (into a magazine or the
+/// heap), the other thread told it is not allocated, and the pool's accounting holds.
+#[test]
+fn two_threads_freeing_the_same_allocations_at_once_free_each_once() {
+    solo(test_name!(), |rt| {
+        let pool = small(rt);
+        let barrier = Barrier::new(2);
+        for round in 0..50 {
+            // More than a magazine holds (64 of 64 KiB), so some frees go to the heap.
+            let held: Vec<Allocation> = (0..100).map(|_| pool.alloc(64 << 10).unwrap()).collect();
+            let freed: usize = std::thread::scope(|s| {
+                let racers: Vec<_> = (0..2)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            let mut mine = 0;
+                            for a in &held {
+                                match pool.free(*a) {
+                                    Ok(()) => mine += 1,
+                                    Err(Error::NotAllocated { .. }) => {}
+                                    Err(e) => panic!("round {round}: {e}"),
+                                }
+                            }
+                            mine
+                        })
+                    })
+                    .collect();
+                racers.into_iter().map(|t| t.join().unwrap()).sum()
+            });
+            assert_eq!(freed, held.len(), "round {round}: every allocation freed exactly once");
+            let st = pool.stats();
+            assert_eq!((st.live_allocations, st.allocated_bytes), (0, 0), "round {round}");
+        }
+        // The heap agrees: the whole range fits again.
+        let all = pool.alloc(64 * MIB).unwrap();
+        pool.free(all).unwrap();
+        close_clean(rt, &pool);
+    });
+}
+
 #[test]
 fn many_threads_allocating_freeing_and_trimming_keep_every_invariant() {
+    // Sizes of 1 byte to 3 MiB, frees trimming past a watermark (no magazines).
+    solo(test_name!(), |rt| threads_allocating_freeing_and_trimming(rt, Some(8 * MIB), |r| 1 + r % (3 * MIB)));
+}
+
+#[test]
+fn many_threads_through_magazines_allocating_freeing_and_trimming_keep_every_invariant() {
+    // Sizes that repeat (most kept in magazines), and some that do not; a thread trimming throughout
+    // takes back what the magazines hold.
+    solo(test_name!(), |rt| {
+        threads_allocating_freeing_and_trimming(rt, None, |r| match r % 4 {
+            0 => 4096,
+            1 => 64 << 10,
+            2 => 200 << 10,
+            _ => 1 + (r >> 2) % (3 * MIB),
+        })
+    });
+}
+
+/// Four threads allocating and freeing (heap allocations of `size(random)` bytes, and blocks) while a
+/// fifth trims: no two allocations overlap (both ends of each are tagged and checked before its free),
+/// and at the end nothing is allocated and everything can be given back.
+fn threads_allocating_freeing_and_trimming(rt: &Runtime, watermark: Option<u64>, size: fn(u64) -> u64) {
     const THREADS: usize = 4;
     const ITERS: usize = 1500;
-    solo(test_name!(), |rt| {
+    {
         let pool = Arc::new(
             Pool::new(
                 rt,
@@ -406,7 +558,7 @@ fn many_threads_allocating_freeing_and_trimming_keep_every_invariant() {
                 PoolConfig {
                     chunk_bytes: 2 * MIB,
                     reserve_bytes: 256 * MIB,
-                    trim_watermark: Some(8 * MIB),
+                    trim_watermark: watermark,
                     ..PoolConfig::default()
                 },
             )
@@ -450,8 +602,7 @@ fn many_threads_allocating_freeing_and_trimming_keep_every_invariant() {
                         };
                         match op {
                             0 => {
-                                let size = 1 + rnd() % (3 * MIB);
-                                let a = pool.alloc(size).unwrap();
+                                let a = pool.alloc(size(rnd())).unwrap();
                                 // Tag both ends: an overlap with another thread's allocation shows up.
                                 let tag = pattern(t as u64 * 1_000_000 + i as u64, 64);
                                 write_dev(&rt, a.as_ptr(), &tag).unwrap();
@@ -491,15 +642,19 @@ fn many_threads_allocating_freeing_and_trimming_keep_every_invariant() {
         let trimmed_by_thread = trimmer.join().unwrap();
         let st = pool.stats();
         assert_eq!((st.live_allocations, st.live_blocks, st.allocated_bytes), (0, 0, 0), "{st}");
-        assert_eq!(st.free_chunks, st.chunks, "every mapped chunk is free");
+        if watermark.is_some() {
+            assert_eq!(st.free_chunks, st.chunks, "every mapped chunk is free");
+        }
         assert!(
             st.chunks_grown > 10 && st.chunks_trimmed > 0,
             "{st}: grown and trimmed along the way ({trimmed_by_thread} by the trimmer)"
         );
         assert_eq!(u64::from(st.chunks), st.chunks_grown - st.chunks_trimmed);
         pool.trim().unwrap();
+        let st = pool.stats();
+        assert_eq!((st.chunks, st.cached_bytes), (0, 0), "{st}");
         assert_eq!(raw::sim_get_stats(rt).unwrap().physObjects, 0);
         Arc::into_inner(pool).unwrap().close().unwrap();
         assert_nothing_held(rt);
-    });
+    }
 }
