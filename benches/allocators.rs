@@ -12,6 +12,9 @@
 //!   utilisation at peak: the bytes live at peak divided by the highest byte any allocation reached (how
 //!   much memory a growing pool would have to map).
 //!
+//! The pool runs twice: as configured by default, and with per-thread magazines in front of its heap
+//! (`PoolConfig::thread_cache`), which trade placement for a lock-free path when a size repeats.
+//!
 //! For the traces of one size (uniform, KV), the pool's fixed-size blocks (`Pool::block_class`, a bitmap
 //! per chunk, what `KvPool` is built on) are timed too: they are what a pool user takes for such sizes.
 //!
@@ -456,6 +459,9 @@ fn one_trace(c: &mut Criterion, rt: &Runtime, r: &Replay, chunk: u64, report: &m
     };
     let pool = Pool::new(rt, 0, cfg.clone()).unwrap();
     let mut ps = PoolSub { pool: &pool, arena };
+    // The same with per-thread magazines in front of its heap (`PoolConfig::thread_cache`).
+    let cached = Pool::new(rt, 0, PoolConfig { thread_cache: true, ..cfg.clone() }).unwrap();
+    let mut cs = PoolSub { pool: &cached, arena };
     let units = u32::try_from(arena / UNIT).expect("an arena under 2 TiB");
     let mut os = OffsetSub { a: offset_allocator::Allocator::with_max_allocs(units, 1 << 20) };
     let mut ts = TlsfSub::new(arena);
@@ -470,6 +476,9 @@ fn one_trace(c: &mut Criterion, rt: &Runtime, r: &Replay, chunk: u64, report: &m
     let mut f = Frag::default();
     replay(&mut ps, r, &mut Vec::new(), Some(&mut f));
     lines.push(f.json("pool", r));
+    let mut f = Frag::default();
+    replay(&mut cs, r, &mut Vec::new(), Some(&mut f));
+    lines.push(f.json("pool_thread_cache", r));
     let mut f = Frag::default();
     replay(&mut os, r, &mut Vec::new(), Some(&mut f));
     lines.push(f.json("offset-allocator", r));
@@ -492,6 +501,10 @@ fn one_trace(c: &mut Criterion, rt: &Runtime, r: &Replay, chunk: u64, report: &m
     g.throughput(Throughput::Elements(r.ops()));
     let mut held = Vec::new();
     g.bench_function(BenchmarkId::from_parameter("pool"), |b| b.iter_custom(|n| timed(&mut ps, r, &mut held, n)));
+    let mut held = Vec::new();
+    g.bench_function(BenchmarkId::from_parameter("pool_thread_cache"), |b| {
+        b.iter_custom(|n| timed(&mut cs, r, &mut held, n))
+    });
     let mut held = Vec::new();
     g.bench_function(BenchmarkId::from_parameter("offset_allocator"), |b| {
         b.iter_custom(|n| timed(&mut os, r, &mut held, n))
@@ -521,6 +534,7 @@ fn one_trace(c: &mut Criterion, rt: &Runtime, r: &Replay, chunk: u64, report: &m
     }
     g.finish();
     pool.close().unwrap();
+    cached.close().unwrap();
 }
 
 fn main() {

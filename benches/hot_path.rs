@@ -23,10 +23,15 @@ const SIZES: [u64; 3] = [4 << 10, 64 << 10, 1 << 20];
 
 /// A pool with every chunk it will need mapped up front, and a few live allocations around, so the loop
 /// never grows and never finds an empty heap.
-fn warm_pool(rt: &Runtime) -> Pool {
+fn warm_pool(rt: &Runtime, thread_cache: bool) -> Pool {
     raw::set_device(rt, 0).unwrap();
-    let cfg =
-        PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 128 * MIB, reserve_chunks: 32, ..PoolConfig::default() };
+    let cfg = PoolConfig {
+        chunk_bytes: 2 * MIB,
+        reserve_bytes: 128 * MIB,
+        reserve_chunks: 32,
+        thread_cache,
+        ..PoolConfig::default()
+    };
     Pool::new(rt, 0, cfg).unwrap()
 }
 
@@ -96,7 +101,8 @@ fn runtime_alloc_free(rt: &Runtime, size: u64) {
 }
 
 fn one_thread(c: &mut Criterion, rt: &Runtime) {
-    let pool = warm_pool(rt);
+    let pool = warm_pool(rt, false);
+    let cached = warm_pool(rt, true);
     let keep: Vec<_> = (0..16).map(|i| pool.alloc((i + 1) * 4096).unwrap()).collect();
     let mut g = c.benchmark_group("alloc_free_1t");
     g.throughput(Throughput::Elements(1));
@@ -104,6 +110,9 @@ fn one_thread(c: &mut Criterion, rt: &Runtime) {
         let calls_before = pool.stats().runtime_calls.iter().map(|c| c.1).sum::<u64>();
         g.bench_with_input(BenchmarkId::new("pool", size), &size, |b, &s| {
             b.iter(|| pool.free(black_box(pool.alloc(s).unwrap())).unwrap())
+        });
+        g.bench_with_input(BenchmarkId::new("pool_thread_cache", size), &size, |b, &s| {
+            b.iter(|| cached.free(black_box(cached.alloc(s).unwrap())).unwrap())
         });
         // Each half alone: a batch of allocations timed, then freed untimed (and the other way round); the
         // batch fits the mapped chunks, so nothing grows.
@@ -141,6 +150,7 @@ fn one_thread(c: &mut Criterion, rt: &Runtime) {
         pool.free(a).unwrap();
     }
     pool.close().unwrap();
+    cached.close().unwrap();
 }
 
 /// `n` allocations and their frees, in batches of `batch`; times only the allocations (`alloc_half`) or
@@ -192,12 +202,16 @@ fn two_threads(iters: u64, op: impl Fn() + Sync) -> Duration {
 }
 
 fn two_thread_group(c: &mut Criterion, rt: &Runtime) {
-    let pool = warm_pool(rt);
+    let pool = warm_pool(rt, false);
+    let cached = warm_pool(rt, true);
     let mut g = c.benchmark_group("alloc_free_2t");
     g.throughput(Throughput::Elements(2));
     let size = 64 << 10;
     g.bench_function("pool", |b| {
         b.iter_custom(|n| two_threads(n, || pool.free(black_box(pool.alloc(size).unwrap())).unwrap()))
+    });
+    g.bench_function("pool_thread_cache", |b| {
+        b.iter_custom(|n| two_threads(n, || cached.free(black_box(cached.alloc(size).unwrap())).unwrap()))
     });
     let slab = Arc::new(Mutex::new(slab::Slab::with_capacity(64)));
     g.bench_function("mutex_slab", |b| {
@@ -219,6 +233,7 @@ fn two_thread_group(c: &mut Criterion, rt: &Runtime) {
     });
     g.finish();
     pool.close().unwrap();
+    cached.close().unwrap();
 }
 
 fn main() {

@@ -210,7 +210,7 @@ impl KvPool {
         if let Some(b) = block_bytes {
             c.block_bytes = b.bytes("block_bytes")?;
         }
-        c.pool = pool_config(c.pool, chunk_bytes, reserve_bytes, page, trim_watermark, None)?;
+        c.pool = pool_config(c.pool, chunk_bytes, reserve_bytes, page, trim_watermark, None, None)?;
         let kv = on_runtime(py, |rt| aclshm::KvPool::new(rt, device, c))?;
         let desc = kv.desc().to_string();
         Ok(KvPool { kv, desc, gate: Gate::new() })

@@ -39,6 +39,7 @@ pub(crate) fn pool_config(
     page: Option<&str>,
     trim_watermark: Option<Size>,
     reserve_chunks: Option<u32>,
+    thread_cache: Option<bool>,
 ) -> PyResult<PoolConfig> {
     if let Some(s) = chunk_bytes {
         c.chunk_bytes = s.bytes("chunk_bytes")?;
@@ -55,6 +56,9 @@ pub(crate) fn pool_config(
     }
     if let Some(n) = reserve_chunks {
         c.reserve_chunks = n;
+    }
+    if let Some(t) = thread_cache {
+        c.thread_cache = t;
     }
     Ok(c)
 }
@@ -178,7 +182,7 @@ impl Pool {
 #[pymethods]
 impl Pool {
     #[new]
-    #[pyo3(signature = (device=0, *, chunk_bytes=None, reserve_bytes=None, page=None, trim_watermark=None, reserve_chunks=None, config=None))]
+    #[pyo3(signature = (device=0, *, chunk_bytes=None, reserve_bytes=None, page=None, trim_watermark=None, reserve_chunks=None, thread_cache=None, config=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -188,13 +192,14 @@ impl Pool {
         page: Option<&str>,
         trim_watermark: Option<Size>,
         reserve_chunks: Option<u32>,
+        thread_cache: Option<bool>,
         config: Option<PathBuf>,
     ) -> PyResult<Pool> {
         let base = match config {
             Some(p) => PoolConfig::load(p).map_err(err)?,
             None => PoolConfig::default(),
         };
-        let c = pool_config(base, chunk_bytes, reserve_bytes, page, trim_watermark, reserve_chunks)?;
+        let c = pool_config(base, chunk_bytes, reserve_bytes, page, trim_watermark, reserve_chunks, thread_cache)?;
         let pool = on_runtime(py, |rt| aclshm::Pool::new(rt, device, c))?;
         Ok(Pool { pool, gate: Gate::new(), awake_tags: Mutex::new(Vec::new()) })
     }

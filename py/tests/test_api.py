@@ -111,6 +111,24 @@ def test_pool_allocations_copy_in_and_out():
     pool.close()  # twice: nothing
 
 
+def test_a_thread_cache_hands_a_freed_allocation_back_to_its_thread():
+    with aclshm.Pool(0, chunk_bytes="2M", thread_cache=True) as pool:
+        a = pool.alloc(4096)
+        offset = a.offset
+        pool.free(a)
+        s = pool.stats()
+        assert (s["cached_bytes"], s["live_allocations"], s["allocated_bytes"]) == (4096, 0, 0)
+        with pytest.raises(aclshm.NotAllocatedError):
+            pool.free(a)
+        b = pool.alloc(4096)
+        assert b.offset == offset and b.is_live and not a.is_live
+        assert pool.stats()["cached_bytes"] == 0
+        b.free()
+    with aclshm.Pool(0, chunk_bytes="2M") as plain:
+        plain.free(plain.alloc(4096))
+        assert plain.stats()["cached_bytes"] == 0
+
+
 def test_bad_configurations_are_typed_errors():
     with pytest.raises(aclshm.MisalignedError):
         aclshm.Pool(0, chunk_bytes=3 << 20)

@@ -161,6 +161,7 @@ impl KvPool {
                     .into(),
             ));
         }
+        let magazines = config.pool.trim_watermark.is_none();
         let pool = Pool::new(rt, device, config.pool)?;
         let class = pool.block_class(config.block_bytes)?;
         pool.tag_block_class(class, KV_TAG)?;
@@ -190,7 +191,10 @@ impl KvPool {
             }),
             deferred: AtomicUsize::new(0),
             unwatched: AtomicU64::new(0),
-            cache: Magazines::new(1, |block_bytes| (MAGAZINE_BYTES / block_bytes).min(MAGAZINE_BLOCKS) as usize),
+            // A watermark asks for memory back as it is freed: no magazine holds it back.
+            cache: Magazines::new(usize::from(magazines), |block_bytes| {
+                (MAGAZINE_BYTES / block_bytes).min(MAGAZINE_BLOCKS) as usize
+            }),
         })
     }
 

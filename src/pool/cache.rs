@@ -6,6 +6,7 @@
 //! all along; [`take_back_all`] gives what every thread's magazines hold to the heap, before the pool
 //! grows, trims or sleeps.
 
+use super::config::PoolConfig;
 use super::handle::Allocation;
 use super::heap::HeapBlock;
 use super::inner::Inner;
@@ -13,15 +14,18 @@ use super::records::{CACHED, LIVE};
 use crate::magazine::Pushed;
 
 /// The largest allocation a magazine keeps: an eighth of a chunk, at most 1 MiB (larger allocations
-/// are rarer, and do enough with their memory that the heap's lock is little of their cost). None in a
-/// pool with a trim watermark, whose frees give memory back as they go.
-pub(super) fn max_size(chunk: u64, trim_watermark: Option<u64>) -> u64 {
-    if trim_watermark.is_some() { 0 } else { (chunk / 8).min(MAX_SIZE) }
+/// are rarer, and do enough with their memory that the heap's lock is little of their cost). None unless
+/// the pool asks for a thread cache, and none in a pool with a trim watermark, whose frees give memory
+/// back as they go.
+pub(super) fn max_size(config: &PoolConfig) -> u64 {
+    if !config.thread_cache || config.trim_watermark.is_some() { 0 } else { (config.chunk_bytes / 8).min(MAX_SIZE) }
 }
 const MAX_SIZE: u64 = 1 << 20;
-/// A thread's magazine of one size holds at most this many allocations, and at most [`MAGAZINE_BYTES`].
+/// A thread's magazine of one size holds at most this many allocations, and at most [`MAGAZINE_BYTES`]
+/// (so a thread holds at most 16 MiB of a pool: little against the chunks, and never more than the pool
+/// could place elsewhere).
 const MAGAZINE_ENTRIES: u64 = 64;
-const MAGAZINE_BYTES: u64 = 32 << 20;
+const MAGAZINE_BYTES: u64 = 4 << 20;
 /// Sizes a thread keeps magazines of, per pool.
 pub(super) const SIZES_PER_THREAD: usize = 4;
 
@@ -56,11 +60,17 @@ pub(super) fn take(inner: &Inner, size: u64) -> Option<Allocation> {
     })
 }
 
+/// Whether `a` is of the kind magazines keep (untagged, small enough): a free of it may go to one.
+#[inline]
+pub(super) fn claimable(inner: &Inner, a: &Allocation) -> bool {
+    a.tag == 0 && a.block.size <= inner.cache_max
+}
+
 /// Free `a` into this thread's magazine if it is for one; false if not (tagged, too large, magazines
 /// closed, full or none for the size, or `a` not live: the heap's free says why), and nothing was done.
 #[inline]
 pub(super) fn keep(inner: &Inner, a: &Allocation) -> bool {
-    if a.tag != 0 || a.block.size > inner.cache_max {
+    if !claimable(inner, a) {
         return false;
     }
     let claim = || inner.records.get(a.block.key).is_some_and(|r| r.change(a.block.generation, LIVE, CACHED));

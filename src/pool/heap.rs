@@ -365,15 +365,23 @@ impl Heap {
         Some(HeapBlock { key, generation, offset, size })
     }
 
-    /// Free an allocated block.
+    /// Free an allocated block. `claimable`: a free into a magazine may race this one for it (the block
+    /// is of a size magazines keep), so the word changes with a compare-and-swap; otherwise nothing else
+    /// changes a live word outside the pool's lock, and a load and a store do.
     #[inline]
-    pub fn free(&mut self, blk: HeapBlock) -> Result<(), FreeError> {
+    pub fn free(&mut self, blk: HeapBlock, claimable: bool) -> Result<(), FreeError> {
         if !self.matches(&blk) {
             return Err(FreeError::NotAllocated);
         }
         // Live to free, unless a magazine's free took it first (then this one is the second free).
         let rec = self.records.get(blk.key).expect("made with the block");
-        if !rec.change(blk.generation, LIVE, FREE) {
+        if claimable {
+            if !rec.change(blk.generation, LIVE, FREE) {
+                return Err(FreeError::NotAllocated);
+            }
+        } else if rec.load() == (blk.generation, LIVE) {
+            rec.store(blk.generation, FREE);
+        } else {
             return Err(FreeError::NotAllocated);
         }
         self.give_back(blk);
@@ -598,10 +606,11 @@ mod tests {
         let c = h.alloc(1 << 20, 0).unwrap();
         h.check();
         assert_eq!(h.used_in_chunk(0), a.size + b.size + c.size);
-        h.free(b).unwrap();
-        assert_eq!(h.free(b), Err(FreeError::NotAllocated), "double free");
-        h.free(a).unwrap();
-        h.free(c).unwrap();
+        h.free(b, true).unwrap();
+        assert_eq!(h.free(b, true), Err(FreeError::NotAllocated), "double free");
+        assert_eq!(h.free(b, false), Err(FreeError::NotAllocated), "double free, unclaimable");
+        h.free(a, true).unwrap();
+        h.free(c, true).unwrap();
         h.check();
         assert_eq!(h.largest_free(), C, "everything coalesced back");
         assert_eq!(h.used_in_chunk(0), 0);
@@ -618,7 +627,7 @@ mod tests {
         assert_eq!(big.offset, 0);
         assert_eq!((h.used_in_chunk(0), h.used_in_chunk(1)), (C, 1 << 20));
         assert!(!h.remove_range(C, C), "chunk 1 is in use");
-        h.free(big).unwrap();
+        h.free(big, true).unwrap();
         // A hole: chunk 3 does not merge with chunk 1.
         h.add_range(3 * C, C);
         h.check();
@@ -663,14 +672,14 @@ mod tests {
                 }
             } else {
                 let i = (next() as usize) % live.len();
-                h.free(live.swap_remove(i)).unwrap();
+                h.free(live.swap_remove(i), i.is_multiple_of(2)).unwrap();
             }
             if step % 997 == 0 {
                 h.check();
             }
         }
         for b in live.drain(..) {
-            h.free(b).unwrap();
+            h.free(b, true).unwrap();
         }
         h.check();
         assert_eq!(h.largest_free(), 8 * C);

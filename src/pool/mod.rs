@@ -27,10 +27,11 @@
 //!   told of every chunk mapped (before it can be allocated from) and given back. The pool does not know
 //!   who watches.
 //! - The hot path (allocating and freeing inside mapped chunks) makes no runtime call: it takes the pool's
-//!   lock, works on host-side records, and lets go. In front of the heap, each thread keeps what it freed
-//!   of up to four sizes (each at most an eighth of a chunk and 4 MiB) in magazines for its next
-//!   allocations of those sizes, which then take no lock at all (`cache`); the pool takes them back
-//!   before it grows, trims or sleeps. A pool with a trim watermark keeps none. Runtime calls never happen under the lock: a grow claims
+//!   lock, works on host-side records, and lets go. With [`PoolConfig::thread_cache`], in front of the
+//!   heap each thread keeps what it freed of up to four sizes (each at most an eighth of a chunk and
+//!   1 MiB) in magazines for its next allocations of those sizes, which then take no lock at all
+//!   (`cache`); the pool takes them back before it grows, trims or sleeps.
+//! - Runtime calls never happen under the lock: a grow claims
 //!   slots under it, maps them outside it, and publishes them under it again; a trim takes fully free chunks
 //!   out of the allocators under it (so no allocation can land in them) and unmaps them outside it. A grow
 //!   that fails halfway is rolled back by a guard: nothing is left half-mapped.
@@ -172,7 +173,7 @@ impl Pool {
                 sleep_wake: Mutex::new(()),
                 records,
                 cache: Magazines::new(cache::SIZES_PER_THREAD, cache::entries),
-                cache_max: cache::max_size(chunk, config.trim_watermark),
+                cache_max: cache::max_size(&config),
             }),
         };
         if config.reserve_chunks > 0 {
@@ -305,7 +306,7 @@ impl Pool {
         let over_watermark = {
             let mut st = self.inner.state.lock();
             st.check_open()?;
-            st.free(&a)?;
+            st.free(&a, cache::claimable(&self.inner, &a))?;
             self.over_watermark(&st)
         };
         if over_watermark {

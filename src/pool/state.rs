@@ -164,11 +164,12 @@ impl State {
         Some(Allocation { pool: g.pool, block: b, addr: g.base + b.offset as usize, tag: 0 })
     }
 
-    /// Free a heap allocation (checked: not allocated is [`Error::NotAllocated`], nothing changed).
+    /// Free a heap allocation (checked: not allocated is [`Error::NotAllocated`], nothing changed);
+    /// `claimable` as [`Heap::free`] says.
     #[inline]
-    pub(super) fn free(&mut self, a: &Allocation) -> Result<()> {
+    pub(super) fn free(&mut self, a: &Allocation, claimable: bool) -> Result<()> {
         let in_use = self.heap.in_use_chunks();
-        self.heap.free(a.block).map_err(|FreeError::NotAllocated| Error::NotAllocated {
+        self.heap.free(a.block, claimable).map_err(|FreeError::NotAllocated| Error::NotAllocated {
             pool: a.pool,
             offset: a.block.offset,
             len: a.block.size,

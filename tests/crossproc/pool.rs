@@ -18,6 +18,12 @@ fn small(rt: &Runtime) -> Pool {
     Pool::new(rt, 0, PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 64 * MIB, ..PoolConfig::default() }).unwrap()
 }
 
+/// [`small`] with per-thread magazines in front of its heap.
+fn small_cached(rt: &Runtime) -> Pool {
+    let cfg = PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 64 * MIB, thread_cache: true, ..PoolConfig::default() };
+    Pool::new(rt, 0, cfg).unwrap()
+}
+
 /// Nothing of the simulator is held by this process (and nothing at all, if alone).
 fn assert_nothing_held(rt: &Runtime) {
     let st = raw::sim_get_stats(rt).unwrap();
@@ -400,7 +406,13 @@ fn foreign_double_and_stale_frees_are_refused() {
 #[test]
 fn a_freed_allocation_waits_in_its_threads_magazine_and_comes_back_with_a_fresh_handle() {
     solo(test_name!(), |rt| {
-        let pool = small(rt);
+        // Without a thread cache (the default) a free goes straight to the heap.
+        let plain = small(rt);
+        let a = plain.alloc(60 << 10).unwrap();
+        plain.free(a).unwrap();
+        assert_eq!(plain.stats().cached_bytes, 0);
+        plain.close().unwrap();
+        let pool = small_cached(rt);
         let a = pool.alloc(60 << 10).unwrap();
         pool.free(a).unwrap();
         let st = pool.stats();
@@ -435,7 +447,8 @@ fn a_freed_allocation_waits_in_its_threads_magazine_and_comes_back_with_a_fresh_
 #[test]
 fn what_threads_magazines_hold_comes_back_to_whoever_needs_it() {
     solo(test_name!(), |rt| {
-        let cfg = PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 8 * MIB, ..PoolConfig::default() };
+        let cfg =
+            PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 8 * MIB, thread_cache: true, ..PoolConfig::default() };
         let pool = Pool::new(rt, 0, cfg).unwrap();
         let (to_idle, idle_hears) = std::sync::mpsc::channel::<()>();
         let (idle_says, from_idle) = std::sync::mpsc::channel::<()>();
@@ -489,7 +502,7 @@ fn what_threads_magazines_hold_comes_back_to_whoever_needs_it() {
 #[test]
 fn two_threads_freeing_the_same_allocations_at_once_free_each_once() {
     solo(test_name!(), |rt| {
-        let pool = small(rt);
+        let pool = small_cached(rt);
         let barrier = Barrier::new(2);
         for round in 0..50 {
             // More than a magazine holds (64 of 64 KiB), so some frees go to the heap.
@@ -527,7 +540,7 @@ fn two_threads_freeing_the_same_allocations_at_once_free_each_once() {
 #[test]
 fn many_threads_allocating_freeing_and_trimming_keep_every_invariant() {
     // Sizes of 1 byte to 3 MiB, frees trimming past a watermark (no magazines).
-    solo(test_name!(), |rt| threads_allocating_freeing_and_trimming(rt, Some(8 * MIB), |r| 1 + r % (3 * MIB)));
+    solo(test_name!(), |rt| threads_allocating_freeing_and_trimming(rt, Some(8 * MIB), false, |r| 1 + r % (3 * MIB)));
 }
 
 #[test]
@@ -535,7 +548,7 @@ fn many_threads_through_magazines_allocating_freeing_and_trimming_keep_every_inv
     // Sizes that repeat (most kept in magazines), and some that do not; a thread trimming throughout
     // takes back what the magazines hold.
     solo(test_name!(), |rt| {
-        threads_allocating_freeing_and_trimming(rt, None, |r| match r % 4 {
+        threads_allocating_freeing_and_trimming(rt, None, true, |r| match r % 4 {
             0 => 4096,
             1 => 64 << 10,
             2 => 200 << 10,
@@ -547,7 +560,12 @@ fn many_threads_through_magazines_allocating_freeing_and_trimming_keep_every_inv
 /// Four threads allocating and freeing (heap allocations of `size(random)` bytes, and blocks) while a
 /// fifth trims: no two allocations overlap (both ends of each are tagged and checked before its free),
 /// and at the end nothing is allocated and everything can be given back.
-fn threads_allocating_freeing_and_trimming(rt: &Runtime, watermark: Option<u64>, size: fn(u64) -> u64) {
+fn threads_allocating_freeing_and_trimming(
+    rt: &Runtime,
+    watermark: Option<u64>,
+    thread_cache: bool,
+    size: fn(u64) -> u64,
+) {
     const THREADS: usize = 4;
     const ITERS: usize = 1500;
     {
@@ -559,6 +577,7 @@ fn threads_allocating_freeing_and_trimming(rt: &Runtime, watermark: Option<u64>,
                     chunk_bytes: 2 * MIB,
                     reserve_bytes: 256 * MIB,
                     trim_watermark: watermark,
+                    thread_cache,
                     ..PoolConfig::default()
                 },
             )

@@ -45,6 +45,7 @@ class Pool:
         page: Optional[str] = None,
         trim_watermark: Optional[Size] = None,
         reserve_chunks: Optional[int] = None,
+        thread_cache: Optional[bool] = None,
         config: Optional[Path] = None,
     ) -> None: ...
     @property
