@@ -10,7 +10,7 @@ use super::config::PoolConfig;
 use super::handle::Allocation;
 use super::heap::HeapBlock;
 use super::inner::Inner;
-use super::records::{CACHED, LIVE};
+use super::records::{CACHED, LIVE, Records};
 use crate::magazine::Pushed;
 
 /// The largest allocation a magazine keeps: an eighth of a chunk, at most 1 MiB (larger allocations
@@ -34,6 +34,12 @@ pub(super) fn entries(size: u64) -> usize {
     if size == 0 || size > MAX_SIZE { 0 } else { (MAGAZINE_BYTES / size).min(MAGAZINE_ENTRIES) as usize }
 }
 
+/// The records of a pool with magazines (only such a pool has anything in them).
+#[inline]
+fn records(inner: &Inner) -> &Records {
+    inner.records.as_deref().expect("a pool with magazines has records")
+}
+
 /// A magazine's entry for `b`: its record's key and generation.
 #[inline]
 fn entry(b: &HeapBlock) -> u64 {
@@ -46,7 +52,7 @@ fn entry(b: &HeapBlock) -> u64 {
 pub(super) fn take(inner: &Inner, size: u64) -> Option<Allocation> {
     let e = inner.cache.pop(size)?;
     let (key, cached) = ((e >> 32) as u32, e as u32);
-    let rec = inner.records.get(key).expect("a cached allocation's record was made");
+    let rec = records(inner).get(key).expect("a cached allocation's record was made");
     // This thread is the one taker of the entry: nobody else changes a cached word it holds.
     let generation = cached.wrapping_add(1);
     rec.store(generation, LIVE);
@@ -73,14 +79,14 @@ pub(super) fn keep(inner: &Inner, a: &Allocation) -> bool {
     if !claimable(inner, a) {
         return false;
     }
-    let claim = || inner.records.get(a.block.key).is_some_and(|r| r.change(a.block.generation, LIVE, CACHED));
+    let claim = || records(inner).get(a.block.key).is_some_and(|r| r.change(a.block.generation, LIVE, CACHED));
     inner.cache.push(a.block.size, entry(&a.block), claim) == Pushed::Kept
 }
 
 /// The heap's block of a magazine's entry.
 fn block(inner: &Inner, size: u64, e: u64) -> HeapBlock {
     let (key, generation) = ((e >> 32) as u32, e as u32);
-    let offset = inner.records.get(key).expect("a cached allocation's record was made").offset();
+    let offset = records(inner).get(key).expect("a cached allocation's record was made").offset();
     HeapBlock { key, generation, offset, size }
 }
 

@@ -16,9 +16,10 @@
 //! it is trimmed (they must be entirely free then); those cold paths scan the blocks. The heap also counts,
 //! per chunk of the pool, the bytes allocated in it, so a fully free chunk is known at once.
 //!
-//! Whether an allocation is live is its record's word in [`Records`] (with the generation its handle
-//! carries), which a thread's magazine can change without the pool's lock (`records`): an allocation kept
-//! in a magazine is allocated here (not free, not in a bin) and not live.
+//! Whether an allocation is live is its record's generation, which its handle carries: in the block record
+//! (under the pool's lock, like the rest), or, in a pool with per-thread magazines, in the record's word
+//! in [`Records`], which a magazine can change without the lock (`records`): an allocation kept in a
+//! magazine is allocated here (not free, not in a bin) and not live.
 //!
 //! Invariants (checked by `check` in tests): blocks of one contiguous range tile it exactly; no two free
 //! blocks are neighbours; every free block is in the bin of its size, every allocated one in none; the
@@ -51,6 +52,8 @@ struct Block {
     prev_free: u32,
     next_free: u32,
     free: bool,
+    /// The live allocation's generation (0: none); unused when the words in [`Records`] hold it.
+    generation: u32,
 }
 
 /// An allocated block: enough to free it and to check that what is freed was allocated.
@@ -80,7 +83,9 @@ pub struct Heap {
     fl_bitmap: u64,
     sl_bitmap: [u32; FL],
     heads: [[u32; SL]; FL],
-    records: StdArc<Records>,
+    /// The records' words, in a pool with magazines; else generations are in the blocks.
+    records: Option<StdArc<Records>>,
+    next_generation: u32,
     chunk: u64,
     per_chunk: Divisor,
     /// Chunks with something allocated in them (`used` not 0).
@@ -119,12 +124,12 @@ impl Heap {
     /// An empty heap over a range of `chunks` chunks of `chunk` bytes.
     #[cfg(test)]
     pub fn new(chunk: u64, chunks: usize) -> Heap {
-        Heap::with_records(chunk, chunks, StdArc::default())
+        Heap::with_records(chunk, chunks, Some(StdArc::default()))
     }
 
-    /// An empty heap whose records' words are in `records` (a pool's, kept across heaps so that a
-    /// generation never repeats).
-    pub fn with_records(chunk: u64, chunks: usize, records: StdArc<Records>) -> Heap {
+    /// An empty heap whose records' words are in `records` if given (a pool's, kept across heaps so that
+    /// a generation never repeats).
+    pub fn with_records(chunk: u64, chunks: usize, records: Option<StdArc<Records>>) -> Heap {
         assert!(chunk.is_multiple_of(GRANULE) && chunk > 0, "chunk size {chunk} is not a multiple of {GRANULE}");
         Heap {
             blocks: Slab::new(),
@@ -132,6 +137,7 @@ impl Heap {
             sl_bitmap: [0; FL],
             heads: [[NIL; SL]; FL],
             records,
+            next_generation: 0,
             chunk,
             per_chunk: Divisor::new(chunk),
             in_use_chunks: 0,
@@ -141,9 +147,9 @@ impl Heap {
         }
     }
 
-    /// Where its records' words are.
-    pub fn records(&self) -> &StdArc<Records> {
-        &self.records
+    /// Where its records' words are, if anywhere.
+    pub fn records(&self) -> Option<&StdArc<Records>> {
+        self.records.as_ref()
     }
 
     /// Bytes allocated.
@@ -180,7 +186,7 @@ impl Heap {
 
     /// Whether allocated block `key` is kept in a thread's magazine.
     fn cached(&self, key: u32) -> bool {
-        self.records.get(key).is_some_and(|r| r.load().1 == CACHED)
+        self.records.as_ref().and_then(|r| r.get(key)).is_some_and(|r| r.load().1 == CACHED)
     }
 
     #[inline]
@@ -253,10 +259,13 @@ impl Heap {
             prev_free: NIL,
             next_free: NIL,
             free: false,
+            generation: 0,
         });
         let key = u32::try_from(key).expect("fewer than 2^32 blocks");
         // Its word: free, at the generation a record of this key last had.
-        self.records.make(key);
+        if let Some(r) = &self.records {
+            r.make(key);
+        }
         key
     }
 
@@ -350,15 +359,25 @@ impl Heap {
             let rest = self.split(key, size);
             self.release(rest);
         }
-        let b = &self.blocks[key as usize];
+        let b = &mut self.blocks[key as usize];
         let (offset, size) = (b.offset, b.size);
         // Live at a new generation: a handle of the record's earlier allocations never matches again.
-        let rec = self.records.get(key).expect("made with the block");
-        let (last, state) = rec.load();
-        debug_assert_eq!(state, FREE);
-        let generation = last.wrapping_add(1);
-        rec.set_offset(offset);
-        rec.store(generation, LIVE);
+        let generation = match &self.records {
+            None => {
+                self.next_generation = self.next_generation.wrapping_add(1).max(1);
+                b.generation = self.next_generation;
+                self.next_generation
+            }
+            Some(r) => {
+                let rec = r.get(key).expect("made with the block");
+                let (last, state) = rec.load();
+                debug_assert_eq!(state, FREE);
+                let generation = last.wrapping_add(1);
+                rec.set_offset(offset);
+                rec.store(generation, LIVE);
+                generation
+            }
+        };
         self.account(offset, size, true);
         self.allocated_bytes += size;
         self.free_bytes -= size;
@@ -373,8 +392,18 @@ impl Heap {
         if !self.matches(&blk) {
             return Err(FreeError::NotAllocated);
         }
+        let Some(r) = &self.records else {
+            let b = &mut self.blocks[blk.key as usize];
+            if b.generation != blk.generation {
+                return Err(FreeError::NotAllocated);
+            }
+            // The same allocation can never be freed twice with its generation.
+            b.generation = 0;
+            self.give_back(blk);
+            return Ok(());
+        };
         // Live to free, unless a magazine's free took it first (then this one is the second free).
-        let rec = self.records.get(blk.key).expect("made with the block");
+        let rec = r.get(blk.key).expect("made with the block");
         if claimable {
             if !rec.change(blk.generation, LIVE, FREE) {
                 return Err(FreeError::NotAllocated);
@@ -391,10 +420,13 @@ impl Heap {
     /// Free a block cached in a magazine (its word `CACHED` at its generation), taken out of it by the
     /// caller; false if the word says otherwise (a record the heap has freed since: nothing is done).
     pub fn free_cached(&mut self, blk: HeapBlock) -> bool {
+        let Some(r) = &self.records else {
+            return false;
+        };
         if !self.matches(&blk) {
             return false;
         }
-        let rec = self.records.get(blk.key).expect("made with the block");
+        let rec = r.get(blk.key).expect("made with the block");
         if rec.load() != (blk.generation, CACHED) {
             return false;
         }
@@ -420,7 +452,11 @@ impl Heap {
 
     /// Whether `blk` is a live allocation of this heap.
     pub fn is_allocated(&self, blk: &HeapBlock) -> bool {
-        self.matches(blk) && self.records.get(blk.key).is_some_and(|r| r.load() == (blk.generation, LIVE))
+        self.matches(blk)
+            && match &self.records {
+                None => self.blocks[blk.key as usize].generation == blk.generation,
+                Some(r) => r.get(blk.key).is_some_and(|r| r.load() == (blk.generation, LIVE)),
+            }
     }
 
     /// Add `[offset, offset+len)`, newly mapped, as free memory, merging with adjacent blocks of ours.
@@ -597,7 +633,14 @@ mod tests {
 
     #[test]
     fn allocates_splits_coalesces() {
-        let mut h = Heap::new(C, 4);
+        // Generations in the records' words (a pool with magazines) and in the blocks (one without).
+        for records in [Some(StdArc::default()), None] {
+            allocates_splits_coalesces_with(records);
+        }
+    }
+
+    fn allocates_splits_coalesces_with(records: Option<StdArc<Records>>) {
+        let mut h = Heap::with_records(C, 4, records);
         h.add_range(0, C);
         let a = h.alloc(1000, 0).unwrap();
         assert_eq!((a.offset, a.size), (0, 1024));
@@ -607,8 +650,15 @@ mod tests {
         h.check();
         assert_eq!(h.used_in_chunk(0), a.size + b.size + c.size);
         h.free(b, true).unwrap();
+        assert!(!h.is_allocated(&b));
         assert_eq!(h.free(b, true), Err(FreeError::NotAllocated), "double free");
         assert_eq!(h.free(b, false), Err(FreeError::NotAllocated), "double free, unclaimable");
+        // Allocated again: a new handle, and the old one stays refused.
+        let b2 = h.alloc(b.size, 4096).unwrap();
+        assert_ne!(b2, b);
+        assert!(h.is_allocated(&b2) && !h.is_allocated(&b));
+        assert_eq!(h.free(b, false), Err(FreeError::NotAllocated), "a stale handle");
+        h.free(b2, false).unwrap();
         h.free(a, true).unwrap();
         h.free(c, true).unwrap();
         h.check();
@@ -644,7 +694,13 @@ mod tests {
 
     #[test]
     fn a_random_workload_keeps_every_invariant() {
-        let mut h = Heap::new(C, 8);
+        for records in [Some(StdArc::default()), None] {
+            a_random_workload_with(records);
+        }
+    }
+
+    fn a_random_workload_with(records: Option<StdArc<Records>>) {
+        let mut h = Heap::with_records(C, 8, records);
         for i in 0..8 {
             h.add_range(i * C, C);
         }

@@ -27,8 +27,9 @@ pub(super) struct Inner {
     pub(super) observer: Mutex<Option<StdArc<dyn ChunkObserver>>>,
     /// Sleeps and wakes, one at a time (each makes runtime calls outside the state's lock).
     pub(super) sleep_wake: Mutex<()>,
-    /// The heap's records' words, read and claimed without the state's lock by frees into magazines.
-    pub(super) records: StdArc<Records>,
+    /// The heap's records' words, read and claimed without the state's lock by frees into magazines (in
+    /// a pool with magazines).
+    pub(super) records: Option<StdArc<Records>>,
     /// Heap allocations freed and kept per thread and size for that thread's next allocations of the
     /// size (entries: the record's key and generation). Open while the pool is awake and not closed.
     pub(super) cache: Magazines,

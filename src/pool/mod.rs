@@ -159,7 +159,9 @@ impl Pool {
         let errors = DropErrors::new();
         let range = VaRange::reserve(rt, bytes as usize, &errors)?;
         let geometry = Geometry { pool: NEXT_POOL.fetch_add(1, StatOrdering::Relaxed), base: range.base(), chunk };
-        let records = StdArc::new(Records::default());
+        // Per-thread magazines, if asked for, and the words they claim allocations by.
+        let cache_max = cache::max_size(&config);
+        let records = (cache_max > 0).then(|| StdArc::new(Records::default()));
         let pool = Pool {
             inner: Arc::new(Inner {
                 rt: rt.clone(),
@@ -172,8 +174,8 @@ impl Pool {
                 observer: Mutex::new(None),
                 sleep_wake: Mutex::new(()),
                 records,
-                cache: Magazines::new(cache::SIZES_PER_THREAD, cache::entries),
-                cache_max: cache::max_size(&config),
+                cache: Magazines::new(if cache_max > 0 { cache::SIZES_PER_THREAD } else { 0 }, cache::entries),
+                cache_max,
             }),
         };
         if config.reserve_chunks > 0 {

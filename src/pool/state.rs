@@ -83,7 +83,7 @@ pub(super) struct State {
 impl State {
     /// A pool of `slots` empty chunk slots of `chunk` bytes over `range`, its heap's records' words in
     /// `records`.
-    pub(super) fn new(range: Arc<VaRange>, slots: usize, chunk: u64, records: StdArc<Records>) -> State {
+    pub(super) fn new(range: Arc<VaRange>, slots: usize, chunk: u64, records: Option<StdArc<Records>>) -> State {
         State {
             range: Some(range),
             tags: vec![DEFAULT_TAG.to_string()],
@@ -459,7 +459,7 @@ impl State {
 
     /// After the final teardown: every allocator empty (what it held was in the chunks just released).
     pub(super) fn reset_allocators(&mut self, chunk: u64) {
-        self.heap = Heap::with_records(chunk, self.slots.len(), self.heap.records().clone());
+        self.heap = Heap::with_records(chunk, self.slots.len(), self.heap.records().cloned());
         for c in &mut self.classes {
             *c = BlockClass::new(c.size(), chunk);
         }
