@@ -57,6 +57,32 @@ thread_local! {
     static MINE: RefCell<Vec<Local>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Open, closed, or shut for good: whether something may be handed out now, read without a lock.
+#[derive(Debug)]
+pub(crate) struct Gate(AtomicU64);
+
+impl Gate {
+    pub(crate) fn new(open: bool) -> Gate {
+        Gate(AtomicU64::new(if open { OPEN } else { CLOSED }))
+    }
+
+    /// Open or close it, unless it was shut.
+    pub(crate) fn set_open(&self, open: bool) {
+        let to = if open { OPEN } else { CLOSED };
+        let _ = self.0.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| (now != SHUT).then_some(to));
+    }
+
+    /// Close it for good.
+    pub(crate) fn shut(&self) {
+        self.0.store(SHUT, Ordering::SeqCst);
+    }
+
+    #[inline]
+    pub(crate) fn is_open(&self) -> bool {
+        self.0.load(Ordering::Relaxed) == OPEN
+    }
+}
+
 /// What a [`push`](Magazines::push) did.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Pushed {
@@ -75,8 +101,8 @@ pub(crate) struct Magazines {
     /// Entries per magazine of a bin (0: that bin is not kept).
     cap: fn(u64) -> usize,
     max_bins: usize,
-    /// [`OPEN`] while entries may be pushed and popped, [`SHUT`] for good once sealed.
-    open: AtomicU64,
+    /// Open while entries may be pushed and popped; shut for good once sealed.
+    open: Gate,
     all: StaticMutex<Vec<std::sync::Arc<Magazine>>>,
 }
 
@@ -95,7 +121,7 @@ impl Magazines {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             cap,
             max_bins,
-            open: AtomicU64::new(if max_bins > 0 { OPEN } else { SHUT }),
+            open: if max_bins > 0 { Gate::new(true) } else { Gate(AtomicU64::new(SHUT)) },
             all: StaticMutex::new(Vec::new()),
         }
     }
@@ -104,20 +130,19 @@ impl Magazines {
     /// drain: [`drain`](Magazines::drain) after it takes what they hold, and a push that raced the close
     /// is left for the next drain.
     pub(crate) fn set_open(&self, open: bool) {
-        let to = if open { OPEN } else { CLOSED };
-        let _ = self.open.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |now| (now != SHUT).then_some(to));
+        self.open.set_open(open);
     }
 
     /// Close the magazines for good: [`set_open`](Magazines::set_open) no longer opens them (their owner
     /// is closing).
     pub(crate) fn seal(&self) {
-        self.open.store(SHUT, Ordering::SeqCst);
+        self.open.shut();
     }
 
     /// Whether entries may be pushed and popped now.
     #[inline]
     pub(crate) fn is_open(&self) -> bool {
-        self.open.load(Ordering::Relaxed) == OPEN
+        self.open.is_open()
     }
 
     /// Run `f` on this thread's magazine of this owner's `bin`, made if `make` and there is none yet (and
@@ -184,7 +209,7 @@ impl Magazines {
             return;
         }
         self.with_mine(bin, false, |l| {
-            let want = out.len() + n;
+            let want = out.len().saturating_add(n);
             while l.len > 0 && out.len() < want {
                 l.len -= 1;
                 let e = l.mag.slots[l.len].swap(EMPTY, Ordering::Acquire);

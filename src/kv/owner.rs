@@ -216,7 +216,10 @@ impl KvPool {
     /// Allocate one block: the one this thread freed last if its magazine holds it, else from the pool.
     #[inline]
     pub fn alloc(&self) -> Result<KvBlock> {
-        if let Some(id) = self.cache.pop(self.geometry.block_bytes) {
+        // Not while the pool sleeps, whoever put it to sleep (this pool, or its `pool()` directly).
+        if self.pool.is_awake()
+            && let Some(id) = self.cache.pop(self.geometry.block_bytes)
+        {
             return Ok(self.revive(id as u32));
         }
         self.alloc_from_pool()
@@ -308,7 +311,9 @@ impl KvPool {
     pub fn alloc_many(&self, n: usize) -> Result<Vec<KvBlock>> {
         // This thread's magazine first, the rest from the pool.
         let mut cached = Vec::new();
-        self.cache.pop_many(self.geometry.block_bytes, n, &mut cached);
+        if self.pool.is_awake() {
+            self.cache.pop_many(self.geometry.block_bytes, n, &mut cached);
+        }
         let rest = n - cached.len();
         let blocks = if rest == 0 { Ok(Vec::new()) } else { self.alloc_many_from_pool(rest) };
         let blocks = match blocks {

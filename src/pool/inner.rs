@@ -6,7 +6,7 @@ use super::config::PoolConfig;
 use super::records::Records;
 use super::slots::ChunkObserver;
 use super::state::{Geometry, State};
-use crate::magazine::Magazines;
+use crate::magazine::{Gate, Magazines};
 use crate::runtime::Runtime;
 use crate::sync::{Arc, Mutex, StdArc};
 use crate::vmm::DropErrors;
@@ -35,4 +35,7 @@ pub(super) struct Inner {
     pub(super) cache: Magazines,
     /// The largest allocation the magazines keep (0: none).
     pub(super) cache_max: u64,
+    /// Open while the pool can allocate (not asleep, not closed): what caches in front of it (a KV
+    /// pool's magazines) read before handing out what they hold, without the state's lock.
+    pub(super) awake: Gate,
 }

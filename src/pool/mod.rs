@@ -82,7 +82,7 @@ pub(crate) use slots::ChunkObserver;
 
 use crate::device::on_device;
 use crate::error::{AclError, Error, Result, close_on_drop};
-use crate::magazine::Magazines;
+use crate::magazine::{Gate, Magazines};
 use crate::raw;
 use crate::runtime::Runtime;
 pub use crate::stats::PoolStats;
@@ -176,6 +176,7 @@ impl Pool {
                 records,
                 cache: Magazines::new(if cache_max > 0 { cache::SIZES_PER_THREAD } else { 0 }, cache::entries),
                 cache_max,
+                awake: Gate::new(true),
             }),
         };
         if config.reserve_chunks > 0 {
@@ -618,8 +619,9 @@ impl Pool {
     /// ([`Error::Asleep`]) until [`wake`](Pool::wake). In a shared pool, mirrors unmap the chunks and
     /// acknowledge before the memory is freed; the sleep waits for that (`config.release_timeout`).
     pub fn sleep(&self, config: &SleepConfig) -> Result<SleepReport> {
-        // Nothing comes out of a magazine while asleep; what they hold goes back to the heap first (free,
-        // nothing of it is kept).
+        // Nothing comes out of a magazine while asleep (the pool's, or a cache in front of it); what the
+        // pool's hold goes back to the heap first (free, nothing of it is kept).
+        self.inner.awake.set_open(false);
         self.inner.cache.set_open(false);
         cache::take_back_all(&self.inner);
         let r = sleep::sleep(&self.inner, config);
@@ -631,8 +633,16 @@ impl Pool {
     fn reopen_magazines(&self) {
         let st = self.inner.state.lock();
         if st.check_allocatable().is_ok() {
+            self.inner.awake.set_open(true);
             self.inner.cache.set_open(true);
         }
+    }
+
+    /// Whether the pool can allocate now, read without its lock (a moment's truth: a sleep may begin
+    /// just after). What a cache in front of the pool checks before handing out what it holds.
+    #[inline]
+    pub(crate) fn is_awake(&self) -> bool {
+        self.inner.awake.is_open()
     }
 
     /// Wake the pool: map new physical memory at the places of the sleeping chunks (all of them, or with
@@ -710,6 +720,7 @@ impl Pool {
     /// live become invalid.
     pub fn close(&self) -> Result<()> {
         // Magazines close for good (what they hold goes with the chunks).
+        self.inner.awake.shut();
         self.inner.cache.seal();
         // The observer goes first (a shared pool's table closes, mirrors keep what they mapped, retired
         // chunks are freed). Then the pool's own chunks are freed directly.

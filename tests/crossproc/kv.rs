@@ -366,6 +366,15 @@ fn blocks_in_a_threads_magazine_come_back_to_whoever_needs_them() {
         let d = kv.alloc().unwrap();
         kv.free(d).unwrap();
         assert_eq!(kv.alloc().unwrap().id(), d.id(), "magazines open again after the wake");
+        // The pool underneath put to sleep directly: its magazines' blocks are not handed out either.
+        let f = kv.alloc().unwrap();
+        kv.free(f).unwrap();
+        assert_eq!(kv.stats().cached, 1);
+        kv.pool().sleep(&aclshm::SleepConfig::default()).unwrap();
+        assert!(matches!(kv.alloc(), Err(Error::Asleep(_))), "a block from a magazine while asleep");
+        assert!(matches!(kv.alloc_many(1), Err(Error::Asleep(_))));
+        kv.pool().wake(None).unwrap();
+        assert_eq!(kv.alloc().unwrap().id(), f.id());
         kv.close().unwrap();
     });
 }
