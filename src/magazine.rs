@@ -141,7 +141,7 @@ impl Magazines {
 
     /// Whether entries may be pushed and popped now.
     #[inline]
-    pub(crate) fn is_open(&self) -> bool {
+    fn is_open(&self) -> bool {
         self.open.is_open()
     }
 
