@@ -72,13 +72,11 @@ pub(super) fn claimable(inner: &Inner, a: &Allocation) -> bool {
     a.tag == 0 && a.block.size <= inner.cache_max
 }
 
-/// Free `a` into this thread's magazine if it is for one; false if not (tagged, too large, magazines
-/// closed, full or none for the size, or `a` not live: the heap's free says why), and nothing was done.
+/// Free `a`, [`claimable`], into this thread's magazine; false if not (magazines closed, full or none for
+/// the size, or `a` not live: the heap's free says why), and nothing was done.
 #[inline]
 pub(super) fn keep(inner: &Inner, a: &Allocation) -> bool {
-    if !claimable(inner, a) {
-        return false;
-    }
+    debug_assert!(claimable(inner, a), "the caller checks");
     let claim = || records(inner).get(a.block.key).is_some_and(|r| r.change(a.block.generation, LIVE, CACHED));
     inner.cache.push(a.block.size, entry(&a.block), claim) == Pushed::Kept
 }

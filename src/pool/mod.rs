@@ -303,13 +303,14 @@ impl Pool {
     #[inline]
     pub fn free(&self, a: Allocation) -> Result<()> {
         self.check_mine(a.pool)?;
-        if cache::keep(&self.inner, &a) {
+        let claimable = cache::claimable(&self.inner, &a);
+        if claimable && cache::keep(&self.inner, &a) {
             return Ok(());
         }
         let over_watermark = {
             let mut st = self.inner.state.lock();
             st.check_open()?;
-            st.free(&a, cache::claimable(&self.inner, &a))?;
+            st.free(&a, claimable)?;
             self.over_watermark(&st)
         };
         if over_watermark {
