@@ -77,6 +77,24 @@ pub struct Location {
     pub page_size: u32,
 }
 
+/// This process's pid as the device driver sees it (`aclrtDeviceGetBareTgid`: the host's pid, inside a
+/// container too), asked once per process: it cannot change while the process lives, and the call is
+/// not free (the simulator reads `/proc/self/status`, ~10 µs of each attach on a 2-core VM). A forked
+/// child has another pid, so it asks again.
+pub(crate) fn bare_tgid(rt: &Runtime) -> Result<i32> {
+    use crate::sync::stat::{AtomicU64, Ordering};
+    /// The pid asked for (high half) and its answer (low half); 0 until the first answer.
+    static KNOWN: AtomicU64 = AtomicU64::new(0);
+    let pid = std::process::id();
+    let known = KNOWN.load(Ordering::Relaxed);
+    if known != 0 && (known >> 32) as u32 == pid {
+        return Ok(known as u32 as i32);
+    }
+    let tgid = raw::device_get_bare_tgid(rt)?;
+    KNOWN.store((u64::from(pid) << 32) | u64::from(tgid as u32), Ordering::Relaxed);
+    Ok(tgid)
+}
+
 /// See [`Runtime::on_device`].
 pub(crate) fn on_device<T>(rt: &Runtime, device: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
     rt.ensure_initialized()?;

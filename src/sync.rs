@@ -43,6 +43,9 @@ pub(crate) mod stat {
 /// that no model exercises (per-thread magazines, which loom builds turn off).
 pub(crate) type StaticMutex<T> = parking_lot::Mutex<T>;
 
+/// A condition variable usable in a `static`, with [`StaticMutex`].
+pub(crate) type StaticCondvar = parking_lot::Condvar;
+
 /// loom's mutex and condition variable behind parking_lot's interface (no poisoning).
 #[cfg(loom)]
 mod loom_shims {

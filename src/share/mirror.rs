@@ -3,7 +3,8 @@
 //!
 //! A follower thread sleeps on the chunk table's futex and syncs when it changes: it unmaps and releases
 //! chunks the owner retired, imports and maps chunks it added, and acknowledges the generation it reached
-//! (so the owner may free retired chunks). [`Mirror::ptr`] turns a descriptor into a local address with no
+//! (so the owner may free retired chunks). Followers are kept between mirrors (`followers.rs`): a close
+//! does not wait for its thread, and makes sure it calls the runtime no more for the mirror. [`Mirror::ptr`] turns a descriptor into a local address with no
 //! runtime call when the chunks it lies in are mapped, and syncs first only when the descriptor is newer
 //! than what the mirror has.
 
@@ -12,17 +13,17 @@ use std::fmt;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::device::on_device;
+use crate::device::{bare_tgid, on_device};
 use crate::error::{Error, Result, report_drop};
-use crate::raw;
 use crate::registry::{ImportRegistry, Imported};
 use crate::runtime::Runtime;
 use crate::sync::stat::{AtomicU64, Ordering};
-use crate::sync::{Arc, AtomicBool, Mutex, Ordering as SyncOrdering, thread};
+use crate::sync::{Arc, AtomicBool, Mutex, Ordering as SyncOrdering};
 use crate::vmm::{DropErrors, Mapping, Shareable, VaRange};
 
 use super::desc::{AllocDesc, ShareDesc, fingerprint};
 use super::files::forget_dead_owner;
+use super::followers;
 use super::table::Table;
 use super::wire::{self, Message};
 
@@ -45,14 +46,18 @@ struct Inner {
     token: u64,
     chunk: u64,
     table: Table,
-    range: Arc<VaRange>,
+    /// The reservation's base address and size (the reservation itself is in `held`).
+    base: usize,
+    size: usize,
     errors: Arc<DropErrors>,
     /// The chunk ids mapped, by slot (0: none): what `ptr` reads, with no lock. A sync clears a slot's id
     /// before it unmaps the slot and sets it (a release) once the new memory is mapped, so an id read (an
     /// acquire) that matches the table's says the memory is there.
     ids: Box<[AtomicU64]>,
-    /// The chunks themselves; the lock serialises syncs (held across runtime calls, never by `ptr`).
-    chunks: Mutex<Vec<Option<Chunk>>>,
+    /// The chunks and the reservation; the lock serialises syncs (held across runtime calls, never by
+    /// `ptr`). A close empties it, and no sync calls the runtime once `stop` is set: so the follower,
+    /// which may still hold `Inner` a while after the close, never does.
+    held: Mutex<Held>,
     synced: AtomicU64,
     imports: AtomicU64,
     conn: Mutex<Option<UnixStream>>,
@@ -64,6 +69,13 @@ struct Inner {
     stop: AtomicBool,
     /// The owner died without closing the table.
     owner_lost: AtomicBool,
+}
+
+/// What a sync works on, under [`Inner::held`]'s lock.
+struct Held {
+    chunks: Vec<Option<Chunk>>,
+    /// None once the mirror closed.
+    range: Option<Arc<VaRange>>,
 }
 
 /// A worker's mirror of a shared pool (see the [module](super) docs).
@@ -88,7 +100,6 @@ struct Inner {
 /// ```
 pub struct Mirror {
     inner: Arc<Inner>,
-    follower: Option<thread::JoinHandle<()>>,
 }
 
 impl fmt::Debug for Mirror {
@@ -121,20 +132,25 @@ impl Mirror {
     }
 
     fn attach_inner(rt: &Runtime, desc: &ShareDesc, device: i32) -> Result<Mirror> {
-        let tgid = raw::device_get_bare_tgid(rt)?;
+        let tgid = bare_tgid(rt)?;
         let mut conn = UnixStream::connect(&desc.socket)
             .map_err(|e| Error::io(format!("connect to the rendezvous {}", desc.socket.display()), e))?;
         let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
         // An owner that turns us away at once (out of descriptors, say) may have answered and hung up
         // before our Hello went out: its answer says more than the broken pipe.
         let sent = Message::Hello { version: wire::VERSION, tgid, device }.send(&mut conn);
+        // While the owner checks (and whitelists) us: open the table next to its socket and reserve the
+        // address space it needs. The answer confirms both (or names another table: then that one).
+        let early = sent.is_ok().then(|| Self::prepare(rt, &super::table_path(desc), desc.token));
         let answer = match (sent, Message::recv(&mut conn)) {
             (Ok(()), answer) => answer?,
             (Err(_), Ok(Some(said))) => Some(said),
             (Err(e), _) => return Err(e),
         };
-        let (table, token, chunk, slots) = match answer {
-            Some(Message::Welcome { table, token, chunk_bytes, slots, .. }) => (table, token, chunk_bytes, slots),
+        let (path, token, chunk, slots, welcomed) = match answer {
+            Some(Message::Welcome { table, token, chunk_bytes, slots, generation, .. }) => {
+                (table, token, chunk_bytes, slots, generation)
+            }
             Some(Message::Refused { reason }) => return Err(Error::Refused(reason)),
             Some(other) => return Err(Error::Protocol(format!("expected Welcome, got {other:?}"))),
             None => return Err(Error::Protocol("the owner closed the rendezvous".into())),
@@ -142,49 +158,60 @@ impl Mirror {
         if token != desc.token {
             return Err(Error::Protocol("the rendezvous answered for another pool".into()));
         }
-        let table = Table::open(&table, token)?;
+        let (table, range, errors) = match early {
+            Some(Ok(early)) if early.0.path() == path => early,
+            _ => Self::prepare(rt, &path, token)?,
+        };
         let g = table.geometry();
         if g.chunk_bytes != chunk || g.slots != slots {
             return Err(Error::Protocol("the chunk table does not match the rendezvous".into()));
         }
-        let _ = conn.set_read_timeout(None);
-        let errors = DropErrors::new();
-        let bytes = (slots as u64).checked_mul(chunk).filter(|&b| b <= isize::MAX as u64 / 2).ok_or_else(|| {
-            Error::Protocol(format!("{slots} chunks of {chunk:#x} bytes do not fit an address space"))
-        })?;
-        let range = VaRange::reserve(rt, bytes as usize, &errors)?;
         let inner = Arc::new(Inner {
             rt: rt.clone(),
             device,
             token,
             chunk,
             table,
-            range,
+            base: range.base(),
+            size: range.size(),
             errors,
             ids: (0..slots).map(|_| AtomicU64::new(0)).collect(),
-            chunks: Mutex::new((0..slots).map(|_| None).collect()),
+            held: Mutex::new(Held { chunks: (0..slots).map(|_| None).collect(), range: Some(range) }),
             synced: AtomicU64::new(0),
             imports: AtomicU64::new(0),
             conn: Mutex::new(Some(conn)),
-            acked: AtomicU64::new(0),
+            // The owner counts us as having seen what was published when it welcomed us: the first sync
+            // acknowledges only a generation beyond that (sparing the owner a wake-up per attach).
+            acked: AtomicU64::new(welcomed),
             socket: desc.socket.clone(),
             stop: AtomicBool::new(false),
             owner_lost: AtomicBool::new(false),
         });
-        on_device(rt, device, || inner.sync())?;
-        let follower = {
-            let inner = Arc::clone(&inner);
-            thread::Builder::new()
-                .name("aclshm-mirror".into())
-                .spawn(move || inner.follow())
-                .map_err(|e| Error::io("start the mirror's follower", e))?
-        };
-        Ok(Mirror { inner, follower: Some(follower) })
+        // From here on, dropping the mirror undoes everything (and stops a follower it started).
+        let mirror = Mirror { inner };
+        mirror.inner.sync()?;
+        let following = Arc::clone(&mirror.inner);
+        followers::follow(Box::new(move || following.follow()))
+            .map_err(|e| Error::io("start the mirror's follower", e))?;
+        Ok(mirror)
+    }
+
+    /// Open the chunk table at `path` and reserve the address space its chunks need.
+    fn prepare(rt: &Runtime, path: &std::path::Path, token: u64) -> Result<(Table, Arc<VaRange>, Arc<DropErrors>)> {
+        let table = Table::open(path, token)?;
+        let g = table.geometry();
+        let bytes = u64::from(g.slots).checked_mul(g.chunk_bytes).filter(|&b| b <= isize::MAX as u64 / 2);
+        let bytes = bytes.ok_or_else(|| {
+            Error::Protocol(format!("{} chunks of {:#x} bytes do not fit an address space", g.slots, g.chunk_bytes))
+        })?;
+        let errors = DropErrors::new();
+        let range = VaRange::reserve(rt, bytes as usize, &errors)?;
+        Ok((table, range, errors))
     }
 
     /// Bring the mirror up to the owner's table now (the follower does this by itself too).
     pub fn sync(&self) -> Result<u64> {
-        on_device(&self.inner.rt, self.inner.device, || self.inner.sync())
+        self.inner.sync()
     }
 
     /// The local address of an allocation of the shared pool. No runtime call when the chunks it lies in
@@ -196,13 +223,11 @@ impl Mirror {
         if d.pool != i.token {
             return Err(Error::BadDescriptor("the descriptor is of another pool".into()));
         }
-        let end = d.offset.checked_add(d.len).filter(|&e| e <= i.range.size() as u64);
+        let end = d.offset.checked_add(d.len).filter(|&e| e <= i.size as u64);
         if end.is_none() || d.len == 0 {
             return Err(Error::BadDescriptor(format!(
                 "{:#x} bytes at offset {:#x} are outside the pool ({:#x} bytes)",
-                d.len,
-                d.offset,
-                i.range.size()
+                d.len, d.offset, i.size
             )));
         }
         if d.generation <= i.synced.load(Ordering::Acquire)
@@ -222,7 +247,7 @@ impl Mirror {
         }
         // Read what the sync left with no other sync half-way (the follower's may run meanwhile: it clears a
         // slot before it maps the slot's new memory).
-        let _settled = i.chunks.lock();
+        let _settled = i.held.lock();
         self.lookup(d)?.ok_or(Error::StaleDescriptor { offset: d.offset, len: d.len })
     }
 
@@ -231,7 +256,7 @@ impl Mirror {
     /// (the KV block pool checks a block's generation). No runtime call when mapped.
     pub(crate) fn resolve(&self, offset: u64, len: u64) -> Result<*mut c_void> {
         let i = &self.inner;
-        let end = offset.checked_add(len).filter(|&e| e <= i.range.size() as u64 && len > 0);
+        let end = offset.checked_add(len).filter(|&e| e <= i.size as u64 && len > 0);
         if end.is_none() {
             return Err(Error::BadDescriptor(format!("{len:#x} bytes at offset {offset:#x} are outside the pool")));
         }
@@ -243,13 +268,13 @@ impl Mirror {
             })
         };
         if current() {
-            return Ok((i.range.base() + offset as usize) as *mut c_void);
+            return Ok((i.base + offset as usize) as *mut c_void);
         }
         self.sync()?;
         // As in `ptr`: with no other sync half-way.
-        let _settled = i.chunks.lock();
+        let _settled = i.held.lock();
         if current() {
-            Ok((i.range.base() + offset as usize) as *mut c_void)
+            Ok((i.base + offset as usize) as *mut c_void)
         } else if (first..=last).any(|s| {
             let id = i.id(s);
             id & ASLEEP_BIT != 0 && id & !ASLEEP_BIT == i.table.chunk_at(s)
@@ -281,7 +306,7 @@ impl Mirror {
         if sleeping {
             return Err(asleep(d.offset, d.len));
         }
-        Ok(Some((i.range.base() + d.offset as usize) as *mut c_void))
+        Ok(Some((i.base + d.offset as usize) as *mut c_void))
     }
 
     /// What the mirror holds.
@@ -301,7 +326,7 @@ impl Mirror {
 
     /// The mirror's base address (a pool offset maps to base + offset).
     pub fn base(&self) -> usize {
-        self.inner.range.base()
+        self.inner.base
     }
 
     /// Whether the owner has stopped sharing, or died (what is mapped stays valid until the mirror
@@ -311,7 +336,8 @@ impl Mirror {
     }
 
     /// Detach: stop following, unmap and release every chunk, release the range, leave the rendezvous.
-    /// Reports every failure.
+    /// Reports every failure. Every runtime call for the mirror is made by the time it returns; its
+    /// follower thread is not waited for (it lets the mirror go and waits for the next one to follow).
     pub fn close(mut self) -> Result<()> {
         self.shut_down();
         let errors = self.inner.errors.take();
@@ -319,16 +345,20 @@ impl Mirror {
     }
 
     fn shut_down(&mut self) {
-        self.inner.stop.store(true, SyncOrdering::Release);
-        // Wake the follower out of its futex wait.
-        self.inner.table.wake();
-        if let Some(f) = self.follower.take() {
-            let _ = f.join();
+        if self.inner.stop.swap(true, SyncOrdering::AcqRel) {
+            return;
         }
-        // Unmap and release every chunk (each Chunk unmaps, then releases its import).
-        let chunks: Vec<Option<Chunk>> = std::mem::take(&mut *self.inner.chunks.lock());
+        // Wake the follower out of its futex wait: it sees `stop` and lets the mirror go. Not waited for:
+        // a sync under way holds `held`, taken below; any later one sees `stop` before a runtime call.
+        self.inner.table.wake();
+        let (chunks, range) = {
+            let mut held = self.inner.held.lock();
+            (std::mem::take(&mut held.chunks), held.range.take())
+        };
         self.inner.ids.iter().for_each(|id| id.store(0, Ordering::Release));
+        // Unmap and release every chunk (each Chunk unmaps, then releases its import), then the range.
         drop(chunks);
+        drop(range);
         // Closing the socket tells the owner we are gone.
         drop(self.inner.conn.lock().take());
         if !self.inner.table.is_closed() && !self.inner.table.owner_alive() {
@@ -366,7 +396,7 @@ impl Inner {
             // The device is made current for each sync (once, in practice: it stays current), so a failure
             // to set it is reported and tried again at the next change, never a follower that stopped.
             if self.table.generation() != self.synced.load(Ordering::Acquire)
-                && let Err(e) = on_device(&self.rt, self.device, || self.sync())
+                && let Err(e) = self.sync()
             {
                 self.errors.record(e);
             }
@@ -385,12 +415,33 @@ impl Inner {
         }
     }
 
-    /// Reconcile the mapped chunks with the table, then acknowledge the generation reached.
+    /// Reconcile the mapped chunks with the table on the mirror's device, then acknowledge the generation
+    /// reached. Nothing (no runtime call) once the mirror is closing.
     fn sync(&self) -> Result<u64> {
-        let mut chunks = self.chunks.lock();
+        let mut held = self.held.lock();
         if self.stop.load(SyncOrdering::Acquire) {
             return Ok(self.synced.load(Ordering::Acquire));
         }
+        let synced = on_device(&self.rt, self.device, || self.reconcile(&mut held));
+        drop(held);
+        let (generation, failed) = synced?;
+        if let Some(conn) = self.conn.lock().as_mut()
+            && self.acked.fetch_max(generation, Ordering::AcqRel) < generation
+        {
+            // The owner may be gone: then there is nobody to tell.
+            let _ = Message::Ack { generation }.send(conn);
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(generation),
+        }
+    }
+
+    /// [`sync`](Inner::sync)'s work, with the lock held and the device current: the generation reached
+    /// (recorded, and acknowledged, even when a chunk failed) and the first chunk's failure.
+    fn reconcile(&self, held: &mut Held) -> Result<(u64, Option<Error>)> {
+        let Held { chunks, range } = held;
+        let Some(range) = range.as_ref() else { return Ok((self.synced.load(Ordering::Acquire), None)) };
         let snap = self.table.snapshot()?;
         let mut first_error = None;
         for (slot, e) in snap.entries.iter().enumerate() {
@@ -412,7 +463,7 @@ impl Inner {
                 self.ids[slot].store(e.chunk | ASLEEP_BIT, Ordering::Release);
                 continue;
             }
-            match self.map_chunk(slot, e.chunk, e.shareable) {
+            match self.map_chunk(range, slot, e.chunk, e.shareable) {
                 Ok(mapped) => {
                     chunks[slot] = Some(Chunk { id: e.chunk, shareable: e.shareable, _mapped: Some(mapped) });
                     self.ids[slot].store(e.chunk, Ordering::Release);
@@ -424,21 +475,11 @@ impl Inner {
         }
         // Acknowledge even after a failure: the chunks we have are what we have.
         self.synced.store(snap.generation, Ordering::Release);
-        drop(chunks);
-        if let Some(conn) = self.conn.lock().as_mut()
-            && self.acked.fetch_max(snap.generation, Ordering::AcqRel) < snap.generation
-        {
-            // The owner may be gone: then there is nobody to tell.
-            let _ = Message::Ack { generation: snap.generation }.send(conn);
-        }
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(snap.generation),
-        }
+        Ok((snap.generation, first_error))
     }
 
     /// Import and map chunk `chunk` of `slot` (its shareable handle, or the key of its fabric handle).
-    fn map_chunk(&self, slot: usize, chunk: u64, shareable: u64) -> Result<(Mapping, Imported)> {
+    fn map_chunk(&self, range: &Arc<VaRange>, slot: usize, chunk: u64, shareable: u64) -> Result<(Mapping, Imported)> {
         let shareable = if self.table.geometry().fabric {
             // Published with the chunk, read for it; if the slot moved on meanwhile, the next sync sees it.
             let f = self.table.fabric_at(slot, chunk)?.ok_or_else(|| {
@@ -459,7 +500,7 @@ impl Inner {
             &self.errors,
         )?;
         self.imports.fetch_add(1, Ordering::Relaxed);
-        let mapping = Mapping::map(&self.range, slot * self.chunk as usize, import.phys())?;
+        let mapping = Mapping::map(range, slot * self.chunk as usize, import.phys())?;
         Ok((mapping, import))
     }
 }

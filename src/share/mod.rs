@@ -33,13 +33,14 @@
 //!
 //! ```text
 //!   owner.rs    Sharing (the chunk observer, the rendezvous), Pool::share / descriptor
-//!   mirror.rs   Mirror (a worker's view)
+//!   mirror.rs   Mirror (a worker's view)        followers.rs  the threads that follow mirrors
 //!     table.rs    the chunk table (a shared file)       wire.rs   the rendezvous protocol
 //!     desc.rs     ShareDesc, AllocDesc                   files.rs  the share directory's files
 //! ```
 
 mod desc;
 mod files;
+mod followers;
 mod mirror;
 mod owner;
 mod table;

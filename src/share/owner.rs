@@ -13,10 +13,10 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::device::bare_tgid;
 use crate::error::{Error, Result};
 use crate::os;
 use crate::pool::{Allocation, Block, ChunkObserver, Pool};
-use crate::raw;
 use crate::runtime::Runtime;
 use crate::sync::{Arc, AtomicBool, Mutex, Ordering as SyncOrdering, StdArc, thread};
 use crate::vmm::{DropErrors, PhysicalMem, Shareable};
@@ -158,7 +158,7 @@ impl Sharing {
             aclshm_sys::ACL_RT_VMM_EXPORT_FLAG_DISABLE_PID_VALIDATION
         };
         let slots = u32::try_from(slots).map_err(|_| Error::InvalidArgument("too many chunk slots to share".into()))?;
-        let namespaced = raw::device_get_bare_tgid(rt)? != std::process::id() as i32;
+        let namespaced = bare_tgid(rt)? != std::process::id() as i32;
         let geometry = Geometry { slots, chunk_bytes, token, device, export_flags, fabric: config.fabric };
         let table = Table::create(&files::table_file(&dir, token), geometry)?;
         let socket = files::socket_file(&dir, token);
@@ -432,11 +432,7 @@ impl Sharing {
                 let expired = peers[i].admitting_since.is_some_and(|t| t.elapsed() >= ADMISSION);
                 let keep = !expired && (!ready[i + 1] || this.serve(&mut peers[i]));
                 if !keep {
-                    let p = peers.swap_remove(i);
-                    if let Some(id) = p.mirror {
-                        this.state.lock().mirrors.remove(&id);
-                        this.release_ready();
-                    }
+                    this.forget(peers.swap_remove(i));
                 }
             }
             if ready[0] {
@@ -444,12 +440,15 @@ impl Sharing {
                     match listener.accept() {
                         Ok((conn, _)) => {
                             if conn.set_nonblocking(true).is_ok() {
-                                peers.push(Peer {
-                                    conn,
-                                    buf: Vec::new(),
-                                    admitting_since: Some(Instant::now()),
-                                    mirror: None,
-                                });
+                                let mut p =
+                                    Peer { conn, buf: Vec::new(), admitting_since: Some(Instant::now()), mirror: None };
+                                // A worker says Hello as it connects: it is usually here already, and
+                                // answering now saves the worker a turn of this loop.
+                                if this.serve(&mut p) {
+                                    peers.push(p);
+                                } else {
+                                    this.forget(p);
+                                }
                             }
                         }
                         Err(e) if os::out_of_descriptors(&e) => {
@@ -476,6 +475,15 @@ impl Sharing {
         *spare = std::fs::File::open("/dev/null").ok();
         if spare.is_none() {
             thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A worker gone (disconnected, refused, or broke the protocol): if it was attached, nothing waits for
+    /// it any more.
+    fn forget(&self, p: Peer) {
+        if let Some(id) = p.mirror {
+            self.state.lock().mirrors.remove(&id);
+            self.release_ready();
         }
     }
 
@@ -617,12 +625,25 @@ struct Peer {
 /// Send one small message on a non-blocking socket, waiting (a second at most) if its buffer is full.
 fn send_blocking(conn: &UnixStream, m: &Message) -> Result<()> {
     let fail = |e: std::io::Error| Error::Protocol(format!("send: {e}"));
+    let frame = m.frame()?;
+    let mut c = conn;
+    // Nearly always the whole frame fits the socket's buffer at once: one call.
+    let sent = loop {
+        match c.write(&frame) {
+            Ok(n) => break n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break 0,
+            Err(e) => return Err(fail(e)),
+        }
+    };
+    if sent == frame.len() {
+        return Ok(());
+    }
     conn.set_nonblocking(false).map_err(fail)?;
     conn.set_write_timeout(Some(Duration::from_secs(1))).map_err(fail)?;
-    let mut c = conn;
-    let sent = m.send(&mut c).and_then(|()| c.flush().map_err(|e| Error::Protocol(e.to_string())));
+    let rest = c.write_all(&frame[sent..]).map_err(fail);
     conn.set_nonblocking(true).map_err(fail)?;
-    sent
+    rest
 }
 
 impl ChunkObserver for Sharing {

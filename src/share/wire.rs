@@ -206,11 +206,16 @@ impl Message {
 
     /// Write one framed message.
     pub fn send(&self, w: &mut impl Write) -> Result<()> {
+        w.write_all(&self.frame()?).map_err(|e| Error::io("send a rendezvous message", e))
+    }
+
+    /// The message as it goes on the wire: its length (4 bytes, little-endian), then its payload.
+    pub fn frame(&self) -> Result<Vec<u8>> {
         let payload = self.encode()?;
         let mut frame = Vec::with_capacity(4 + payload.len());
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&payload);
-        w.write_all(&frame).map_err(|e| Error::io("send a rendezvous message", e))
+        Ok(frame)
     }
 
     /// Take one whole framed message off the front of `buf` (bytes received so far), if it holds one; the

@@ -1,7 +1,7 @@
 //! The pool on the simulator. Each test runs in a child process of its own, so that the simulator's
 //! live-object counts (the oracle for "nothing leaked") and call counters are the test's alone.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 
 use aclshm::pool::GRANULE;
@@ -586,20 +586,23 @@ fn threads_allocating_freeing_and_trimming(
         let class = pool.block_class(512 << 10).unwrap();
         let start = Arc::new(Barrier::new(THREADS + 1));
         let stop = Arc::new(AtomicBool::new(false));
+        // Chunks the trimmer gave back so far: the workers go on until it has (so the trims certainly
+        // run among their allocations, however the threads are scheduled), or ten times their count.
+        let trimmed = Arc::new(AtomicU64::new(0));
         let trimmer = {
-            let (pool, stop) = (Arc::clone(&pool), Arc::clone(&stop));
+            let (pool, stop, trimmed) = (Arc::clone(&pool), Arc::clone(&stop), Arc::clone(&trimmed));
             std::thread::spawn(move || {
-                let mut n = 0;
                 while !stop.load(Ordering::Relaxed) {
-                    n += pool.trim().unwrap();
+                    trimmed.fetch_add(u64::from(pool.trim().unwrap()), Ordering::Relaxed);
                     std::thread::yield_now();
                 }
-                n
+                trimmed.load(Ordering::Relaxed)
             })
         };
         let workers: Vec<_> = (0..THREADS)
             .map(|t| {
-                let (pool, rt, start) = (Arc::clone(&pool), rt.clone(), Arc::clone(&start));
+                let (pool, rt, start, trimmed) =
+                    (Arc::clone(&pool), rt.clone(), Arc::clone(&start), Arc::clone(&trimmed));
                 std::thread::spawn(move || {
                     raw::set_device(&rt, 0).unwrap();
                     start.wait();
@@ -612,7 +615,10 @@ fn threads_allocating_freeing_and_trimming(
                     };
                     let mut live: Vec<(Allocation, Vec<u8>)> = Vec::new();
                     let mut blocks = Vec::new();
-                    for i in 0..ITERS {
+                    for i in 0..10 * ITERS {
+                        if i >= ITERS && (watermark.is_some() || trimmed.load(Ordering::Relaxed) > 0) {
+                            break;
+                        }
                         // Bounded live sets: at most 12 allocations and 32 blocks per thread.
                         let op = match rnd() % 4 {
                             0 if live.len() >= 12 => 1,

@@ -450,6 +450,59 @@ fn a_retired_chunk_is_kept_until_every_attached_mirror_acknowledged_it() {
 }
 
 #[test]
+fn mirrors_attached_and_closed_in_turn_leave_nothing_running_and_the_next_one_follows_the_pool() {
+    // A close does not wait for its mirror's follower thread (the thread goes on to follow the next
+    // mirror): the closed mirrors must call the runtime no more and hold nothing up, and a mirror attached
+    // afterwards must be followed, with no sync of its own.
+    pool_test(
+        test_name!(),
+        &["worker"],
+        |rt, pool| {
+            let first = share_filled(rt, pool, MIB, 3, "first");
+            hear_word("attached");
+            let a = filled(rt, pool, 3 * MIB, 11);
+            say(format!("chunks {}", pool.stats().chunks));
+            offer("grown", pool, &a, 11);
+            hear_word("followed");
+            pool.free(a).unwrap();
+            assert!(pool.trim().unwrap() >= 1);
+            // Only the live mirror's acknowledgement is needed: the closed ones are forgotten.
+            eventually("the trimmed chunks are freed", || pool.share_stats().unwrap().retired_pending == 0);
+            assert_eq!(pool.share_stats().unwrap().mirrors, 1);
+            say(format!("trimmed {}", pool.stats().chunks));
+            hear_word("unmapped");
+            pool.free(first).unwrap();
+        },
+        |rt, _| {
+            raw::set_device(rt, 1).unwrap();
+            let desc: ShareDesc = hear_as("share");
+            let (d, seed) = decode_descs(&hear_word("first"))[0];
+            for round in 0..20 {
+                let m = Mirror::attach(rt, &desc, 1).unwrap();
+                assert!(holds(rt, m.ptr(&d).unwrap(), d.len(), seed), "round {round}");
+                m.close().unwrap();
+            }
+            let m = Mirror::attach(rt, &desc, 1).unwrap();
+            let maps = sim_count(rt, "aclrtMapMem");
+            say("attached");
+            let chunks: u32 = hear_as("chunks");
+            let (d, seed) = decode_descs(&hear_word("grown"))[0];
+            // Not `ptr` (which syncs): the follower maps what the owner added.
+            eventually("the mirror follows the growth", || m.stats().chunks == chunks);
+            // Each added chunk mapped once in this process: by this mirror, none by the closed ones.
+            assert_eq!(sim_count(rt, "aclrtMapMem") - maps, u64::from(chunks - 1));
+            assert!(holds(rt, m.ptr(&d).unwrap(), d.len(), seed));
+            say("followed");
+            let chunks: u32 = hear_as("trimmed");
+            eventually("the mirror follows the trim", || m.stats().chunks == chunks);
+            say("unmapped");
+            when_done(|| m.close().unwrap());
+        },
+        |crew| crew.run("> share, > first, < attached, > chunks, > grown, < followed, > trimmed, < unmapped"),
+    );
+}
+
+#[test]
 fn a_killed_worker_holds_nothing_up_and_the_others_carry_on() {
     pool_test(
         test_name!(),
