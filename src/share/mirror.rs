@@ -388,6 +388,10 @@ impl Inner {
 
     /// Follow the table until told to stop or the owner closes it.
     fn follow(&self) {
+        // Whether the last wait ended with the table unchanged (its timeout): only then is the owner's
+        // liveness worth a look (a read of /proc). A change is the owner's doing, and the attach that
+        // handed us the mirror has just heard from it.
+        let mut quiet = false;
         loop {
             let seq = self.table.seq();
             if self.stop.load(SyncOrdering::Acquire) {
@@ -403,7 +407,7 @@ impl Inner {
             if self.table.is_closed() {
                 return;
             }
-            if !self.table.owner_alive() {
+            if quiet && !self.table.owner_alive() {
                 // The owner died: nothing will change any more. Its files are left to us to remove (the
                 // names are its alone); what we mapped stays valid until we release it.
                 self.owner_lost.store(true, SyncOrdering::Release);
@@ -412,6 +416,7 @@ impl Inner {
                 return;
             }
             self.table.wait_change(seq, Duration::from_millis(200));
+            quiet = self.table.seq() == seq;
         }
     }
 
