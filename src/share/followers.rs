@@ -94,23 +94,28 @@ mod tests {
     #[test]
     fn a_follower_that_finished_takes_the_next_job_and_every_job_runs_once() {
         let (tx, rx) = mpsc::channel();
-        let tx2 = tx.clone();
-        follow(Box::new(move || tx2.send((1, thread::current().id())).unwrap())).unwrap();
+        let job = |i: i32, tx: &mpsc::Sender<(i32, thread::ThreadId)>| -> Job {
+            let tx = tx.clone();
+            Box::new(move || tx.send((i, thread::current().id())).unwrap())
+        };
+        follow(job(1, &tx)).unwrap();
         let (_, first) = rx.recv().unwrap();
-        // Wait until that thread is idle again, then hand over more jobs than there are idle threads.
+        // Once that thread waits for work, the next job is handed to it (the only follower waiting: no
+        // thread is started for it).
         let until = Instant::now() + Duration::from_secs(10);
         while idle() == 0 && Instant::now() < until {
             thread::sleep(Duration::from_millis(1));
         }
-        assert!(idle() >= 1, "the thread that ran a job waits for the next");
-        for i in 2..=20 {
-            let tx = tx.clone();
-            follow(Box::new(move || tx.send((i, thread::current().id())).unwrap())).unwrap();
+        assert_eq!(idle(), 1, "the thread that ran a job waits for the next");
+        follow(job(2, &tx)).unwrap();
+        assert_eq!(rx.recv().unwrap(), (2, first), "a finished follower is used again rather than a new thread");
+        // More jobs than followers waiting: threads are started for the rest, and each job runs once.
+        for i in 3..=20 {
+            follow(job(i, &tx)).unwrap();
         }
         drop(tx);
-        let mut seen: Vec<(i32, thread::ThreadId)> = rx.iter().collect();
-        seen.sort_by_key(|s| s.0);
-        assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), (2..=20).collect::<Vec<_>>());
-        assert!(seen.iter().any(|s| s.1 == first), "a finished follower is used again rather than a new thread");
+        let mut ran: Vec<i32> = rx.iter().map(|r| r.0).collect();
+        ran.sort_unstable();
+        assert_eq!(ran, (3..=20).collect::<Vec<_>>());
     }
 }
