@@ -43,8 +43,11 @@ pub(crate) mod stat {
 /// that no model exercises (per-thread magazines, which loom builds turn off).
 pub(crate) type StaticMutex<T> = parking_lot::Mutex<T>;
 
-/// A condition variable usable in a `static`, with [`StaticMutex`].
-pub(crate) type StaticCondvar = parking_lot::Condvar;
+/// A mutex and condition variable for process-wide state that a forked child must find usable: std's,
+/// whose waiters are the kernel's alone. parking_lot keeps its waiting threads in a process-wide table,
+/// which a child of `fork` inherits with threads it does not have, so a notification there can go to a
+/// thread that is not in the child.
+pub(crate) use std::sync::{Condvar as ForkSafeCondvar, Mutex as ForkSafeMutex};
 
 /// loom's mutex and condition variable behind parking_lot's interface (no poisoning).
 #[cfg(loom)]

@@ -4,9 +4,9 @@
 //! A follower thread sleeps on the chunk table's futex and syncs when it changes: it unmaps and releases
 //! chunks the owner retired, imports and maps chunks it added, and acknowledges the generation it reached
 //! (so the owner may free retired chunks). Followers are kept between mirrors (`followers.rs`): a close
-//! does not wait for its thread, and makes sure it calls the runtime no more for the mirror. [`Mirror::ptr`] turns a descriptor into a local address with no
-//! runtime call when the chunks it lies in are mapped, and syncs first only when the descriptor is newer
-//! than what the mirror has.
+//! does not wait for its thread, and makes sure it calls the runtime no more for the mirror.
+//! [`Mirror::ptr`] turns a descriptor into a local address with no runtime call when the chunks it lies in
+//! are mapped, and syncs first only when the descriptor is newer than what the mirror has.
 
 use std::ffi::c_void;
 use std::fmt;
