@@ -39,7 +39,7 @@ use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
 use aclshm::tune::{Op, Trace};
-use aclshm::{Pool, PoolConfig, Runtime, raw};
+use aclshm::{KvConfig, KvPool, Pool, PoolConfig, Runtime, ShareConfig, raw};
 use criterion::{BenchmarkId, Criterion, Throughput};
 
 const MIB: u64 = 1 << 20;
@@ -253,6 +253,32 @@ impl Sub for PoolBlocksSub<'_> {
     }
     fn end(&self, b: &Self::A) -> u64 {
         b.offset() + self.size
+    }
+    fn free_bytes(&self) -> u64 {
+        unreachable!("fixed-size blocks are not probed for fragmentation")
+    }
+}
+
+/// KV blocks (`KvPool`: the pool's block class, with per-thread magazines and a generation per block),
+/// for traces of one size: what a serving engine allocates its KV cache from.
+struct KvSub<'a> {
+    kv: &'a KvPool,
+    size: u64,
+}
+
+impl Sub for KvSub<'_> {
+    type A = aclshm::KvBlock;
+    fn alloc(&mut self, bytes: u64) -> Option<Self::A> {
+        if bytes > self.size {
+            return None;
+        }
+        self.kv.alloc().ok()
+    }
+    fn free(&mut self, b: Self::A) {
+        self.kv.free(b).unwrap()
+    }
+    fn end(&self, b: &Self::A) -> u64 {
+        (u64::from(b.id()) + 1) * self.size
     }
     fn free_bytes(&self) -> u64 {
         unreachable!("fixed-size blocks are not probed for fragmentation")
@@ -531,6 +557,25 @@ fn one_trace(c: &mut Criterion, rt: &Runtime, r: &Replay, chunk: u64, report: &m
         });
         assert_eq!(blocks_before, calls(&blocks), "the block pool made runtime calls while replaying");
         blocks.close().unwrap();
+        let kv = KvPool::new(
+            rt,
+            0,
+            KvConfig {
+                block_bytes: size.next_multiple_of(UNIT),
+                pool: PoolConfig { reserve_chunks: 0, ..cfg.clone() },
+                share: ShareConfig::default(),
+            },
+        )
+        .unwrap();
+        let mut ks = KvSub { kv: &kv, size: size.next_multiple_of(UNIT) };
+        assert_eq!(replay(&mut ks, r, &mut Vec::new(), None), 0, "the KV pool holds the trace");
+        let kv_before = calls(kv.pool());
+        let mut held = Vec::new();
+        g.bench_function(BenchmarkId::from_parameter("kv_pool"), |b| {
+            b.iter_custom(|n| timed(&mut ks, r, &mut held, n))
+        });
+        assert_eq!(kv_before, calls(kv.pool()), "the KV pool made runtime calls while replaying");
+        kv.close().unwrap();
     }
     g.finish();
     pool.close().unwrap();
