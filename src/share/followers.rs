@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use crate::sync::{ForkSafeCondvar, ForkSafeMutex, thread};
 
 /// How long a follower with nothing to follow waits for a mirror before it ends.
-pub(crate) const IDLE: Duration = Duration::from_secs(10);
+const IDLE: Duration = Duration::from_secs(10);
 
 /// Work for a follower: following one mirror until it closes.
 pub(crate) type Job = Box<dyn FnOnce() + Send + 'static>;
