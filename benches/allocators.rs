@@ -40,7 +40,8 @@ use std::time::{Duration, Instant};
 
 use aclshm::tune::{Op, Trace};
 use aclshm::{KvConfig, KvPool, Pool, PoolConfig, Runtime, ShareConfig, raw};
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 
 const MIB: u64 = 1 << 20;
 /// The offset allocator's unit: the pool's granule.
@@ -464,6 +465,17 @@ impl Frag {
 }
 
 /// Criterion's timing of whole replays.
+/// Time `s` on the trace in a pool of its own (`pool`) whose chunks a first, untimed replay maps (it is
+/// never trimmed), checking that no runtime call is made while timing.
+fn bench_warm<S: Sub>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, s: &mut S, r: &Replay, pool: &Pool) {
+    let calls = || pool.stats().runtime_calls.iter().map(|c| c.1).sum::<u64>();
+    assert_eq!(replay(s, r, &mut Vec::new(), None), 0, "{name} holds the trace");
+    let before = calls();
+    let mut held = Vec::new();
+    g.bench_function(BenchmarkId::from_parameter(name), |b| b.iter_custom(|n| timed(s, r, &mut held, n)));
+    assert_eq!(before, calls(), "{name} made runtime calls while replaying");
+}
+
 fn timed<S: Sub>(s: &mut S, r: &Replay, held: &mut Vec<Option<S::A>>, iters: u64) -> Duration {
     let t = Instant::now();
     for _ in 0..iters {
@@ -546,35 +558,14 @@ fn one_trace(c: &mut Criterion, rt: &Runtime, r: &Replay, chunk: u64, report: &m
     // A trace of one size: also the pool's block classes, in a pool of their own with every chunk the
     // trace needs mapped by a first replay (never trimmed).
     if let Some(size) = r.one_size() {
+        let block = size.next_multiple_of(UNIT);
         let blocks = Pool::new(rt, 0, PoolConfig { reserve_chunks: 0, ..cfg.clone() }).unwrap();
-        let class = blocks.block_class(size.next_multiple_of(UNIT)).unwrap();
-        let mut bs = PoolBlocksSub { pool: &blocks, class, size: size.next_multiple_of(UNIT) };
-        assert_eq!(replay(&mut bs, r, &mut Vec::new(), None), 0, "the block pool holds the trace");
-        let blocks_before = calls(&blocks);
-        let mut held = Vec::new();
-        g.bench_function(BenchmarkId::from_parameter("pool_blocks"), |b| {
-            b.iter_custom(|n| timed(&mut bs, r, &mut held, n))
-        });
-        assert_eq!(blocks_before, calls(&blocks), "the block pool made runtime calls while replaying");
+        let class = blocks.block_class(block).unwrap();
+        bench_warm(&mut g, "pool_blocks", &mut PoolBlocksSub { pool: &blocks, class, size: block }, r, &blocks);
         blocks.close().unwrap();
-        let kv = KvPool::new(
-            rt,
-            0,
-            KvConfig {
-                block_bytes: size.next_multiple_of(UNIT),
-                pool: PoolConfig { reserve_chunks: 0, ..cfg.clone() },
-                share: ShareConfig::default(),
-            },
-        )
-        .unwrap();
-        let mut ks = KvSub { kv: &kv, size: size.next_multiple_of(UNIT) };
-        assert_eq!(replay(&mut ks, r, &mut Vec::new(), None), 0, "the KV pool holds the trace");
-        let kv_before = calls(kv.pool());
-        let mut held = Vec::new();
-        g.bench_function(BenchmarkId::from_parameter("kv_pool"), |b| {
-            b.iter_custom(|n| timed(&mut ks, r, &mut held, n))
-        });
-        assert_eq!(kv_before, calls(kv.pool()), "the KV pool made runtime calls while replaying");
+        let pool = PoolConfig { reserve_chunks: 0, ..cfg.clone() };
+        let kv = KvPool::new(rt, 0, KvConfig { block_bytes: block, pool, share: ShareConfig::default() }).unwrap();
+        bench_warm(&mut g, "kv_pool", &mut KvSub { kv: &kv, size: block }, r, kv.pool());
         kv.close().unwrap();
     }
     g.finish();
