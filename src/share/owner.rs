@@ -69,7 +69,8 @@ pub struct ShareStats {
     pub mirrors: u32,
     /// Chunks published in the table.
     pub chunks: u32,
-    /// Retired chunks whose handle waits for mirrors to acknowledge them.
+    /// Retired chunks whose handle is not freed yet: waiting for mirrors to acknowledge them, or being
+    /// freed now.
     pub retired_pending: u32,
     /// The table's generation.
     pub generation: u64,
@@ -105,6 +106,9 @@ struct State {
     /// Published chunks by slot: (chunk id, shareable handle, generation published).
     live: HashMap<usize, (u64, Shareable, u64)>,
     retired: Vec<Retired>,
+    /// Retired chunks a thread took out of `retired` and is freeing now (outside the lock): not freed
+    /// yet, so a sleep that waits for the memory to be back waits for these too.
+    freeing: usize,
 }
 
 /// A pool's sharing, on the owner's side.
@@ -320,7 +324,7 @@ impl Sharing {
                     .filter(|m| oldest.is_some_and(|g| m.ack < g && m.attached < g))
                     .map(|m| m.tgid.to_string())
                     .collect();
-                (st.retired.len(), slow)
+                (st.retired.len() + st.freeing, slow)
             };
             if pending == 0 {
                 return Ok(());
@@ -340,7 +344,10 @@ impl Sharing {
         }
     }
 
-    /// Free the retired chunks no attached mirror can still need.
+    /// Free the retired chunks no attached mirror can still need. The frees run outside the lock (they
+    /// are runtime calls) and are counted in `freeing` meanwhile: any thread may get here (the rendezvous
+    /// thread on an acknowledgement, a sleep waiting), and the one that finds nothing left must not take
+    /// another's frees in progress for done.
     fn release_ready(&self) {
         let ready: Vec<Arc<PhysicalMem>> = {
             let mut st = self.state.lock();
@@ -351,9 +358,15 @@ impl Sharing {
                     mirrors.iter().all(|&(ack, attached)| ack >= seen || attached >= r.retired)
                 });
             st.retired = waiting;
+            st.freeing += ready.len();
             ready.into_iter().map(|r| r.phys).collect()
         };
+        if ready.is_empty() {
+            return;
+        }
+        let n = ready.len();
         drop(ready);
+        self.state.lock().freeing -= n;
     }
 
     /// The chunk ids of slots `first..=last`, in order, and the table's generation; None if one is not
@@ -373,7 +386,7 @@ impl Sharing {
         ShareStats {
             mirrors: st.mirrors.len() as u32,
             chunks: st.live.len() as u32,
-            retired_pending: st.retired.len() as u32,
+            retired_pending: (st.retired.len() + st.freeing) as u32,
             generation: self.table.generation(),
         }
     }

@@ -208,6 +208,73 @@ fn a_shared_pool_sleeps_and_wakes_and_its_workers_follow() {
     );
 }
 
+/// A shared pool's sleep returns only once the device has every byte back: the last acknowledgement
+/// reaches the owner's rendezvous thread, which frees the chunks it releases, and a sleep that saw
+/// nothing left waiting must still wait for those frees to finish. Many chunks make the frees long
+/// enough for a sleep that did not wait to be seen (it was, once in a few hundred runs of the test
+/// above on a loaded machine).
+#[test]
+fn a_shared_sleep_returns_with_every_chunk_freed() {
+    const CHUNKS: u64 = 48;
+    const ROUNDS: usize = 8;
+    by_role(
+        test_name!(),
+        |rt, role| match role {
+            "owner" => {
+                raw::set_device(rt, 0).unwrap();
+                let cfg = PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 2 * CHUNKS * MIB, ..PoolConfig::default() };
+                let pool = Pool::new(rt, 0, cfg).unwrap();
+                let a = pool.alloc(2 * CHUNKS * MIB).unwrap();
+                let share = pool.share(ShareConfig::default()).unwrap();
+                say(format!("share {share}"));
+                hear_word("attached");
+                let mapped = pool.mapped_bytes();
+                assert_eq!(mapped, 2 * CHUNKS * MIB);
+                for round in 0..ROUNDS {
+                    let free_before = free_bytes(rt, 0);
+                    pool.sleep(&SleepConfig::default()).unwrap();
+                    assert_eq!(
+                        free_bytes(rt, 0),
+                        free_before + mapped,
+                        "round {round}: the sleep returned before the device had the pool's bytes back"
+                    );
+                    assert_eq!(pool.share_stats().unwrap().retired_pending, 0);
+                    pool.wake(None).unwrap();
+                }
+                say("slept");
+                hear_word("closed");
+                pool.free(a).unwrap();
+                pool.close().unwrap();
+            }
+            "worker" => {
+                raw::set_device(rt, 0).unwrap();
+                let share: ShareDesc = hear_word("share").parse().unwrap();
+                // Its follower thread keeps up with every sleep and wake on its own.
+                let m = Mirror::attach(rt, &share, 0).unwrap();
+                assert_eq!(m.stats().chunks as u64, CHUNKS);
+                say("attached");
+                hear_word("slept");
+                m.close().unwrap();
+                say("closed");
+            }
+            _ => unreachable!(),
+        },
+        |sc| {
+            let sc = sc.shared();
+            let mut owner = sc.spawn("owner");
+            let mut worker = sc.spawn("worker");
+            let share = owner.expect("share");
+            worker.send(format!("share {share}"));
+            worker.relay("attached", &mut owner);
+            owner.relay("slept", &mut worker);
+            worker.relay("closed", &mut owner);
+            owner.join();
+            worker.join();
+            sc.finish();
+        },
+    );
+}
+
 /// A worker killed while its pool sleeps holds nothing up: the owner's sleep finishes (the dead worker
 /// is forgotten), the memory is freed, the wake works; a worker that attaches while the pool sleeps maps
 /// the chunks at the wake.
