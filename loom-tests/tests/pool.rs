@@ -126,3 +126,24 @@ fn block_frees_racing_a_trim_lose_nothing() {
         close(pool);
     });
 }
+
+/// (d) A close racing a trim of the pool's free chunk: the close waits for the trim under way (it used
+/// to refuse, having already shut the pool's caches), every chunk is freed exactly once, and the trim
+/// either gave the chunk back or found the pool closing.
+#[test]
+fn a_close_racing_a_trim_waits_for_it() {
+    model(|| {
+        let pool = shared_pool();
+        let warm = pool.alloc(4096).unwrap();
+        pool.free(warm).unwrap();
+        let p = Arc::clone(&pool);
+        let trimmer = thread::spawn(move || match p.trim() {
+            Ok(n) => assert!(n <= 1),
+            Err(e) => assert!(matches!(e, aclshm::Error::Closed), "{e}"),
+        });
+        pool.close().unwrap();
+        trimmer.join().unwrap();
+        assert!(matches!(pool.alloc(4096), Err(aclshm::Error::Closed)));
+        fake::assert_no_violations();
+    });
+}

@@ -2,6 +2,8 @@
 //! observer, and the lock that makes sleeps and wakes one at a time. Below the modules that work on it
 //! (`mod.rs`, `sleep`), so that neither needs the other.
 
+use std::time::{Duration, Instant};
+
 use super::config::PoolConfig;
 use super::records::Records;
 use super::slots::ChunkObserver;
@@ -25,7 +27,9 @@ pub(super) struct Inner {
     /// exactly once whether it was mapped before the watching started or during it. (A std `Arc`: loom's
     /// cannot hold a trait object, and no model watches.)
     pub(super) observer: Mutex<Option<StdArc<dyn ChunkObserver>>>,
-    /// Sleeps and wakes, one at a time (each makes runtime calls outside the state's lock).
+    /// Sleeps, wakes and closes, one at a time (each makes runtime calls outside the state's lock). The
+    /// gates below open and close only under it, so a wake that finishes cannot reopen what a sleep
+    /// that follows it closed.
     pub(super) sleep_wake: Mutex<()>,
     /// The heap's records' words, read and claimed without the state's lock by frees into magazines (in
     /// a pool with magazines).
@@ -38,4 +42,30 @@ pub(super) struct Inner {
     /// Open while the pool can allocate (not asleep, not closed): what caches in front of it (a KV
     /// pool's magazines) read before handing out what they hold, without the state's lock.
     pub(super) awake: Gate,
+}
+
+impl Inner {
+    /// Wait until no grow, wake, trim or repair is under way (with `retiring_only`: no trim or repair),
+    /// at most `timeout`; whether that came. Each runs outside the state's lock for the runtime calls
+    /// it makes (microseconds to milliseconds), so a sleep, a close or an out-of-memory retry that must
+    /// see its outcome waits for it rather than taking its slots for settled. Whoever waits has stopped
+    /// new ones from starting (a sleep or a close refuses new grows and trims).
+    pub(super) fn wait_settled(&self, retiring_only: bool, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut nap = Duration::from_micros(20);
+        loop {
+            if !self.state.lock().in_flight(retiring_only) {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            #[cfg(loom)]
+            loom::thread::yield_now();
+            #[cfg(not(loom))]
+            std::thread::sleep(nap.min(deadline - now));
+            nap = (nap * 2).min(Duration::from_millis(1));
+        }
+    }
 }

@@ -71,6 +71,7 @@ mod slots;
 mod state;
 
 use std::fmt;
+use std::time::Duration;
 
 pub(crate) use config::ConfigFile;
 pub use config::PoolConfig;
@@ -501,13 +502,21 @@ impl Pool {
             // The claim's guard must be gone before `out_of_memory` takes the lock for the stats: bound in
             // one statement with the `ok_or_else`, the temporary guard would live through it (a deadlock
             // whenever the range had no room left).
-            let claim = self.inner.state.lock().claim(|st| st.pick_run(chunk, count, tail_need));
+            // Nothing is claimed once a sleep or a close began: they wait only for grows under way.
+            let claim = {
+                let mut st = self.inner.state.lock();
+                st.check_allocatable()?;
+                st.claim(|st| st.pick_run(chunk, count, tail_need))
+            };
             let claimed = claim.ok_or_else(|| self.out_of_memory(need));
             match claimed.and_then(|slots| self.map_claimed(slots, owner)) {
                 Ok(()) => return Ok(()),
                 Err(e) if is_full(&e) && !trimmed => {
                     trimmed = true;
                     self.trim_to(0)?;
+                    // Chunks another thread's trim took are on their way back to the device: a retry
+                    // before they get there would fail for nothing.
+                    self.inner.wait_settled(true, SETTLE_WAIT);
                 }
                 Err(e) if is_full(&e) => return Err(self.out_of_memory(need)),
                 Err(e) => return Err(e),
@@ -617,20 +626,26 @@ impl Pool {
     /// Put the pool to sleep: copy what `config` keeps to page-locked host memory, then give back the
     /// physical memory of every chunk, keeping the reserved range, every allocation and block, and (in a
     /// shared pool) every mirror's addresses and every descriptor. Allocating is refused
-    /// ([`Error::Asleep`]) until [`wake`](Pool::wake). In a shared pool, mirrors unmap the chunks and
-    /// acknowledge before the memory is freed; the sleep waits for that (`config.release_timeout`).
+    /// ([`Error::Asleep`]) until [`wake`](Pool::wake). A grow or trim under way in another thread
+    /// finishes first; in a shared pool, mirrors unmap the chunks and acknowledge before the memory is
+    /// freed. The sleep waits for both (`config.release_timeout`, then [`Error::Timeout`]): when it
+    /// returns `Ok`, the device has every byte the pool mapped back.
     pub fn sleep(&self, config: &SleepConfig) -> Result<SleepReport> {
-        // Nothing comes out of a magazine while asleep (the pool's, or a cache in front of it); what the
-        // pool's hold goes back to the heap first (free, nothing of it is kept).
-        self.inner.awake.set_open(false);
-        self.inner.cache.set_open(false);
-        cache::take_back_all(&self.inner);
-        let r = sleep::sleep(&self.inner, config);
+        // One at a time with wakes and closes: the magazines' gates change only under this lock.
+        let _one = self.inner.sleep_wake.lock();
+        let r = sleep::sleep(&self.inner, config, || {
+            // Nothing comes out of a magazine while asleep (the pool's, or a cache in front of it); what
+            // the pool's hold goes back to the heap first (free, nothing of it is kept).
+            self.inner.awake.set_open(false);
+            self.inner.cache.set_open(false);
+            cache::take_back_all(&self.inner);
+        });
         self.reopen_magazines();
         r
     }
 
-    /// Open the magazines if the pool can allocate (a sleep that failed before anything slept, a wake).
+    /// Open the magazines if the pool can allocate (a sleep that failed before anything slept, a wake),
+    /// with `sleep_wake` held.
     fn reopen_magazines(&self) {
         let st = self.inner.state.lock();
         if st.check_allocatable().is_ok() {
@@ -651,6 +666,7 @@ impl Pool {
     /// pool) publish them so mirrors map them at their unchanged addresses. The pool can allocate again
     /// once no chunk sleeps. Waking a pool that is awake does nothing.
     pub fn wake(&self, tags: Option<&[&str]>) -> Result<()> {
+        let _one = self.inner.sleep_wake.lock();
         let r = sleep::wake(&self.inner, tags);
         self.reopen_magazines();
         r
@@ -718,8 +734,27 @@ impl Pool {
     /// (those recorded while dropping too). What fails to be released is kept (its slot `Unknown`, or the
     /// range) so that `close` can be called again, after [`repair`](Pool::repair) or not. Once everything
     /// is released the pool is closed: every later call fails with [`Error::Closed`]. Allocations still
-    /// live become invalid.
+    /// live become invalid. From its start nothing new is allocated, grown or trimmed (those fail with
+    /// [`Error::Closed`]); a sleep, wake, grow or trim under way in another thread finishes first (if a
+    /// grow or trim takes over 10 s, the close fails having changed nothing).
     pub fn close(&self) -> Result<()> {
+        // One at a time with sleeps and wakes: a close waits for one under way to finish.
+        let _one = self.inner.sleep_wake.lock();
+        {
+            let mut st = self.inner.state.lock();
+            if st.closed {
+                return Ok(());
+            }
+            // From here nothing is allocated, grown or trimmed; what is under way finishes first, before
+            // anything is torn down (a close that cannot wait for it changes nothing).
+            st.closing = true;
+        }
+        if !self.inner.wait_settled(false, SETTLE_WAIT) {
+            self.inner.state.lock().closing = false;
+            return Err(Error::InvalidArgument(format!(
+                "close while a grow, trim or repair is under way (waited {SETTLE_WAIT:?} for it)"
+            )));
+        }
         // Magazines close for good (what they hold goes with the chunks).
         self.inner.awake.shut();
         self.inner.cache.seal();
@@ -765,6 +800,8 @@ impl Pool {
             }
         }
         st.closed = errors.is_empty();
+        // A close that failed leaves a pool that works (what failed is kept for `repair` and the next close).
+        st.closing = false;
         // Everything is in the slots now: empty allocators for a pool that is not closed.
         st.reset_allocators(self.inner.geometry.chunk);
         drop(st);
@@ -786,6 +823,10 @@ fn refused_request(size: u64, align: u64, chunk: u64) -> Error {
         Error::InvalidArgument(format!("alignment {align:#x} is larger than the pool's chunks ({chunk:#x} bytes)"))
     }
 }
+
+/// How long a close or an out-of-memory retry waits for grows, trims and repairs under way (each takes
+/// microseconds to milliseconds: only a runtime that hangs takes this long).
+const SETTLE_WAIT: Duration = Duration::from_secs(10);
 
 /// The device is out of memory, or the pool's range has no room.
 fn is_full(e: &Error) -> bool {

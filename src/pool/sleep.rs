@@ -201,26 +201,39 @@ impl State {
     }
 }
 
-/// See [`Pool::sleep`](super::Pool::sleep).
-pub(super) fn sleep(inner: &Inner, config: &SleepConfig) -> Result<SleepReport> {
-    let _one = inner.sleep_wake.lock();
+/// See [`Pool::sleep`](super::Pool::sleep); the caller holds `sleep_wake`. `close_gates` stops the
+/// magazines handing anything out and takes back what they hold, once allocations have stopped.
+pub(super) fn sleep(inner: &Inner, config: &SleepConfig, close_gates: impl FnOnce()) -> Result<SleepReport> {
     let chunk = inner.geometry.chunk;
-    // Plan under the lock, and stop allocations: from here nothing new lands in the chunks.
-    let (sleepers, pieces) = {
+    {
         let mut st = inner.state.lock();
         st.check_open()?;
         if st.asleep {
             return Err(Error::Asleep("it is asleep already (wake it first)".into()));
         }
+        // From here nothing is allocated, and no grow or trim starts.
+        st.asleep = true;
+    }
+    // One under way finishes first: a chunk still being mapped would stay mapped through the sleep, one
+    // being given back might reach the device only after the sleep returned.
+    if !inner.wait_settled(false, config.release_timeout) {
+        inner.state.lock().asleep = false;
+        return Err(Error::Timeout(format!(
+            "a grow or trim under way did not finish within {:?}; the pool is awake",
+            config.release_timeout
+        )));
+    }
+    close_gates();
+    // Plan under the lock: from here nothing new lands in the chunks.
+    let (sleepers, pieces) = {
+        let st = inner.state.lock();
         let mut keep = 0u64;
         for t in &config.offload_tags {
             if let Some(i) = st.tags.iter().position(|x| x == t) {
                 keep |= 1 << i;
             }
         }
-        let plan = st.plan_sleep(chunk, keep);
-        st.asleep = true;
-        plan
+        st.plan_sleep(chunk, keep)
     };
     // Keep what is kept: copied while every chunk is still mapped. A failure changes nothing.
     let kept = match keep(inner, &pieces) {
@@ -327,9 +340,8 @@ fn keep(inner: &Inner, pieces: &[Piece]) -> Result<Kept> {
     Ok(Kept { buf: Some(buf), pieces: pieces.to_vec() })
 }
 
-/// See [`Pool::wake`](super::Pool::wake).
+/// See [`Pool::wake`](super::Pool::wake); the caller holds `sleep_wake`.
 pub(super) fn wake(inner: &Inner, tags: Option<&[&str]>) -> Result<()> {
-    let _one = inner.sleep_wake.lock();
     let chunk = inner.geometry.chunk;
     let picked: Vec<(usize, Owner, u64, Option<Box<PhysicalMem>>)> = {
         let mut st = inner.state.lock();

@@ -75,8 +75,8 @@ pub(crate) trait ChunkObserver: Send + Sync {
     /// Chunks of sleeping slots just mapped again (new physical memory), not usable yet: an error undoes
     /// the wake of these chunks.
     fn woken(&self, chunks: &[(usize, &Arc<PhysicalMem>)]) -> Result<()>;
-    /// Wait until the physical memory of slept (and retired) chunks is freed, at most `timeout`: the
-    /// observer frees it once nobody else can still use it.
+    /// Wait until the physical memory of slept (and retired) chunks is freed, and nobody else maps a
+    /// chunk the pool gave up, at most `timeout`: the observer frees it once nobody else can still use it.
     fn wait_released(&self, timeout: std::time::Duration) -> Result<()>;
     /// The observer as its concrete type, for the module that installed it.
     fn as_any(&self) -> &dyn Any;

@@ -76,6 +76,8 @@ pub(super) struct State {
     chunks_grown: u64,
     chunks_trimmed: u64,
     pub closed: bool,
+    /// A close is under way: nothing new is allocated, grown, trimmed, put to sleep or woken.
+    pub closing: bool,
 }
 
 // The methods of the hot path (allocating and freeing inside mapped chunks) are `#[inline]`: the pool
@@ -102,13 +104,20 @@ impl State {
             chunks_grown: 0,
             chunks_trimmed: 0,
             closed: false,
+            closing: false,
         }
     }
 
-    /// Refuse work on a closed pool.
+    /// Refuse work on a closed pool (or one being closed).
     #[inline]
     pub(super) fn check_open(&self) -> Result<()> {
-        if self.closed { Err(Error::Closed) } else { Ok(()) }
+        if self.closed || self.closing { Err(Error::Closed) } else { Ok(()) }
+    }
+
+    /// Whether a grow, a wake, a trim or a repair is under way: a slot `Growing` or `Retiring` (with
+    /// `retiring_only`, a trim or a repair: memory on its way back to the device).
+    pub(super) fn in_flight(&self, retiring_only: bool) -> bool {
+        self.slots.iter().any(|s| matches!(s, Slot::Retiring) || (!retiring_only && matches!(s, Slot::Growing)))
     }
 
     /// Refuse an allocation from a closed or sleeping pool.
@@ -373,8 +382,9 @@ impl State {
     /// left (never going below `reserve` mapped chunks). Their slots are `Retiring`; the caller unmaps them.
     pub(super) fn take_free_chunks(&mut self, chunk: u64, keep: u32, reserve: u32) -> Vec<(usize, Mapping)> {
         let mut out = Vec::new();
-        if self.asleep {
-            // A sleep or a wake owns the chunks until it is done; a sleeping pool has nothing to trim.
+        if self.asleep || self.closing {
+            // A sleep or a wake owns the chunks until it is done; a sleeping pool has nothing to trim; a
+            // close takes them all.
             return out;
         }
         for s in (0..self.slots.len()).rev() {
@@ -408,6 +418,10 @@ impl State {
     /// Take every `Unknown` slot's leftover (the slot is `Retiring` while the caller retries it).
     pub(super) fn take_leftovers(&mut self) -> Vec<(usize, Leftover)> {
         let mut out = Vec::new();
+        if self.closing {
+            // The close under way takes them with every other slot.
+            return out;
+        }
         for (s, slot) in self.slots.iter_mut().enumerate() {
             if matches!(slot, Slot::Unknown(_)) {
                 let Slot::Unknown(l) = std::mem::replace(slot, Slot::Retiring) else { unreachable!("matched above") };

@@ -313,20 +313,23 @@ impl Sharing {
     fn wait_freed(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut nap = Duration::from_micros(50);
+        // Every mirror must have synced to the table as it is now: then it holds nothing the table no
+        // longer lists (slept chunks, and chunks given back for good, which the owner may free as soon
+        // as they were imported while a mirror still maps them).
+        let target = self.table.generation();
         loop {
             self.release_ready();
             let (pending, slow) = {
                 let st = self.state.lock();
-                let oldest = st.retired.iter().map(|r| r.retired).min();
                 let slow: Vec<String> = st
                     .mirrors
                     .values()
-                    .filter(|m| oldest.is_some_and(|g| m.ack < g && m.attached < g))
+                    .filter(|m| m.ack < target && m.attached < target)
                     .map(|m| m.tgid.to_string())
                     .collect();
                 (st.retired.len() + st.freeing, slow)
             };
-            if pending == 0 {
+            if pending == 0 && slow.is_empty() {
                 return Ok(());
             }
             if self.stop.load(SyncOrdering::Acquire) {
@@ -335,7 +338,8 @@ impl Sharing {
             let now = Instant::now();
             if now >= deadline {
                 return Err(Error::Timeout(format!(
-                    "{pending} chunk(s) wait for mirrors (pids {}) to let go of them; they are freed when they do",
+                    "mirrors (pids {}) have not let go of the pool's memory ({pending} chunk(s) not freed yet); \
+                     it is freed when they do",
                     slow.join(", ")
                 )));
             }
@@ -618,6 +622,8 @@ impl Sharing {
         };
         if let Err(e) = send_blocking(conn, &welcome) {
             self.state.lock().mirrors.remove(&id);
+            // A chunk retired meanwhile may have waited for it alone.
+            self.release_ready();
             return Err(e);
         }
         Ok(id)

@@ -208,31 +208,46 @@ fn a_shared_pool_sleeps_and_wakes_and_its_workers_follow() {
     );
 }
 
-/// A shared pool's sleep returns only once the device has every byte back: the last acknowledgement
-/// reaches the owner's rendezvous thread, which frees the chunks it releases, and a sleep that saw
-/// nothing left waiting must still wait for those frees to finish. Many chunks make the frees long
-/// enough for a sleep that did not wait to be seen (it was, once in a few hundred runs of the test
-/// above on a loaded machine).
+/// A shared pool's sleep returns only once the device has every byte back, whoever frees it: the last
+/// acknowledgement reaches the owner's rendezvous thread, which frees the chunks it releases (a sleep
+/// that saw nothing left waiting must still wait for those frees); chunks with nothing allocated are given
+/// back for good, which the owner may free as soon as mirrors imported them, while the mirror still maps
+/// them; so are chunks a trim gave back just before. Many chunks make the frees long enough for a sleep
+/// that did not wait to be seen (it was, once in a few hundred runs of the test above on a loaded
+/// machine).
 #[test]
 fn a_shared_sleep_returns_with_every_chunk_freed() {
-    const CHUNKS: u64 = 48;
+    const KEPT: u64 = 40;
+    const SPARE: u64 = 8;
     const ROUNDS: usize = 8;
     by_role(
         test_name!(),
         |rt, role| match role {
             "owner" => {
                 raw::set_device(rt, 0).unwrap();
-                let cfg = PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 2 * CHUNKS * MIB, ..PoolConfig::default() };
+                let cfg = PoolConfig {
+                    chunk_bytes: 2 * MIB,
+                    reserve_bytes: 2 * (KEPT + SPARE) * MIB,
+                    ..PoolConfig::default()
+                };
                 let pool = Pool::new(rt, 0, cfg).unwrap();
-                let a = pool.alloc(2 * CHUNKS * MIB).unwrap();
+                let a = pool.alloc(2 * KEPT * MIB).unwrap();
                 let share = pool.share(ShareConfig::default()).unwrap();
                 say(format!("share {share}"));
                 hear_word("attached");
-                let mapped = pool.mapped_bytes();
-                assert_eq!(mapped, 2 * CHUNKS * MIB);
                 for round in 0..ROUNDS {
+                    // Chunks that end up free: given back by a trim just before the sleep (odd rounds) or
+                    // by the sleep itself (even rounds).
+                    let b = pool.alloc(2 * SPARE * MIB).unwrap();
+                    pool.free(b).unwrap();
+                    let mapped = pool.mapped_bytes();
+                    assert_eq!(mapped, 2 * (KEPT + SPARE) * MIB);
                     let free_before = free_bytes(rt, 0);
-                    pool.sleep(&SleepConfig::default()).unwrap();
+                    if round % 2 == 1 {
+                        assert_eq!(pool.trim().unwrap() as u64, SPARE);
+                    }
+                    let report = pool.sleep(&SleepConfig::default()).unwrap();
+                    assert_eq!(report.slept_chunks as u64, KEPT);
                     assert_eq!(
                         free_bytes(rt, 0),
                         free_before + mapped,
@@ -241,17 +256,40 @@ fn a_shared_sleep_returns_with_every_chunk_freed() {
                     assert_eq!(pool.share_stats().unwrap().retired_pending, 0);
                     pool.wake(None).unwrap();
                 }
+                // Last, nothing allocated, and the worker stopped (SIGSTOP): every chunk is given back for
+                // good, the owner frees its handles at once (the mirror imported them long ago), but the
+                // mirror still maps them: the sleep says it timed out rather than that the memory is back.
+                pool.free(a).unwrap();
+                let mapped = pool.mapped_bytes();
+                let free_before = free_bytes(rt, 0);
+                say("stop the worker");
+                hear_word("stopped");
+                let quick = SleepConfig { release_timeout: Duration::from_millis(300), ..SleepConfig::default() };
+                match pool.sleep(&quick) {
+                    Err(Error::Timeout(why)) => assert!(why.contains("mirrors"), "{why}"),
+                    other => panic!("a sleep with a stopped mirror still mapping the chunks: {other:?}"),
+                }
+                assert!(pool.is_asleep(), "asleep anyway");
+                assert!(free_bytes(rt, 0) < free_before + mapped, "the stopped mirror holds the memory");
+                say("continue the worker");
+                hear_word("continued");
+                // Its follower lets go as soon as it runs again.
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while free_bytes(rt, 0) != free_before + mapped {
+                    assert!(std::time::Instant::now() < deadline, "the mirror never let go");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                pool.wake(None).unwrap();
                 say("slept");
                 hear_word("closed");
-                pool.free(a).unwrap();
                 pool.close().unwrap();
             }
             "worker" => {
                 raw::set_device(rt, 0).unwrap();
                 let share: ShareDesc = hear_word("share").parse().unwrap();
-                // Its follower thread keeps up with every sleep and wake on its own.
+                // Its follower thread keeps up with every growth, trim, sleep and wake on its own.
                 let m = Mirror::attach(rt, &share, 0).unwrap();
-                assert_eq!(m.stats().chunks as u64, CHUNKS);
+                assert_eq!(m.stats().chunks as u64, KEPT);
                 say("attached");
                 hear_word("slept");
                 m.close().unwrap();
@@ -266,6 +304,25 @@ fn a_shared_sleep_returns_with_every_chunk_freed() {
             let share = owner.expect("share");
             worker.send(format!("share {share}"));
             worker.relay("attached", &mut owner);
+            let signal = |sig: i32| {
+                // SAFETY: a plain kill(2) of our own child.
+                assert_eq!(unsafe { libc::kill(worker.pid() as i32, sig) }, 0);
+            };
+            owner.expect("stop the worker");
+            signal(libc::SIGSTOP);
+            // Stopped for sure (state T) before the owner sleeps.
+            let stat = format!("/proc/{}/stat", worker.pid());
+            let stopped = || {
+                std::fs::read_to_string(&stat)
+                    .is_ok_and(|s| s.rsplit(')').next().unwrap_or("").trim_start().starts_with('T'))
+            };
+            while !stopped() {
+                std::thread::sleep(Duration::from_micros(100));
+            }
+            owner.send("stopped");
+            owner.expect("continue the worker");
+            signal(libc::SIGCONT);
+            owner.send("continued");
             owner.relay("slept", &mut worker);
             worker.relay("closed", &mut owner);
             owner.join();
@@ -273,6 +330,67 @@ fn a_shared_sleep_returns_with_every_chunk_freed() {
             sc.finish();
         },
     );
+}
+
+/// Grows and trims under way in another thread when a sleep begins finish before it plans: no chunk
+/// stays mapped through the sleep (one a grow was still mapping), none reaches the device after the sleep
+/// returned (one a trim was still giving back); the other thread's allocations are refused while asleep,
+/// never wrong. Then a close with the same thread still busy waits for what is under way and tears
+/// everything down (it used to refuse, having already shut the pool's caches).
+#[test]
+fn grows_and_trims_under_way_finish_before_a_sleep_or_a_close() {
+    solo(test_name!(), |rt| {
+        raw::set_device(rt, 0).unwrap();
+        let total = rt.on_device(0, || Ok(raw::get_mem_info(rt, aclrtMemAttr::ACL_HBM_MEM)?.1 as u64)).unwrap();
+        let cfg = PoolConfig { chunk_bytes: 2 * MIB, reserve_bytes: 64 * MIB, ..PoolConfig::default() };
+        let pool = std::sync::Arc::new(Pool::new(rt, 0, cfg).unwrap());
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let busy = {
+            let (pool, done, rt) = (std::sync::Arc::clone(&pool), std::sync::Arc::clone(&done), rt.clone());
+            std::thread::spawn(move || {
+                raw::set_device(&rt, 0).unwrap();
+                loop {
+                    // Each allocation grows the pool by 3 chunks, each trim gives them back.
+                    match pool.alloc(5 * MIB) {
+                        Ok(a) => pool.free(a).unwrap(),
+                        Err(Error::Asleep(_)) => {}
+                        Err(Error::Closed) => return,
+                        Err(e) => panic!("allocation: {e}"),
+                    }
+                    match pool.trim() {
+                        Ok(_) => {}
+                        Err(Error::Closed) => return,
+                        Err(e) => panic!("trim: {e}"),
+                    }
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        };
+        let progress = |round: usize| {
+            // Let the other thread go round at least once more, so that it is busy as the next step begins.
+            let at = done.load(std::sync::atomic::Ordering::Relaxed);
+            while done.load(std::sync::atomic::Ordering::Relaxed) == at {
+                assert!(!busy.is_finished(), "round {round}: the other thread ended");
+                std::thread::yield_now();
+            }
+        };
+        for round in 0..200 {
+            progress(round);
+            match pool.sleep(&SleepConfig::default()) {
+                Ok(_) => {}
+                Err(e) => panic!("round {round}: sleep: {e}"),
+            }
+            assert_eq!(pool.mapped_bytes(), 0, "round {round}: a chunk stayed mapped through the sleep");
+            assert_eq!(free_bytes(rt, 0), total, "round {round}: the device is short after the sleep");
+            pool.wake(None).unwrap();
+        }
+        // The close, with the other thread still allocating and trimming.
+        progress(200);
+        pool.close().unwrap();
+        assert_eq!(free_bytes(rt, 0), total, "the close gave everything back");
+        busy.join().unwrap();
+        assert!(matches!(pool.alloc(MIB), Err(Error::Closed)));
+    });
 }
 
 /// A worker killed while its pool sleeps holds nothing up: the owner's sleep finishes (the dead worker
