@@ -96,6 +96,9 @@ type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
 struct Owner {
     /// Blocks freed while some worker pinned them.
     deferred: IdMap<Block>,
+    /// Blocks taken out of `deferred` (their pins gone) that a thread is giving back to the pool now,
+    /// outside the lock: not back yet, so `wait_unpinned` waits for them too.
+    reclaiming: usize,
     /// Workers' pin files.
     workers: Vec<PinFile>,
     epoch_seen: Option<u32>,
@@ -187,6 +190,7 @@ impl KvPool {
             chunks: (0..slots).map(|_| AtomicU32::new(0)).collect(),
             owner: Mutex::new(Owner {
                 deferred: IdMap::default(),
+                reclaiming: 0,
                 workers: Vec::new(),
                 epoch_seen: None,
                 unpins_seen: 0,
@@ -267,7 +271,7 @@ impl KvPool {
             if self.table.unpins() != st.unpins_seen {
                 let free = self.reclaim_locked(&mut st);
                 drop(st);
-                self.pool.free_blocks(&free)?;
+                self.give_back_reclaimed(&free)?;
             }
         }
         Ok(())
@@ -552,7 +556,19 @@ impl KvPool {
             }
         }
         self.deferred.store(st.deferred.len(), StatOrdering::Relaxed);
+        st.reclaiming += free.len();
         free
+    }
+
+    /// Give the pool blocks [`reclaim_locked`](KvPool::reclaim_locked) took (with the lock not held),
+    /// then count them as back.
+    fn give_back_reclaimed(&self, free: &[Block]) -> Result<()> {
+        if free.is_empty() {
+            return Ok(());
+        }
+        let r = self.pool.free_blocks(free);
+        self.owner.lock().reclaiming -= free.len();
+        r
     }
 
     /// Give back the blocks freed while pinned whose pins are gone (workers that died count as gone).
@@ -562,7 +578,7 @@ impl KvPool {
             let mut st = self.owner.lock();
             self.reclaim_locked(&mut st)
         };
-        self.pool.free_blocks(&free)?;
+        self.give_back_reclaimed(&free)?;
         Ok(free.len() as u32)
     }
 
@@ -573,9 +589,12 @@ impl KvPool {
         loop {
             let seen = self.table.unpins();
             self.reclaim()?;
-            if self.owner.lock().deferred.is_empty() {
+            // Blocks another thread's reclaim is still giving back count as kept until they are back.
+            let st = self.owner.lock();
+            if st.deferred.is_empty() && st.reclaiming == 0 {
                 return Ok(true);
             }
+            drop(st);
             let now = Instant::now();
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(false);
@@ -699,7 +718,7 @@ impl KvPool {
             block_bytes: self.geometry.block_bytes,
             blocks_per_chunk: self.geometry.per_chunk,
             capacity: self.geometry.blocks,
-            allocated: in_pool.saturating_sub(st.deferred.len() as u64 + cached) as u32,
+            allocated: in_pool.saturating_sub((st.deferred.len() + st.reclaiming) as u64 + cached) as u32,
             deferred: st.deferred.len() as u32,
             cached: cached as u32,
             workers: st.workers.len() as u32,
