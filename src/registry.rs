@@ -91,8 +91,14 @@ impl Drop for Imported {
         // The last user takes the book's own reference too; the handle is freed when the last mapping of it
         // goes, and PhysicalMem's drop tells the book it was released.
         let held = book().unuse(self.shareable);
+        // Read after `unuse` (the book's lock orders it against `abandon`'s): one of the two settles the
+        // book's entry of an import a failed unmap keeps for good.
+        let abandoned = self.phys.as_ref().is_some_and(|p| p.is_abandoned());
         drop(held);
         drop(self.phys.take());
+        if abandoned {
+            book().released(self.shareable);
+        }
     }
 }
 

@@ -232,8 +232,9 @@ enum Origin {
     /// process's [`book`]).
     /// (The mutex is boxed to keep the handle small: loom's mutex, under `--cfg loom`, is large.)
     Local { export: Box<Mutex<Option<Export>>> },
-    /// Imported (once per process) through the registry.
-    Imported { shareable: u64 },
+    /// Imported (once per process) through the registry. `abandoned`: a mapping of it could not be
+    /// unmapped and keeps it for good (see [`PhysicalMem::abandon`]).
+    Imported { shareable: u64, abandoned: AtomicBool },
 }
 
 /// The process's book of shareable handles ([`HandleBook`]): what it exported and imported. There is
@@ -385,7 +386,7 @@ impl PhysicalMem {
     ) -> Result<PhysicalMem> {
         let handle = NonNull::new(handle)
             .ok_or_else(|| Error::InvalidArgument("a physical memory handle is never NULL".to_string()))?;
-        let origin = Origin::Imported { shareable };
+        let origin = Origin::Imported { shareable, abandoned: AtomicBool::new(false) };
         Ok(PhysicalMem { rt: rt.clone(), handle, size, device, errors: Arc::clone(errors), origin })
     }
 
@@ -464,8 +465,24 @@ impl PhysicalMem {
                     book().unexported(e.shareable.key());
                 }
             }
-            Origin::Imported { shareable } => book().released(*shareable),
+            Origin::Imported { shareable, .. } => book().released(*shareable),
         }
+    }
+
+    /// A mapping of it could not be unmapped and keeps it for good (it is never freed, so its drop never
+    /// tells the book): an imported handle's entry in the book is settled now, or by the last user's
+    /// [`Imported`](crate::registry::Imported) when it lets go, so that a later import of the same
+    /// shareable handle asks the runtime (which says whether it agrees) rather than waiting for ever.
+    fn abandon(&self) {
+        if let Origin::Imported { shareable, abandoned } = &self.origin {
+            abandoned.store(true, Ordering::SeqCst);
+            book().released(*shareable);
+        }
+    }
+
+    /// Whether a mapping that could not be unmapped keeps it for good.
+    pub(crate) fn is_abandoned(&self) -> bool {
+        matches!(&self.origin, Origin::Imported { abandoned, .. } if abandoned.load(Ordering::SeqCst))
     }
 
     /// The runtime's handle.
@@ -608,6 +625,7 @@ impl Drop for Mapping {
             self.range.errors.record(e);
             // It may still be mapped: freeing its memory or releasing its range now would be wrong, so
             // keep both for good (a leak, which is safe) by not letting go of our references.
+            self.phys.abandon();
             std::mem::forget(Arc::clone(&self.phys));
             std::mem::forget(Arc::clone(&self.range));
         }

@@ -46,7 +46,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aclshm::sys::aclrtMemcpyKind;
+use aclshm::sys::{aclrtMemAttr, aclrtMemcpyKind};
 use aclshm::{Runtime, raw};
 
 const ROLE_VAR: &str = "ACLSHM_TEST_ROLE";
@@ -236,6 +236,11 @@ pub fn try_fill(rt: &Runtime, p: *mut c_void, len: u64, seed: u64) -> aclshm::Re
 /// Whether `len` bytes of device memory at `p` hold the pattern of `seed`.
 pub fn try_holds(rt: &Runtime, p: *mut c_void, len: u64, seed: u64) -> aclshm::Result<bool> {
     Ok(read_dev(rt, p, len as usize)? == pattern(seed, len as usize))
+}
+
+/// The free device memory of `device` (`aclrtGetMemInfo`), as the runtime counts it in every process.
+pub fn free_bytes(rt: &Runtime, device: i32) -> u64 {
+    rt.on_device(device, || Ok(raw::get_mem_info(rt, aclrtMemAttr::ACL_HBM_MEM)?.0 as u64)).unwrap()
 }
 
 /// [`try_fill`], which must work.

@@ -10,7 +10,9 @@ use std::os::unix::net::UnixStream;
 use aclshm::raw;
 use aclshm::registry::ImportRegistry;
 use aclshm::share::{Message, PROTOCOL_VERSION, published_handles};
-use aclshm::{AllocDesc, Allocation, Error, Mirror, Pool, PoolConfig, Runtime, ShareConfig, ShareDesc};
+use std::time::Duration;
+
+use aclshm::{AllocDesc, Allocation, Error, Mirror, Pool, PoolConfig, Runtime, ShareConfig, ShareDesc, SleepConfig};
 
 use crate::harness::*;
 use crate::test_name;
@@ -449,6 +451,63 @@ fn a_retired_chunk_is_kept_until_every_attached_mirror_acknowledged_it() {
     );
 }
 
+/// A sleep returns `Ok` only once every attached mirror let go of what the pool gave up, also chunks it
+/// gave back for good (nothing allocated in them), whose handles the owner may free as soon as mirrors
+/// imported them: a mirror that still holds them (here a slow one, admitted and holding its imports
+/// without following the table) makes the sleep report a timeout, not success, and the memory comes
+/// back when it lets go. (The sleep used to return `Ok` at once, with the device short.)
+#[test]
+fn a_sleep_waits_for_every_mirror_to_let_go_of_the_chunks_it_gave_back() {
+    pool_test(
+        test_name!(),
+        &["worker"],
+        |rt, pool| {
+            let a = pool.alloc(3 * MIB).unwrap();
+            say(format!("share {}", pool.share(ShareConfig::default()).unwrap()));
+            hear_word("holding");
+            pool.free(a).unwrap();
+            let mapped = pool.mapped_bytes();
+            assert_eq!(mapped, 4 * MIB);
+            let free_before = free_bytes(rt, 0);
+            let quick = SleepConfig { release_timeout: Duration::from_millis(300), ..SleepConfig::default() };
+            match pool.sleep(&quick) {
+                Err(Error::Timeout(why)) => assert!(why.contains("mirrors"), "{why}"),
+                other => panic!("a sleep while a mirror still holds the chunks: {other:?}"),
+            }
+            assert!(pool.is_asleep(), "asleep anyway");
+            assert_eq!(pool.stats().mapped_bytes, 0);
+            assert_eq!(free_bytes(rt, 0), free_before, "the mirror holds the memory");
+            say(format!("let go {}", pool.share_stats().unwrap().generation));
+            hear_word("let go");
+            eventually("the memory is back", || free_bytes(rt, 0) == free_before + mapped);
+            pool.wake(None).unwrap();
+        },
+        |rt, _| {
+            raw::set_device(rt, 1).unwrap();
+            let desc: ShareDesc = hear_as("share");
+            // A slow mirror: admitted, its imports held and acknowledged (as a mirror that synced once
+            // does), the table not followed after.
+            let (welcome, mut conn) = hello(&desc, raw::device_get_bare_tgid(rt).unwrap());
+            let Message::Welcome { generation, .. } = welcome else { panic!("{welcome:?}") };
+            let handles = published_handles(&desc).unwrap();
+            assert_eq!(handles.len(), 2);
+            let held: Vec<_> =
+                handles.iter().map(|&h| raw::mem_import_from_shareable_handle(rt, h, 1).unwrap()).collect();
+            Message::Ack { generation }.send(&mut conn).unwrap();
+            say("holding");
+            let generation: u64 = hear_as("let go");
+            for h in held {
+                // SAFETY: imported above, never mapped.
+                unsafe { raw::free_physical(rt, h) }.unwrap();
+            }
+            Message::Ack { generation }.send(&mut conn).unwrap();
+            say("let go");
+            when_done(|| drop(conn));
+        },
+        |crew| crew.run("> share, < holding, > let go, < let go"),
+    );
+}
+
 #[test]
 fn mirrors_attached_and_closed_in_turn_leave_nothing_running_and_the_next_one_follows_the_pool() {
     // A close does not wait for its mirror's follower thread (the thread goes on to follow the next
@@ -499,6 +558,57 @@ fn mirrors_attached_and_closed_in_turn_leave_nothing_running_and_the_next_one_fo
             when_done(|| m.close().unwrap());
         },
         |crew| crew.run("> share, > first, < attached, > chunks, > grown, < followed, > trimmed, < unmapped"),
+    );
+}
+
+/// A mirror whose close could not unmap a chunk (the runtime refused, twice) keeps that chunk's import
+/// for good, safely; the next mirror of the same pool in the process asks the runtime for the chunk again
+/// instead of waiting for ever for the old import to be released (it used to hang in `attach`).
+#[test]
+fn an_unmap_that_failed_does_not_hang_the_next_attach_in_the_process() {
+    pool_test(
+        test_name!(),
+        &["worker"],
+        |rt, pool| {
+            let first = share_filled(rt, pool, MIB, 5, "first");
+            hear_word("attached again");
+            pool.free(first).unwrap();
+        },
+        |rt, _| {
+            raw::set_device(rt, 1).unwrap();
+            let desc: ShareDesc = hear_as("share");
+            let (d, seed) = decode_descs(&hear_word("first"))[0];
+            let m = Mirror::attach(rt, &desc, 1).unwrap();
+            assert!(holds(rt, m.ptr(&d).unwrap(), d.len(), seed));
+            // Both tries of the close's unmap fail: the mapping and its import are kept for good.
+            raw::sim_inject_fault(rt, "aclrtUnmapMem", 1, 2, aclshm::AclError::DRV_INTERNAL_ERROR).unwrap();
+            let e = m.close().unwrap_err();
+            assert!(e.to_string().contains("aclrtUnmapMem"), "{e}");
+            raw::sim_clear_faults(rt).unwrap();
+            // The next attach, on a thread of its own so that a hang fails the test rather than stalling it.
+            let (tx, rx) = std::sync::mpsc::channel();
+            let (rt2, desc2) = (rt.clone(), desc.clone());
+            std::thread::spawn(move || {
+                raw::set_device(&rt2, 1).unwrap();
+                let _ = tx.send(Mirror::attach(&rt2, &desc2, 1).map(|m| {
+                    let ok = m.ptr(&d).map(|p| holds(&rt2, p, d.len(), seed));
+                    (m.close(), ok)
+                }));
+            });
+            let attached = rx.recv_timeout(Duration::from_secs(20)).expect("the second attach hung");
+            // The runtime may take the chunk's import again or refuse it (the old one is still there; the
+            // simulator refuses, 507899): either is an answer, and a refusal is a typed error naming the call.
+            match attached {
+                Ok((closed, read)) => {
+                    closed.unwrap();
+                    assert!(read.unwrap(), "the data, through the second mirror");
+                }
+                Err(e) => assert!(e.to_string().contains(IMPORT), "{e}"),
+            }
+            say("attached again");
+            when_done(|| ());
+        },
+        |crew| crew.run("> share, > first, < attached again"),
     );
 }
 
