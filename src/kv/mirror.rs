@@ -173,7 +173,10 @@ impl KvMirror {
                 if self.table.generation(b.id) == b.generation {
                     Ok(())
                 } else {
-                    self.pins.count(b.id).fetch_sub(1, Ordering::SeqCst);
+                    // The scheduler's free may have seen this pin and kept the block for it: say it went.
+                    if self.pins.count(b.id).fetch_sub(1, Ordering::SeqCst) == 1 {
+                        self.table.bump_unpins();
+                    }
                     self.table.check_intact()?;
                     Err(Error::StaleBlock { id: b.id, generation: b.generation })
                 }

@@ -687,9 +687,15 @@ impl KvPool {
         // Magazines close until the wake (a block they handed out now would be asleep), their blocks go
         // back to the pool first (nothing of theirs is kept).
         self.cache.set_open(false);
-        self.take_back_cached()?;
         let offload_tags = if discard_kv { Vec::new() } else { vec![KV_TAG.to_string()] };
-        self.pool.sleep(&crate::pool::SleepConfig { offload_tags, ..crate::pool::SleepConfig::default() })
+        let slept = self.take_back_cached().and_then(|_| {
+            self.pool.sleep(&crate::pool::SleepConfig { offload_tags, ..crate::pool::SleepConfig::default() })
+        });
+        if slept.is_err() && self.pool.is_awake() {
+            // Nothing slept (the pool can allocate): the magazines serve again.
+            self.cache.set_open(true);
+        }
+        slept
     }
 
     /// Wake the pool: new physical memory at the same addresses (workers map it at theirs), kept contents

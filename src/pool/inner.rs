@@ -51,20 +51,21 @@ impl Inner {
     /// see its outcome waits for it rather than taking its slots for settled. Whoever waits has stopped
     /// new ones from starting (a sleep or a close refuses new grows and trims).
     pub(super) fn wait_settled(&self, retiring_only: bool, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add to now (`Duration::MAX`) waits for ever.
+        let deadline = Instant::now().checked_add(timeout);
         let mut nap = Duration::from_micros(20);
         loop {
             if !self.state.lock().in_flight(retiring_only) {
                 return true;
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 return false;
             }
             #[cfg(loom)]
             loom::thread::yield_now();
             #[cfg(not(loom))]
-            std::thread::sleep(nap.min(deadline - now));
+            std::thread::sleep(deadline.map_or(nap, |d| nap.min(d - now)));
             nap = (nap * 2).min(Duration::from_millis(1));
         }
     }

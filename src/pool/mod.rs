@@ -530,12 +530,14 @@ impl Pool {
 
     /// Map claimed slots for `owner`; roll back (nothing left half-mapped) on failure.
     fn map_claimed(&self, slots: Vec<usize>, owner: Owner) -> Result<()> {
+        // The guard first: a close that began since the claim undoes it (the slots go back to `Empty`)
+        // rather than leaving them `Growing`, which the close waits for.
+        let mut grow = Grow { pool: self, slots, mapped: Vec::new(), committed: false };
         let range = {
             let st = self.inner.state.lock();
             st.check_open()?;
             st.range.clone().ok_or(Error::Closed)?
         };
-        let mut grow = Grow { pool: self, slots, mapped: Vec::new(), committed: false };
         let chunk = self.inner.geometry.chunk as usize;
         for &s in &grow.slots.clone() {
             let phys = PhysicalMem::allocate(
@@ -800,7 +802,8 @@ impl Pool {
             }
         }
         st.closed = errors.is_empty();
-        // A close that failed leaves a pool that works (what failed is kept for `repair` and the next close).
+        // A close that failed leaves a pool that can still allocate (unshared, its magazines shut for good),
+        // what failed kept for `repair` and the next close.
         st.closing = false;
         // Everything is in the slots now: empty allocators for a pool that is not closed.
         st.reset_allocators(self.inner.geometry.chunk);
