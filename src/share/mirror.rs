@@ -136,6 +136,9 @@ impl Mirror {
         let mut conn = UnixStream::connect(&desc.socket)
             .map_err(|e| Error::io(format!("connect to the rendezvous {}", desc.socket.display()), e))?;
         let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+        // An acknowledgement waits at most this long for room in the socket (an owner that stopped reading
+        // for that long is hung up on, below): a mirror's close and its syncs never wait longer for it.
+        let _ = conn.set_write_timeout(Some(ACK_WAIT));
         // An owner that turns us away at once (out of descriptors, say) may have answered and hung up
         // before our Hello went out: its answer says more than the broken pipe.
         let sent = Message::Hello { version: wire::VERSION, tgid, device }.send(&mut conn);
@@ -430,12 +433,17 @@ impl Inner {
         let synced = on_device(&self.rt, self.device, || self.reconcile(&mut held));
         drop(held);
         let (generation, failed) = synced?;
-        if let Some(conn) = self.conn.lock().as_mut()
+        let mut conn = self.conn.lock();
+        if let Some(c) = conn.as_mut()
             && self.acked.fetch_max(generation, Ordering::AcqRel) < generation
+            && (Message::Ack { generation }).send(c).is_err()
         {
-            // The owner may be gone: then there is nobody to tell.
-            let _ = Message::Ack { generation }.send(conn);
+            // The owner is gone (nobody to tell), or did not read for ACK_WAIT: a frame may be half sent,
+            // so hang up. The owner forgets this mirror (it no longer waits for it to let go of chunks;
+            // their memory is freed when this process frees its imports too); the table is still followed.
+            *conn = None;
         }
+        drop(conn);
         match failed {
             Some(e) => Err(e),
             None => Ok(generation),
@@ -509,6 +517,9 @@ impl Inner {
         Ok((mapping, import))
     }
 }
+
+/// How long an acknowledgement waits for room in the rendezvous socket.
+const ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// The error for memory of chunks that sleep.
 fn asleep(offset: u64, len: u64) -> Error {

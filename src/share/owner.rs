@@ -311,7 +311,8 @@ impl Sharing {
 
     /// Wait until every retired or slept chunk's memory is freed (mirrors acknowledged), at most `timeout`.
     fn wait_freed(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
+        // A timeout too long to add to now (`Duration::MAX`) waits for ever.
+        let deadline = Instant::now().checked_add(timeout);
         let mut nap = Duration::from_micros(50);
         // Every mirror must have synced to the table as it is now: then it holds nothing the table no
         // longer lists (slept chunks, and chunks given back for good, which the owner may free as soon
@@ -336,14 +337,14 @@ impl Sharing {
                 return Ok(());
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::Timeout(format!(
                     "mirrors (pids {}) have not let go of the pool's memory ({pending} chunk(s) not freed yet); \
                      it is freed when they do",
                     slow.join(", ")
                 )));
             }
-            std::thread::sleep(nap.min(deadline - now));
+            std::thread::sleep(deadline.map_or(nap, |d| nap.min(d - now)));
             nap = (nap * 2).min(Duration::from_millis(2));
         }
     }
@@ -453,7 +454,9 @@ impl Sharing {
                 }
             }
             if ready[0] {
-                loop {
+                // At most a turn's worth of new connections (the rest wait for the next turn), so that a
+                // stream of connections cannot keep the thread from the admitted workers or a stop.
+                for _ in 0..64 {
                     match listener.accept() {
                         Ok((conn, _)) => {
                             if conn.set_nonblocking(true).is_ok() {
@@ -507,8 +510,11 @@ impl Sharing {
     /// Read what `p` sent and act on every whole message. False when the worker is gone (or refused, or
     /// broke the protocol).
     fn serve(&self, p: &mut Peer) -> bool {
+        // A turn reads at most this many times, so that a worker that never stops sending cannot keep
+        // the thread from the others (and from a stop): what is left is read at the next turn.
+        const READS_PER_TURN: usize = 64;
         let mut chunk = [0u8; 512];
-        loop {
+        for _ in 0..READS_PER_TURN {
             match p.conn.read(&mut chunk) {
                 Ok(0) => return false,
                 Ok(n) => p.buf.extend_from_slice(&chunk[..n]),
@@ -522,6 +528,7 @@ impl Sharing {
                 return false;
             }
         }
+        true
     }
 
     /// Act on every whole message in `p`'s buffer. False when the worker is refused or broke the protocol.

@@ -254,6 +254,9 @@ impl Table {
                 if h.seq.load(Ordering::Relaxed) == before {
                     return Ok((now == chunk).then_some(FabricHandle(f)));
                 }
+                if std::time::Instant::now() >= deadline {
+                    return Err(changing(self.path()));
+                }
             } else if std::time::Instant::now() >= deadline || !self.owner_alive() {
                 return Err(Error::Protocol(format!(
                     "chunk table {}: its owner is not finishing a write (sequence {before} is odd)",
@@ -273,6 +276,7 @@ impl Table {
         let entries = self.file.items();
         let mut deadline = None;
         let mut spins = 0u32;
+        let mut torn = 0u32;
         loop {
             let before = h.seq.load(Ordering::Acquire);
             if before % 2 == 1 {
@@ -318,8 +322,25 @@ impl Table {
                 }
                 return Ok(Snapshot { generation, closed, entries: copy });
             }
+            // Written while we copied: again. A table that changes under every copy for WRITE_WAIT (a
+            // writer that never pauses, or another process scribbling on the word) is given up on too.
+            torn += 1;
+            if torn > 64
+                && std::time::Instant::now() >= *deadline.get_or_insert_with(|| std::time::Instant::now() + WRITE_WAIT)
+            {
+                return Err(changing(self.path()));
+            }
         }
     }
+}
+
+/// A table whose sequence word moved under every read for [`WRITE_WAIT`].
+fn changing(path: &Path) -> Error {
+    Error::Protocol(format!(
+        "chunk table {}: it changed under every read for {WRITE_WAIT:?} (a writer that never pauses, or a \
+         corrupt table)",
+        path.display()
+    ))
 }
 
 impl Drop for Table {

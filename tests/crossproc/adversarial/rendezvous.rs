@@ -217,6 +217,29 @@ fn hostile_frames_on_the_rendezvous_leave_the_owner_serving() {
                 ensure(read == "read", || read.clone())
             });
             drop(silent);
+            // An admitted peer that never stops sending (acknowledgements, as fast as the owner reads them):
+            // the rendezvous thread still serves the others (it used to read the flood without end).
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let flood = {
+                let mut c = UnixStream::connect(&sock).unwrap();
+                c.write_all(&hello(me, 0)).unwrap();
+                let stop = std::sync::Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    let burst = frame(&Message::Ack { generation: 1 }.encode().unwrap()).repeat(256);
+                    let mut sent = 0u64;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) && c.write_all(&burst).is_ok() {
+                        sent += 1;
+                    }
+                    sent
+                })
+            };
+            let read = try_worker(&sc, &share.to_string(), &desc);
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let bursts = flood.join().unwrap();
+            t.attack("a real worker attaches and reads while an admitted peer floods acknowledgements", || {
+                ensure(read == "read", || read.clone())?;
+                ensure(bursts > 0, || "the flood sent nothing".into())
+            });
             owner.send("done");
             owner.expect("ok");
             owner.join();
