@@ -257,8 +257,20 @@ impl KvPool {
 
     /// Wait up to `timeout` seconds until no freed block is kept for its pins; whether none is.
     fn wait_unpinned(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
-        let t = duration(timeout)?;
-        self.shared(py, |kv| kv.wait_unpinned(t))
+        // In slices, each under the gate on its own: frees, trims and the like (which take the gate alone)
+        // run between them rather than waiting for the whole wait; and Ctrl-C is heard.
+        const SLICE: std::time::Duration = std::time::Duration::from_millis(50);
+        let deadline = std::time::Instant::now().checked_add(duration(timeout)?);
+        loop {
+            let left = deadline.map_or(SLICE, |d| d.saturating_duration_since(std::time::Instant::now()));
+            if self.shared(py, |kv| kv.wait_unpinned(left.min(SLICE)))? {
+                return Ok(true);
+            }
+            if left <= SLICE {
+                return Ok(false);
+            }
+            py.check_signals()?;
+        }
     }
 
     /// The scheduler's device address of block `b`.

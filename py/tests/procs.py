@@ -383,6 +383,16 @@ def kv_worker_errors(desc, live, freed, out):
     out.put(r)
 
 
+def kv_pinner(desc, block, cmds, acks, out):
+    """Pin `block`, say so, unpin it when told."""
+    with aclshm.KvMirror(desc, 0) as kv:
+        kv.pin(block)
+        acks.put("pinned")
+        assert cmds.get(timeout=60) == "unpin"
+        kv.unpin(block)
+    out.put("done")
+
+
 # ---- sleep mode: a worker while its owner's pool sleeps and wakes ----
 
 

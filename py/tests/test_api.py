@@ -7,6 +7,8 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
@@ -224,6 +226,34 @@ def test_a_kv_workers_refusals(spawn):
         assert r["read_freed"] == ("StaleBlockError", freed.id, freed.generation)
         assert r["read_live"] == b"hello"
         kv.free(live)
+
+
+def test_a_free_does_not_wait_for_a_wait_unpinned_in_another_thread(spawn):
+    # A worker pins a block the scheduler frees (kept for the pin); one thread waits for the pin to go
+    # while another frees other blocks: the free runs meanwhile (it used to wait for the whole wait), and
+    # only after it has does the worker unpin, which ends the wait.
+    with aclshm.KvPool(16384, 0, chunk_bytes="2M") as kv:
+        pinned, other = kv.alloc_many(2)
+        cmds, acks, out = spawn.Queue(), spawn.Queue(), spawn.Queue()
+        p = spawn.Process(target=procs.kv_pinner, args=(kv.desc, pinned, cmds, acks, out))
+        p.start()
+        assert acks.get(timeout=60) == "pinned"
+        kv.free(pinned)
+        assert kv.stats()["deferred"] == 1
+        waited = []
+        t = threading.Thread(target=lambda: waited.append(kv.wait_unpinned(20)))
+        t.start()
+        time.sleep(0.2)  # into its wait (the free then conflicts with it; before, it would not)
+        kv.free(other)
+        freed_while_waiting = t.is_alive()
+        cmds.put("unpin")
+        t.join(timeout=60)
+        assert out.get(timeout=60) == "done"
+        p.join(timeout=30)
+        assert p.exitcode == 0
+        assert freed_while_waiting, "the free waited for the wait to end"
+        assert waited == [True]
+        assert kv.stats()["deferred"] == 0
 
 
 def test_the_kv_serving_example_verifies_data_across_processes():
