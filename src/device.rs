@@ -17,7 +17,9 @@ use crate::sync::StaticMutex;
 impl Runtime {
     /// Run `f` with `device` current in the calling thread (`aclrtSetDevice` when it is not), and make the
     /// thread's previous device current again after: for copies and other calls that act on the current
-    /// device. A thread that had no device keeps `device`.
+    /// device. A thread that had no device keeps `device`. If `f` ran, its result is returned, also when
+    /// the previous device cannot be made current again (logged at level `error`, target `aclshm`: what
+    /// `f` made may be freed only through its result).
     pub fn on_device<T>(&self, device: i32, f: impl FnOnce() -> Result<T>) -> Result<T> {
         on_device(self, device, f)
     }
@@ -103,8 +105,12 @@ pub(crate) fn on_device<T>(rt: &Runtime, device: i32, f: impl FnOnce() -> Result
         before => {
             raw::set_device(rt, device)?;
             let r = f();
-            if let Ok(d) = before {
-                raw::set_device(rt, d)?;
+            if let Ok(d) = before
+                && let Err(e) = raw::set_device(rt, d)
+            {
+                // What `f` did stands (it may have made something only its result can free): its result is
+                // returned, and the device left current in this thread is said where it can be seen.
+                log::error!(target: "aclshm", "device {device} stays current in this thread: device {d} could not be made current again: {e}");
             }
             r
         }

@@ -394,14 +394,22 @@ impl IpcMemory {
         self.done = true;
         importers.file.remove();
         let ptr = self.mem.ptr.as_ptr();
-        on_device(&self.mem.rt, self.mem.device, || {
+        let mut ran = false;
+        let r = on_device(&self.mem.rt, self.mem.device, || {
+            ran = true;
             // SAFETY: every importer closed; then the memory, ours and unused, is freed once.
             unsafe {
                 let closed = release_retrying(|| raw::ipc_mem_close(&self.mem.rt, &self.mem.key));
                 let freed = release_retrying(|| raw::free(&self.mem.rt, ptr));
                 closed.and(freed)
             }
-        })
+        });
+        if !ran {
+            // The device could not be made current: nothing was closed or freed, so a later close (or the
+            // drop) tries again rather than leaving the key open and the memory held for good.
+            self.done = false;
+        }
+        r
     }
 }
 
@@ -447,11 +455,19 @@ impl IpcMemImport {
         if !std::mem::replace(&mut self.open, false) {
             return Ok(());
         }
+        let mut ran = false;
         let r = on_device(&self.mem.rt, self.mem.device, || {
+            ran = true;
             // SAFETY: the caller is done with the memory (we are being closed or dropped).
             release_retrying(|| unsafe { raw::ipc_mem_close(&self.mem.rt, &self.mem.key) })
         });
-        // The slot goes whatever the runtime said: this import is over either way.
+        if !ran {
+            // The device could not be made current, so the import was not closed: it keeps its slot while
+            // it lives (the exporter must not free the memory under it), and the drop tries again.
+            self.open = true;
+            return r;
+        }
+        // The slot goes whatever the runtime said to the close: this import is over either way.
         self.importers.release(self.slot);
         if !self.importers.file.creator_alive() {
             // The exporter died: its file is ours to remove.

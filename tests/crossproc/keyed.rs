@@ -170,6 +170,50 @@ fn ipc_memory_by_key_closes_importers_first_and_refuses_what_it_must() {
 
 const ROUNDS: u64 = 50;
 
+/// An import whose close cannot make its device current (the runtime refuses aclrtSetDevice once) has
+/// not closed: the close says so, and the drop that follows tries again, which closes it (it used to
+/// count as closed, its slot gone, the runtime's import left open for good).
+#[test]
+fn an_import_whose_close_could_not_run_is_closed_by_its_drop() {
+    by_role(
+        test_name!(),
+        |rt, role| match role {
+            "exporter" => {
+                raw::set_device(rt, 0).unwrap();
+                let m = export(rt, MIB, 5, config(false, Duration::from_secs(60)));
+                say(format!("desc {}", m.desc()));
+                hear_word("closed");
+                assert_eq!(m.open_imports().unwrap(), 0);
+                m.close().unwrap();
+            }
+            "importer" => {
+                let desc: IpcMemDesc = hear_as("desc");
+                raw::set_device(rt, 0).unwrap();
+                let imp = IpcMemImport::open(rt, &desc, 1).unwrap();
+                assert_eq!(raw::sim_get_stats(rt).unwrap().localIpcImports, 1);
+                raw::sim_inject_fault(rt, "aclrtSetDevice", 1, 1, aclshm::AclError::DRV_INTERNAL_ERROR).unwrap();
+                let r = imp.close();
+                assert!(r.as_ref().is_err_and(|e| e.to_string().contains("aclrtSetDevice")), "{r:?}");
+                raw::sim_clear_faults(rt).unwrap();
+                assert_eq!(raw::sim_get_stats(rt).unwrap().localIpcImports, 0, "closed by the drop's second try");
+                say("closed");
+            }
+            _ => unreachable!(),
+        },
+        |sc| {
+            let sc = sc.shared();
+            let mut exporter = sc.spawn("exporter");
+            let mut importer = sc.spawn("importer");
+            let desc = exporter.expect("desc");
+            importer.send(format!("desc {desc}"));
+            importer.relay("closed", &mut exporter);
+            importer.join();
+            exporter.join();
+            sc.finish();
+        },
+    );
+}
+
 fn put(rt: &Runtime, p: *mut std::ffi::c_void, v: u64) {
     write_dev(rt, p, &v.to_le_bytes()).unwrap();
 }

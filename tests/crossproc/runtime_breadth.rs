@@ -412,6 +412,32 @@ fn contexts_follow_the_documented_rules() {
     });
 }
 
+/// `Runtime::on_device` returns what its function made even when the thread's previous device cannot be
+/// made current again after (it used to drop it for that error, leaking what only the result can free:
+/// here a stream), and says which device the thread is left on.
+#[test]
+fn on_device_keeps_its_result_when_the_previous_device_cannot_come_back() {
+    solo(test_name!(), |rt| {
+        raw::set_device(rt, 0).unwrap();
+        // The switch to device 1 succeeds, the switch back fails.
+        raw::sim_inject_fault(rt, "aclrtSetDevice", 2, 1, aclshm::AclError::DRV_INTERNAL_ERROR).unwrap();
+        let s = rt.on_device(1, || raw::create_stream(rt)).expect("the stream made on device 1");
+        raw::sim_clear_faults(rt).unwrap();
+        assert_eq!(raw::get_device(rt).unwrap(), 1, "left on device 1");
+        // SAFETY: the stream just made, on the device current now.
+        unsafe { raw::destroy_stream(rt, s) }.unwrap();
+        raw::set_device(rt, 0).unwrap();
+        // Without a fault the previous device comes back.
+        let s = rt.on_device(1, || raw::create_stream(rt)).unwrap();
+        assert_eq!(raw::get_device(rt).unwrap(), 0);
+        rt.on_device(1, || {
+            // SAFETY: the stream made on device 1 above.
+            unsafe { raw::destroy_stream(rt, s) }
+        })
+        .unwrap();
+    });
+}
+
 /// aclrtPointerGetAttributes tells device memory (and its device) from page-locked and other host memory;
 /// aclrtMemcpyBatch copies between them and names the copy it refuses.
 #[test]
