@@ -58,8 +58,11 @@ pub struct Notify {
     creator: bool,
     /// The export (key, flags), once made.
     export: Mutex<Option<(IpcKey, u64)>>,
-    /// A stream of its own for [`wait_host`](Notify::wait_host) and [`signal`](Notify::signal).
+    /// A stream of its own for [`wait_host`](Notify::wait_host), and another for
+    /// [`signal`](Notify::signal): a signal from this process must not queue behind (or wait for the lock
+    /// of) a wait it is to end.
     host_stream: HostStream,
+    signal_stream: HostStream,
 }
 
 // SAFETY: a notify is a runtime object usable from any thread; our own state is behind mutexes.
@@ -110,6 +113,7 @@ impl Notify {
             creator,
             export: Mutex::new(None),
             host_stream: HostStream::default(),
+            signal_stream: HostStream::default(),
         })
     }
 
@@ -191,7 +195,7 @@ impl Notify {
 
     /// Record from the host: queue a record on a stream of the notify's own and wait for it to run.
     pub fn signal(&self) -> Result<()> {
-        self.on_host_stream(|s| {
+        self.signal_stream.with(&self.rt, self.device, |s| {
             self.record(s)?;
             s.synchronize()
         })
@@ -231,13 +235,14 @@ impl Notify {
         unsafe {
             drop(std::ptr::read(&this.rt));
             drop(std::ptr::read(&this.host_stream));
+            drop(std::ptr::read(&this.signal_stream));
         }
         r
     }
 
     fn destroy(&mut self) -> Result<()> {
-        // The private stream goes first: nothing queued on it may outlive the notify.
-        let stream = self.host_stream.close();
+        // The private streams go first: nothing queued on them may outlive the notify.
+        let stream = self.host_stream.close().and(self.signal_stream.close());
         // SAFETY: our live notify; the streams that used it are the caller's, whose work on it the caller
         // finished (a queued task on a destroyed notify is the runtime's to refuse).
         let destroyed = release_retrying(|| unsafe { raw::destroy_notify(&self.rt, self.as_raw()) });

@@ -214,6 +214,27 @@ fn an_import_whose_close_could_not_run_is_closed_by_its_drop() {
     );
 }
 
+/// A notify signalled from the process that waits on it, from another thread: the signal ends the wait
+/// (it used to wait for the waiting thread's stream and lock, so the wait could only time out).
+#[test]
+fn a_notify_signalled_by_another_thread_of_its_process_ends_the_wait() {
+    solo(test_name!(), |rt| {
+        raw::set_device(rt, 0).unwrap();
+        let n = Notify::new(rt, 0).unwrap();
+        std::thread::scope(|t| {
+            let waiter = t.spawn(|| {
+                raw::set_device(rt, 0).unwrap();
+                n.wait_host(Duration::from_secs(20)).unwrap()
+            });
+            // Into its wait first (a signal before it would be seen by it as well).
+            std::thread::sleep(Duration::from_millis(200));
+            n.signal().unwrap();
+            assert!(waiter.join().unwrap(), "the wait ended with the signal, not its timeout");
+        });
+        n.close().unwrap();
+    });
+}
+
 fn put(rt: &Runtime, p: *mut std::ffi::c_void, v: u64) {
     write_dev(rt, p, &v.to_le_bytes()).unwrap();
 }
