@@ -644,12 +644,8 @@ impl Peer {
         drop(self.stdin.take());
         // Long enough for it to release what it holds; not as long as a wait it may be stuck in.
         let deadline = Instant::now() + self.timeout.min(Duration::from_secs(10));
-        loop {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Some(status),
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
-                _ => break,
-            }
+        if let Some(status) = crate::child::wait_until(&mut self.child, deadline, Duration::from_millis(2)) {
+            return Some(status);
         }
         let _ = self.child.kill();
         let status = self.child.wait().ok();

@@ -1,7 +1,8 @@
 //! Child processes of this program (the demo's workers, the bench's peer, a demo the scaling bench runs):
 //! the same binary, on the same runtime as this process.
 
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 use aclshm::{Backend, Runtime};
 
@@ -15,4 +16,16 @@ pub fn this_program(rt: &Runtime) -> Result<Command, String> {
         _ => cmd.env("ACLSHM_BACKEND", "sim"),
     };
     Ok(cmd)
+}
+
+/// Wait for `child` to exit until `deadline`, looking every `every`: its status, or None if it still
+/// runs then (the caller kills it).
+pub fn wait_until(child: &mut Child, deadline: Instant, every: Duration) -> Option<ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(every),
+            _ => return None,
+        }
+    }
 }

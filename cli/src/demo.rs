@@ -489,8 +489,13 @@ fn run(rt: &Runtime, args: &DemoArgs, report: &mut DemoReport) -> Result<(), Str
             let _ = w.child.kill();
         }
     }
+    // Told to go (or killed): each has the timeout to exit, then it is killed.
+    let deadline = Instant::now() + s.timeout;
     for w in &mut s.workers {
-        let _ = w.child.wait();
+        if crate::child::wait_until(&mut w.child, deadline, Duration::from_millis(2)).is_none() {
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
     }
     report.workers = s.workers.iter().map(|w| w.report.clone()).collect();
     let st = kv.pool().stats();
@@ -665,8 +670,14 @@ fn drive(
         (w.imports, w.runtime_imports, w.runtime_maps, w.runtime_calls) = (next(), next(), next(), next());
         s.send(i, "bye")?;
     }
+    let deadline = Instant::now() + s.timeout;
     for w in &mut s.workers {
-        let st = w.child.wait().map_err(|e| e.to_string())?;
+        let Some(st) = crate::child::wait_until(&mut w.child, deadline, Duration::from_millis(2)) else {
+            return Err(format!(
+                "worker {} (device {}) did not exit within {:?} of being told",
+                w.index, w.device, s.timeout
+            ));
+        };
         if !st.success() {
             return Err(format!("worker {} (device {}) exited with {st}", w.index, w.device));
         }

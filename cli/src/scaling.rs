@@ -1008,13 +1008,7 @@ fn run_demo(
     let stderr = drain(child.stderr.take().map(|o| Box::new(o) as Box<dyn Read + Send>));
     // The demo bounds each of its steps by the timeout; this bounds the whole run, should it hang anyway.
     let deadline = t + timeout * 8;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break Some(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(200)),
-            _ => break None,
-        }
-    };
+    let status = crate::child::wait_until(&mut child, deadline, Duration::from_micros(200));
     let wall = t.elapsed();
     let Some(status) = status else {
         let _ = child.kill();
