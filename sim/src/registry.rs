@@ -529,8 +529,6 @@ impl Drop for Guard<'_> {
 /// What releasing a process's holdings did.
 #[derive(Debug, Default)]
 pub(crate) struct Released {
-    /// Physical objects destroyed (their files are to be unlinked).
-    pub destroyed: Vec<u64>,
     /// IPC keys whose importers lost their memory because the exporter went first.
     pub revoked: u32,
 }
@@ -584,7 +582,7 @@ impl Tables {
     /// Release everything process slot `p` holds, then free the slot. Used for a process that died and for
     /// one that leaves; both end the same way on an NPU, where the driver frees a process's memory when it
     /// exits.
-    pub(crate) fn release_proc(&mut self, p: u32, words: &Words) -> Released {
+    pub(crate) fn release_proc(&mut self, p: u32, words: &Words, dir: &Path) -> Released {
         let pi = p as usize;
         let mut out = Released::default();
         let phys: Vec<usize> = self.phys_live.iter().collect();
@@ -626,14 +624,17 @@ impl Tables {
             }
         }
         self.proc_live.clear(pi);
-        out.destroyed = self.sweep(words);
+        self.sweep(words, dir);
         out
     }
 
-    /// Remove objects nobody holds: physical objects with no holder, IPC keys closed by their exporter with
-    /// no importer left, notifies with no holder. Returns the serials of destroyed physical objects.
-    pub(crate) fn sweep(&mut self, words: &Words) -> Vec<u64> {
-        let mut destroyed = Vec::new();
+    /// Remove objects nobody holds: physical objects with no holder (their files in `dir` too), IPC keys
+    /// closed by their exporter with no importer left, notifies with no holder.
+    ///
+    /// A physical object's file goes before its entry: a process killed in between (the lock is robust,
+    /// the next holder carries on) leaves an entry nobody holds, which the next sweep removes, rather than
+    /// a file no entry names, which nothing would ever remove.
+    pub(crate) fn sweep(&mut self, words: &Words, dir: &Path) {
         let keys: Vec<usize> = self.key_live.iter().collect();
         for i in keys {
             let k = &self.keys[i];
@@ -646,9 +647,9 @@ impl Tables {
         for i in phys {
             if self.phys[i].holders.is_empty() {
                 let s = &self.phys[i];
+                let _ = fs::remove_file(dir.join(phys_file(s.serial)));
                 let dev = s.device as usize;
                 self.used[dev] = self.used[dev].saturating_sub(s.size);
-                destroyed.push(s.serial);
                 self.phys_live.clear(i);
                 words.phys_flags[i].store(0, Ordering::Release);
             }
@@ -666,7 +667,6 @@ impl Tables {
                 self.event_live.clear(i);
             }
         }
-        destroyed
     }
 
     /// Take a free physical object slot.
@@ -732,13 +732,6 @@ fn take<const W: usize>(live: &mut Bits<W>, hint: &mut u32, limit: usize, what: 
     live.set(i);
     *hint = ((i + 1) % limit) as u32;
     Ok(i)
-}
-
-/// Unlink the files of destroyed physical objects.
-pub(crate) fn unlink_objects(dir: &Path, serials: &[u64]) {
-    for &s in serials {
-        let _ = fs::remove_file(dir.join(phys_file(s)));
-    }
 }
 
 /// The bytes of a NUL-terminated key stored in a slot.

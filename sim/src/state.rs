@@ -325,12 +325,10 @@ pub(crate) fn reclaim_observed() -> R<u32> {
                 return Ok(0);
             }
             let dead = g.t().dead_procs(false);
-            let mut destroyed = Vec::new();
             for &p in &dead {
-                destroyed.extend(g.t().release_proc(p, reg.words()).destroyed);
+                g.t().release_proc(p, reg.words(), reg.dir());
             }
-            destroyed.extend(g.t().sweep(reg.words()));
-            registry::unlink_objects(reg.dir(), &destroyed);
+            g.t().sweep(reg.words(), reg.dir());
             if g.t().is_empty() {
                 reg.retire(g);
             }
@@ -431,14 +429,12 @@ impl Sim {
         let words = reg.words();
         let boot = aclshm_os::boot_id();
         let boot_changed = g.t().boot_id != boot;
-        let mut destroyed = Vec::new();
         for p in g.t().dead_procs(boot_changed) {
-            destroyed.extend(g.t().release_proc(p, words).destroyed);
+            g.t().release_proc(p, words, reg.dir());
         }
         if g.owner_died {
-            destroyed.extend(g.t().sweep(words));
+            g.t().sweep(words, reg.dir());
         }
-        registry::unlink_objects(reg.dir(), &destroyed);
         let t = g.t();
         t.boot_id = boot;
         if t.is_empty() {
@@ -465,8 +461,7 @@ impl Sim {
             leave(&f.reg, f.slot);
         }
         let Ok(mut g) = self.reg.lock() else { return };
-        let released = g.t().release_proc(self.me.slot, self.reg.words());
-        registry::unlink_objects(self.reg.dir(), &released.destroyed);
+        g.t().release_proc(self.me.slot, self.reg.words(), self.reg.dir());
         // What processes that died left goes too: the last one out must not leave it behind.
         self.reap(&mut g);
         if g.t().is_empty() {
@@ -489,12 +484,10 @@ impl Sim {
         if dead.is_empty() && !g.owner_died {
             return 0;
         }
-        let mut destroyed = Vec::new();
         for &p in &dead {
-            destroyed.extend(g.t().release_proc(p, self.reg.words()).destroyed);
+            g.t().release_proc(p, self.reg.words(), self.reg.dir());
         }
         g.owner_died = false;
-        registry::unlink_objects(self.reg.dir(), &destroyed);
         self.sweep(g);
         dead.len() as u32
     }
@@ -516,8 +509,7 @@ impl Sim {
     /// With the registry locked, remove objects nobody holds any more and unlink their files (under the
     /// lock, so a name is never reused before its file is gone).
     pub(crate) fn sweep(&self, g: &mut registry::Guard<'_>) {
-        let destroyed = g.t().sweep(self.reg.words());
-        registry::unlink_objects(self.reg.dir(), &destroyed);
+        g.t().sweep(self.reg.words(), self.reg.dir());
     }
 
     /// Lock the registry.
@@ -610,8 +602,7 @@ impl Sim {
         if let Some(s) = g.t().phys_if(phys, serial) {
             s.holders.clear(f.slot as usize);
         }
-        let destroyed = g.t().sweep(f.reg.words());
-        registry::unlink_objects(f.reg.dir(), &destroyed);
+        g.t().sweep(f.reg.words(), f.reg.dir());
         Ok(())
     }
 
@@ -651,8 +642,7 @@ fn leave(reg: &Registry, slot: u32) {
     if reg.retired() {
         return;
     }
-    let released = g.t().release_proc(slot, reg.words());
-    registry::unlink_objects(reg.dir(), &released.destroyed);
+    g.t().release_proc(slot, reg.words(), reg.dir());
     if g.t().is_empty() {
         reg.retire(g);
     }
