@@ -526,13 +526,6 @@ impl Drop for Guard<'_> {
     }
 }
 
-/// What releasing a process's holdings did.
-#[derive(Debug, Default)]
-pub(crate) struct Released {
-    /// IPC keys whose importers lost their memory because the exporter went first.
-    pub revoked: u32,
-}
-
 impl Tables {
     /// Whether the configuration of a live simulator differs from what `cfg` asks for explicitly.
     pub(crate) fn config_conflict(&self, cfg: &Config) -> Option<String> {
@@ -582,9 +575,8 @@ impl Tables {
     /// Release everything process slot `p` holds, then free the slot. Used for a process that died and for
     /// one that leaves; both end the same way on an NPU, where the driver frees a process's memory when it
     /// exits.
-    pub(crate) fn release_proc(&mut self, p: u32, words: &Words, dir: &Path) -> Released {
+    pub(crate) fn release_proc(&mut self, p: u32, words: &Words, dir: &Path) {
         let pi = p as usize;
-        let mut out = Released::default();
         let phys: Vec<usize> = self.phys_live.iter().collect();
         for i in phys {
             let s = &mut self.phys[i];
@@ -603,7 +595,6 @@ impl Tables {
                 k.open = 0;
                 if !k.importers.is_empty() {
                     words.phys_flags[k.phys as usize].fetch_or(PHYS_REVOKED, Ordering::AcqRel);
-                    out.revoked += 1;
                 }
             }
         }
@@ -625,7 +616,6 @@ impl Tables {
         }
         self.proc_live.clear(pi);
         self.sweep(words, dir);
-        out
     }
 
     /// Remove objects nobody holds: physical objects with no holder (their files in `dir` too), IPC keys
